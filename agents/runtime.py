@@ -1,0 +1,297 @@
+"""The agent daemon: one persistent MQTT session, a retained status, N slots running jobs.
+
+Lifecycle: calibrate (a short real generation, so the first status carries
+measured speed) -> connect with a retained offline Last Will -> online status ->
+serve assignments -> on SIGTERM drain: refuse queued work back to the
+coordinator, finish running jobs (or hand them back after ``drain_timeout_s``),
+publish offline, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agents.backend import Backend, Generation
+from agents.errors import BackendError
+from agents.settings import AgentSettings
+from agents.status import StatusBoard
+from broker.logs import kv
+from broker.session import BrokerAddress, Message, Session
+from schemas import DecodeError, decode, encode
+from schemas.messages import AgentEvent, Assignment, Chunk, Control, ErrorInfo, EventKind, Usage
+from schemas.topics import Topics
+
+log = logging.getLogger("fogmesh.agent")
+
+CALIBRATION_PROMPT = "The weather station reported that the temperature"
+
+
+@dataclass
+class _Job:
+    spec: Assignment
+    accepted_at: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    handback: bool = False
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, backends: Sequence[Backend]) -> None:
+        if len(backends) != settings.slots:
+            raise ValueError("an agent needs one backend per slot")
+        self.settings = settings
+        self.backends = list(backends)
+        self.topics = Topics(settings.site)
+        self.board = StatusBoard(settings, [backends[0].info])
+        self.session = Session(
+            BrokerAddress.parse(settings.broker),
+            client_id=f"fogmesh-agent-{settings.agent_id}",
+            on_message=self._on_message,
+            will=(self.topics.agent_status(settings.agent_id), encode(self.board.will())),
+            keepalive_s=settings.keepalive_s,
+        )
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._draining = False
+        self._workers: list[threading.Thread] = []
+        self.counters = {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def calibrate(self) -> Generation:
+        """Run one short real generation so the first status carries measured TTFT and tokens/s."""
+        gen = self.backends[0].generate(
+            CALIBRATION_PROMPT, self.settings.calibrate_tokens, lambda _t: None, lambda: False
+        )
+        self.board.record(gen.ttft_s, gen.decode_tps, 0)
+        log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000,
+                    decode_tps=gen.decode_tps, tokens=gen.completion_tokens))
+        return gen
+
+    def start(self) -> None:
+        self.calibrate()
+        self.session.start()
+        me = self.settings.agent_id
+        self.session.subscribe(self.topics.assign(me), qos=1)
+        self.session.subscribe(self.topics.control(me), qos=1)
+        for i, backend in enumerate(self.backends):
+            t = threading.Thread(target=self._work, args=(backend,), name=f"slot-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self.publish_status()
+        log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
+                    slots=self.settings.slots, model=self.board.models[0].name))
+
+    def run(self) -> int:
+        """Serve until :meth:`request_stop`, then drain; returns the exit status."""
+        self.start()
+        while not self._stop.wait(self.settings.heartbeat_s):
+            self.publish_status()
+        self.drain()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def drain(self) -> None:
+        """Stop taking work, hand back what has not started, finish the rest, go offline."""
+        self._draining = True
+        self.board.state = "draining"
+        self.publish_status()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._hand_back(job, "agent is draining")
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            left = list(self._jobs.values())
+        for job in left:  # still running after the drain timeout: stop and hand back
+            job.handback = True
+            job.cancel.set()
+        for _ in self._workers:
+            self._queue.put(None)
+        for t in self._workers:
+            t.join(timeout=5)
+        self.board.state = "offline"
+        self.session.publish_wait(
+            self.topics.agent_status(self.settings.agent_id), encode(self.board.snapshot("offline")), retain=True
+        )
+        self.session.stop()
+        for backend in self.backends:
+            backend.close()
+        log.info(kv("agent_stopped", agent=self.settings.agent_id, **self.counters))
+
+    def _running(self) -> bool:
+        with self._lock:
+            return bool(self._jobs)
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.topic.endswith("/assign"):
+            self._on_assign(msg)
+        elif msg.topic.endswith("/control"):
+            self._on_control(msg)
+
+    def _on_assign(self, msg: Message) -> None:
+        try:
+            spec = decode(msg.payload, Assignment)
+        except DecodeError as exc:
+            log.error(kv("bad_assignment", reason=exc.code, detail=exc.message))
+            return
+        with self._lock:
+            known = self._jobs.get(spec.key)
+            if known and known.spec.attempt >= spec.attempt:
+                return  # a redelivered assignment we already hold
+            if self._draining:
+                refuse = True
+            else:
+                refuse = False
+                job = _Job(spec)
+                self._jobs[spec.key] = job
+                self.board.jobs[spec.key] = "queued"
+        if refuse:
+            self._event(spec, "refused", error=ErrorInfo(code="draining", message="agent is draining"))
+            self.counters["refused"] += 1
+            return
+        self.counters["accepted"] += 1
+        self._event(spec, "accepted")
+        self._queue.put(job)
+        self.publish_status()
+        log.info(kv("job_accepted", job=spec.key, attempt=spec.attempt))
+
+    def _on_control(self, msg: Message) -> None:
+        try:
+            ctl = decode(msg.payload, Control)
+        except DecodeError as exc:
+            log.error(kv("bad_control", reason=exc.code, detail=exc.message))
+            return
+        with self._lock:
+            job = self._jobs.get(ctl.cancel)
+        if job and job.spec.attempt == ctl.attempt:
+            job.cancel.set()
+            log.info(kv("job_cancel", job=ctl.cancel))
+
+    # ------------------------------------------------------------------ work
+
+    def _work(self, backend: Backend) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancel.is_set():
+                self._finish(job)
+                continue
+            try:
+                self._run(job, backend)
+            except Exception:  # a slot must outlive any one job
+                log.exception(kv("slot_error", job=job.spec.key))
+                self._event(job.spec, "failed", error=ErrorInfo(code="agent_error", message="internal error"))
+                self._finish(job)
+
+    def _run(self, job: _Job, backend: Backend) -> None:
+        spec = job.spec
+        with self._lock:
+            self.board.jobs[spec.key] = "running"
+        queue_s = time.monotonic() - job.accepted_at
+        self._event(spec, "started")
+        self.publish_status()
+        stream = _Stream(self, spec) if spec.stream else None
+        try:
+            gen = backend.generate(
+                spec.prompt, spec.max_tokens,
+                stream.add if stream else (lambda _t: None),
+                job.cancel.is_set,
+            )
+        except BackendError as exc:
+            self.counters["failed"] += 1
+            log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))
+            self._event(spec, "failed", error=ErrorInfo(code=exc.code, message=exc.message))
+            self._finish(job)
+            return
+        if stream:
+            stream.flush()
+        self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
+        if job.handback:
+            self._hand_back(job, "agent stopped before the job finished")
+            self._finish(job)
+            return
+        timings = {
+            "agent_queue_ms": round(queue_s * 1000, 2),
+            "ttft_ms": round(gen.ttft_s * 1000, 2),
+            "decode_tps": round(gen.decode_tps, 2),
+            "generate_ms": round(gen.total_s * 1000, 2),
+        }
+        usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+        self._event(spec, "done", text=gen.text, usage=usage, timings=timings)
+        self.counters["cancelled" if gen.stopped == "cancelled" else "done"] += 1
+        log.info(kv("job_done", job=spec.key, stopped=gen.stopped, tokens=gen.completion_tokens,
+                    ttft_ms=timings["ttft_ms"], decode_tps=timings["decode_tps"]))
+        self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        with self._lock:
+            if self._jobs.get(job.spec.key) is job:
+                del self._jobs[job.spec.key]
+                self.board.jobs.pop(job.spec.key, None)
+        self.publish_status()
+
+    def _hand_back(self, job: _Job, why: str) -> None:
+        self.counters["refused"] += 1
+        self._event(job.spec, "refused", error=ErrorInfo(code="handed_back", message=why))
+        with self._lock:
+            self._jobs.pop(job.spec.key, None)
+            self.board.jobs.pop(job.spec.key, None)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _event(self, spec: Assignment, kind: EventKind, **fields: object) -> None:
+        event = AgentEvent(key=spec.key, attempt=spec.attempt, agent=self.settings.agent_id,
+                           epoch=self.board.epoch, kind=kind, **fields)  # type: ignore[arg-type]
+        self.session.publish(self.topics.events(self.settings.agent_id), encode(event), qos=1)
+
+    def publish_status(self) -> None:
+        status = self.board.snapshot()
+        self.session.publish(self.topics.agent_status(self.settings.agent_id), encode(status), qos=1, retain=True)
+
+
+class _Stream:
+    """Coalesces tokens into chunks: the first at once, then at most one publish per interval."""
+
+    def __init__(self, agent: Agent, spec: Assignment) -> None:
+        self.agent = agent
+        self.spec = spec
+        self.interval_s = agent.settings.chunk_interval_ms / 1000
+        self.buffer: list[str] = []
+        self.last = 0.0
+        self.seq = 0
+        self.correlation = bytes.fromhex(spec.correlation) if spec.correlation else None
+
+    def add(self, text: str) -> None:
+        self.buffer.append(text)
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer)))
+        self.buffer.clear()
+        self.seq += 1
+        session = self.agent.session
+        session.publish(self.spec.result_topic, payload, qos=1)
+        if self.spec.response_topic:
+            session.publish(self.spec.response_topic, payload, qos=1, correlation=self.correlation)

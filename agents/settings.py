@@ -1,0 +1,43 @@
+"""The agent daemon's settings (``[agent]`` in the config file, ``FOGMESH_AGENT_*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass
+class AgentSettings:
+    broker: str = "mqtt://127.0.0.1:1883"
+    site: str = "site"
+    agent_id: str = ""  # default: the host name
+    model: str = ""  # a GGUF path; empty means the bundled Gemma 3 270M
+    model_name: str = ""  # the name jobs use to ask for this model; default: file stem
+    n_ctx: int = 2048
+    threads: int = 0  # 0: all cores
+    slots: int = 1
+    heartbeat_s: float = 5.0
+    keepalive_s: int = 10
+    drain_timeout_s: float = 30.0
+    chunk_interval_ms: float = 50.0
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    calibrate_tokens: int = 16
+    budget_tokens: int = 0  # sliding-window token budget; 0 = unlimited
+    budget_window_s: float = 60.0
+    energy_j_per_token: float = 0.0
+    power_w: float = 0.0  # when set, energy per token = power / measured decode rate
+    price_per_kwh: float = 0.30
+    log_level: str = "info"
+    log_format: str = "kv"
+
+    def __post_init__(self) -> None:
+        if not self.agent_id:
+            self.agent_id = socket.gethostname().split(".")[0]
+        if self.threads <= 0:
+            self.threads = os.cpu_count() or 1
+        if self.slots < 1:
+            raise ValueError("agent.slots must be at least 1")

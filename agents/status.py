@@ -1,0 +1,128 @@
+"""What an agent advertises: measured speed (moving averages), token budget, and the status message."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import deque
+
+from agents.settings import AgentSettings
+from broker import __version__
+from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
+
+
+class Ewma:
+    """Exponentially weighted moving average; the first sample seeds it."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self.value = 0.0
+        self.samples = 0
+
+    def add(self, sample: float) -> None:
+        self.value = sample if not self.samples else self.alpha * sample + (1 - self.alpha) * self.value
+        self.samples += 1
+
+
+class TokenWindow:
+    """Tokens generated in the last ``window_s`` seconds (the research's sliding-window rate limit)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def add(self, tokens: int, now: float | None = None) -> None:
+        self._events.append((time.monotonic() if now is None else now, tokens))
+        self._total += tokens
+
+    def used(self, now: float | None = None) -> int:
+        horizon = (time.monotonic() if now is None else now) - self.window_s
+        while self._events and self._events[0][0] < horizon:
+            self._total -= self._events.popleft()[1]
+        return self._total
+
+
+def mem_free_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class StatusBoard:
+    """The agent's live figures; thread-safe, and each snapshot gets the next sequence number."""
+
+    def __init__(self, settings: AgentSettings, models: list[ModelInfo]) -> None:
+        self.settings = settings
+        self.models = models
+        self.epoch = time.time_ns() // 1_000_000  # ms since 1970: a later boot always has a larger epoch
+        self.state: AgentState = "online"
+        self.decode_tps = Ewma()
+        self.ttft_ms = Ewma()
+        self.window = TokenWindow(settings.budget_window_s)
+        self.jobs: dict[str, str] = {}  # key -> "queued" | "running"
+        self._seq = 0
+        self._lock = threading.Lock()
+        self.host = socket.gethostname()
+
+    def record(self, ttft_s: float, decode_tps: float, tokens: int) -> None:
+        with self._lock:
+            self.ttft_ms.add(ttft_s * 1000)
+            if decode_tps > 0:
+                self.decode_tps.add(decode_tps)
+            self.window.add(tokens)
+
+    def energy_j_per_token(self) -> float:
+        s = self.settings
+        if s.energy_j_per_token:
+            return s.energy_j_per_token
+        if s.power_w and self.decode_tps.value:
+            return s.power_w / self.decode_tps.value
+        return 0.0
+
+    def snapshot(self, state: AgentState | None = None) -> AgentStatus:
+        with self._lock:
+            self._seq += 1
+            running = sum(1 for v in self.jobs.values() if v == "running")
+            queued = len(self.jobs) - running
+            s = self.settings
+            budget = None
+            if s.budget_tokens:
+                budget = Budget(window_s=s.budget_window_s, tokens=s.budget_tokens, used=self.window.used())
+            return AgentStatus(
+                agent=s.agent_id,
+                epoch=self.epoch,
+                seq=self._seq,
+                state=state or self.state,
+                host=self.host,
+                pid=os.getpid(),
+                models=self.models,
+                slots_total=s.slots,
+                slots_free=max(0, s.slots - running),
+                queue_depth=queued,
+                jobs=sorted(self.jobs),
+                decode_tps=round(self.decode_tps.value, 2),
+                ttft_ms=round(self.ttft_ms.value, 2),
+                mem_free_bytes=mem_free_bytes(),
+                budget=budget,
+                energy_j_per_token=self.energy_j_per_token(),
+                price_per_kwh=s.price_per_kwh,
+                heartbeat_s=s.heartbeat_s,
+                version=__version__,
+                ts=time.time(),
+            )
+
+    def will(self) -> AgentStatus:
+        """The Last Will: this boot's epoch, state offline, fixed when the session connects."""
+        return AgentStatus(
+            agent=self.settings.agent_id, epoch=self.epoch, seq=0, state="offline",
+            host=self.host, pid=os.getpid(), version=__version__,
+        )

@@ -1,0 +1,309 @@
+"""The ``fogmesh`` command: run the daemons, start a site, ask, watch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from broker import __version__, logs
+from broker.errors import FogmeshError
+from broker.logs import kv
+
+log = logging.getLogger("fogmesh")
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info(kv("signal", name=signal.Signals(signum).name))
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _site_defaults(args: argparse.Namespace) -> tuple[str, str]:
+    """The broker and site for a client command: flags, then FOGMESH_*, then the site `fogmesh up` started."""
+    from broker.site import current
+
+    cur = current()
+    broker = args.broker or os.environ.get("FOGMESH_BROKER") or cur.get("broker") or "mqtt://127.0.0.1:1883"
+    site = args.site or os.environ.get("FOGMESH_SITE") or cur.get("site") or "site"
+    return broker, site
+
+
+# ---------------------------------------------------------------------- daemons
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.llama import LlamaBackend
+    from agents.model import resolve
+    from agents.runtime import Agent
+    from agents.settings import AgentSettings
+    from broker.config import load
+
+    settings = load(AgentSettings, "agent", args.config, broker=args.broker, site=args.site,
+                    agent_id=args.agent_id, model=args.model, threads=args.threads, slots=args.slots,
+                    log_level=args.log_level, log_format=args.log_format)
+    logs.setup(settings.log_level, settings.log_format, f"agent/{settings.agent_id}")
+    path = resolve(settings.model)
+    per_slot = max(1, settings.threads // settings.slots)
+    backends = [LlamaBackend(path, settings.model_name, settings.n_ctx, per_slot, settings.temperature,
+                             settings.top_p, settings.top_k, settings.repeat_penalty)
+                for _ in range(settings.slots)]
+    agent = Agent(settings, backends)
+    _on_signals(agent.request_stop)
+    return agent.run()
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from broker.config import load
+    from broker.coordinator import Coordinator
+    from broker.scheduler import POLICIES
+    from broker.settings import CoordinatorSettings
+
+    settings = load(CoordinatorSettings, "coordinator", args.config, broker=args.broker, site=args.site,
+                    policy=args.policy, ledger=args.ledger, log_level=args.log_level, log_format=args.log_format)
+    logs.setup(settings.log_level, settings.log_format, "coordinator")
+    if settings.policy not in POLICIES:
+        raise FogmeshError(f"unknown policy {settings.policy!r}; choose one of {', '.join(POLICIES)}")
+    coordinator = Coordinator(settings)
+    _on_signals(coordinator.request_stop)
+    return coordinator.run()
+
+
+# ---------------------------------------------------------------------- the site
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    from broker.site import SitePlan
+
+    return SitePlan(site=args.site or "site", agents=args.agents, port=args.port, broker=args.broker,
+                    model=args.model or "", slots=args.slots, policy=args.policy, log_format=args.log_format)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from broker.site import Site
+
+    logs.setup(args.log_level, args.log_format, "up")
+    site = Site(_plan(args))
+    stop = threading.Event()
+    _on_signals(stop.set)
+    try:
+        site.start()
+        print(site.describe(), flush=True)
+        return site.wait(stop)
+    finally:
+        site.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a site, ask it one question, stop it."""
+    from broker.site import Site
+
+    logs.setup(args.log_level, args.log_format, "demo")
+    site = Site(_plan(args))
+    try:
+        site.start()
+        print(site.describe(), flush=True)
+        args.broker, args.site = site.url, site.plan.site
+        return cmd_ask(args)
+    finally:
+        site.stop()
+
+
+# ---------------------------------------------------------------------- clients
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from broker.client import ask
+    from broker.session import BrokerAddress
+
+    broker, site = _site_defaults(args)
+    prompt: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens}
+    for key in ("deadline_ms", "priority", "model", "privacy"):
+        if getattr(args, key, None) is not None:
+            prompt[key] = getattr(args, key)
+
+    def show(chunk: dict[str, Any]) -> None:
+        if not args.json:
+            sys.stdout.write(chunk.get("text", ""))
+            sys.stdout.flush()
+
+    answer = ask(BrokerAddress.parse(broker), site, prompt, args.device, args.timeout, show)
+    final = answer.final
+    if args.json:
+        print(orjson.dumps(final).decode() if final else "null")
+    if final is None:
+        print(f"\nno answer within {args.timeout:.0f} s (is the site up? try: fogmesh status)", file=sys.stderr)
+        return 3
+    if not args.json:
+        if not answer.chunks:
+            print(final.get("text", ""), end="")
+        served = final.get("served_by") or {}
+        timings = final.get("timings") or {}
+        usage = final.get("usage") or {}
+        print()
+        print(f"-- {final['status']}", end="")
+        if served:
+            print(f" · served by {served.get('tier')} {served.get('node')}", end="")
+        if usage:
+            print(f" · {usage.get('completion_tokens')} tokens", end="")
+        if "ttft_ms" in timings:
+            print(f" · TTFT {timings['ttft_ms']:.0f} ms · {timings.get('decode_tps', 0):.1f} tok/s", end="")
+        if "total_ms" in timings:
+            print(f" · total {timings['total_ms']:.0f} ms", end="")
+        print()
+        if final.get("error"):
+            err = final["error"]
+            print(f"-- {err.get('code')}: {err.get('message')}", file=sys.stderr)
+    return 0 if final.get("status") == "done" else 2
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from broker.client import snapshot
+    from broker.session import BrokerAddress
+
+    broker, site = _site_defaults(args)
+    snap = snapshot(BrokerAddress.parse(broker), site)
+    if args.json:
+        print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"site {site} on {broker}")
+    coord = snap["coordinator"] or {}
+    print(f"coordinator  {coord.get('state', 'unknown'):<8} host {coord.get('host', '-')} pid {coord.get('pid', '-')}"
+          f" policy {coord.get('policy', '-')}")
+    mesh = snap["mesh"] or {}
+    if mesh:
+        print(f"mesh         agents {mesh['agents_online']} · slots {mesh['slots_free']}/{mesh['slots_total']} free"
+              f" · queue {mesh['queue_depth']} · running {mesh['running']}"
+              f" · wait {mesh.get('predicted_wait_ms', 0):.0f} ms{' · OVERLOADED' if mesh.get('overloaded') else ''}")
+    print(f"{'agent':<16}{'state':<10}{'host':<14}{'pid':>8}{'slots':>8}{'queue':>7}{'tok/s':>8}{'TTFT ms':>9}  model")
+    for name, a in sorted(snap["agents"].items()):
+        models = ",".join(m["name"] for m in a.get("models", []))
+        print(f"{name:<16}{a.get('state', '?'):<10}{a.get('host', '')[:13]:<14}{a.get('pid', 0):>8}"
+              f"{a.get('slots_free', 0)}/{a.get('slots_total', 0):<5}{a.get('queue_depth', 0):>6}"
+              f"{a.get('decode_tps', 0):>8.1f}{a.get('ttft_ms', 0):>9.1f}  {models}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from broker.ledger import Ledger
+    from broker.settings import CoordinatorSettings
+
+    _, site = _site_defaults(args)
+    path = args.ledger or CoordinatorSettings(site=site).ledger
+    ledger = Ledger(path)
+    rows = ledger.find(args.job)
+    if not rows:
+        print(f"no job {args.job!r} in {path}", file=sys.stderr)
+        return 1
+    for row in rows:
+        out = {"key": row["key"], "state": row["state"], "agent": row["agent"], "attempt": row["attempt"],
+               "history": ledger.history(row["key"])}
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fogmesh", description="An MQTT inference mesh for small language models.")
+    p.add_argument("--version", action="version", version=f"fogmesh {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--broker", help="broker URL, mqtt://host:port (default: the site `fogmesh up` started)")
+        sp.add_argument("--site", help="site id (default: site)")
+        sp.add_argument("--log-level", default=None)
+        sp.add_argument("--log-format", choices=("kv", "json"), default=None)
+
+    def site_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--port", type=int, help="broker port (default: 1883, or a free one)")
+        sp.add_argument("--agents", type=int, default=2)
+        sp.add_argument("--slots", type=int, default=1, help="slots per agent")
+        sp.add_argument("--model", help="a GGUF file (default: the bundled Gemma 3 270M)")
+        sp.add_argument("--policy", default="deadline")
+
+    def ask_flags(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("prompt", nargs=None if required else "?", default="MQTT is a protocol that")
+        sp.add_argument("--device", default="cli")
+        sp.add_argument("--max-tokens", type=int, default=64)
+        sp.add_argument("--deadline-ms", type=int)
+        sp.add_argument("--priority", type=int)
+        sp.add_argument("--model", dest="model", default=None) if required else None
+        sp.add_argument("--privacy", choices=("edge-only", "cloud-ok"))
+        sp.add_argument("--timeout", type=float, default=60.0)
+        sp.add_argument("--json", action="store_true", help="print the final message as JSON")
+
+    sp = sub.add_parser("agent", help="run an edge agent")
+    common(sp)
+    sp.add_argument("--config")
+    sp.add_argument("--agent-id")
+    sp.add_argument("--model")
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--slots", type=int)
+    sp.set_defaults(fn=cmd_agent)
+
+    sp = sub.add_parser("coordinator", help="run the site coordinator")
+    common(sp)
+    sp.add_argument("--config")
+    sp.add_argument("--policy")
+    sp.add_argument("--ledger", help="SQLite ledger path")
+    sp.set_defaults(fn=cmd_coordinator)
+
+    sp = sub.add_parser("up", help="start a whole site: broker, coordinator, agents")
+    common(sp)
+    site_flags(sp)
+    sp.set_defaults(fn=cmd_up)
+
+    sp = sub.add_parser("demo", help="start a site, ask it one prompt, stop it")
+    common(sp)
+    site_flags(sp)
+    ask_flags(sp, required=False)
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("ask", help="publish a prompt as a device and print the answer")
+    common(sp)
+    ask_flags(sp)
+    sp.set_defaults(fn=cmd_ask)
+
+    sp = sub.add_parser("status", help="the fleet from its retained status topics")
+    common(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("explain", help="why a job went where it went")
+    common(sp)
+    sp.add_argument("--ledger", help="the coordinator's ledger (default: this host's for the site)")
+    sp.add_argument("job", help="the job id (or device/job key)")
+    sp.set_defaults(fn=cmd_explain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    for key, default in (("log_level", "info"), ("log_format", "kv")):
+        if getattr(args, key, None) is None and args.command in ("up", "demo", "ask", "status", "explain"):
+            setattr(args, key, default)
+    if args.command in ("ask", "status", "explain"):
+        logs.setup("warning", args.log_format or "kv", args.command)
+    try:
+        return int(args.fn(args))
+    except FogmeshError as exc:
+        print(f"fogmesh {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

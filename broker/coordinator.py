@@ -1,0 +1,589 @@
+"""The coordinator: takes prompts, keeps the agents' view, assigns jobs, answers devices.
+
+One thread owns all state. paho's network thread only hands messages to an
+inbox; the loop takes a batch, applies it in one ledger transaction (group
+commit), and only then acts: publishes assignments and final messages and
+acknowledges the prompts. A prompt is therefore acknowledged to the broker only
+once it is durable, and a coordinator killed at any point resumes from the
+ledger and the broker's persistent session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from broker import __version__
+from broker.ledger import Ledger
+from broker.logs import kv
+from broker.scheduler import AgentView, Decision, JobSpec, decide
+from broker.session import BrokerAddress, Message, Session
+from broker.settings import CoordinatorSettings
+from broker.views import Registry
+from schemas import DecodeError, decode, encode
+from schemas.codec import convert
+from schemas.messages import (
+    AgentEvent,
+    AgentStatus,
+    Assignment,
+    Cancel,
+    Control,
+    CoordinatorStatus,
+    ErrorInfo,
+    Final,
+    MeshStatus,
+    Prompt,
+    ServedBy,
+    Status,
+    Usage,
+)
+from schemas.topics import Topics, is_valid_id
+
+log = logging.getLogger("fogmesh.coordinator")
+NOT_RETRYABLE = {"prompt_too_long", "cancelled"}
+
+
+def new_job_id() -> str:
+    """Time-ordered, unique: milliseconds then 6 random bytes, hex."""
+    return f"{time.time_ns() // 1_000_000:x}-{secrets.token_hex(6)}"
+
+
+@dataclass
+class Job:
+    key: str
+    device: str
+    job: str
+    req: Prompt
+    created_at: float  # wall clock
+    deadline_at: float | None = None  # wall clock
+    response_topic: str | None = None
+    correlation: str | None = None
+    state: str = "queued"  # queued | assigned | running
+    agent: str | None = None
+    agent_epoch: int = 0
+    attempt: int = 0
+    assigned_mono: float = 0.0
+    accepted: bool = False
+    started_at: float | None = None
+    failures: int = 0
+    exclude: set[str] = field(default_factory=set)
+    decision: dict[str, Any] | None = None
+
+    def request_row(self) -> str:
+        data = {"prompt": orjson.loads(encode(self.req)), "response_topic": self.response_topic,
+                "correlation": self.correlation}
+        return orjson.dumps(data).decode()
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.site)
+        self.clock = clock
+        self.ledger = Ledger(settings.ledger, settings.ledger_sync)
+        self.registry = Registry(settings.agent_timeout_factor)
+        self.jobs: dict[str, Job] = {}
+        self.rng = random.Random()
+        self.counters: dict[str, int] = {"accepted": 0, "assigned": 0, "reassigned": 0, "done": 0,
+                                          "rejected": 0, "cancelled": 0, "expired": 0, "error": 0,
+                                          "duplicates": 0}
+        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._effects: list[Callable[[], None]] = []
+        self._unconfirmed: list[tuple[str, Any]] = []
+        self._stop = False
+        self._last_mesh: MeshStatus | None = None
+        self._last_mesh_at = 0.0
+        will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
+                                 policy=settings.policy, version=__version__)
+        self.session = Session(
+            BrokerAddress.parse(settings.broker),
+            client_id=f"fogmesh-coordinator-{settings.site}",
+            on_message=self._inbox.put,
+            will=(self.topics.coordinator_status, encode(will)),
+            keepalive_s=settings.keepalive_s,
+            manual_ack=True,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._recover()
+        self.session.start()
+        t = self.topics
+        for topic in (t.prompts(), t.cancel(), t.events(), t.agent_status()):
+            self.session.subscribe(topic, qos=1)
+        self._publish_status("online")
+        log.info(kv("coordinator_online", broker=self.session.address.url, site=self.settings.site,
+                    policy=self.settings.policy, ledger=self.ledger.path, open_jobs=len(self.jobs)))
+
+    def run(self) -> int:
+        self.start()
+        while not self._stop:
+            self.step(timeout_s=0.1)
+        self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def stop(self) -> None:
+        self._confirm_deliveries(wait_s=2.0)
+        self._publish_status("offline", wait=True)
+        self.session.stop()
+        self.ledger.close()
+        log.info(kv("coordinator_stopped", **self.counters))
+
+    def _recover(self) -> None:
+        """Rebuild live jobs from the ledger; re-send finals the broker never acknowledged."""
+        now_mono = time.monotonic()
+        for row in self.ledger.open_jobs():
+            req = orjson.loads(row["request"])
+            job = Job(key=row["key"], device=row["device"], job=row["job"],
+                      req=convert(req["prompt"], Prompt), created_at=row["created_at"],
+                      deadline_at=row["deadline_at"], response_topic=req.get("response_topic"),
+                      correlation=req.get("correlation"), state=row["state"], agent=row["agent"],
+                      attempt=row["attempt"], assigned_mono=now_mono, accepted=row["state"] == "running")
+            if job.state not in ("assigned", "running"):
+                job.state, job.agent = "queued", None
+            self.jobs[job.key] = job
+        for row in self.ledger.undelivered():
+            final = orjson.loads(row["final"])
+            req = orjson.loads(row["request"])
+            self._effects.append(self._publish_final_fn(row["key"], row["device"], row["job"], final,
+                                                        req.get("response_topic"), req.get("correlation")))
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self, timeout_s: float = 0.1) -> int:
+        """Take a batch from the inbox, apply it in one transaction, then act. Returns messages handled."""
+        batch: list[Message] = []
+        try:
+            batch.append(self._inbox.get(timeout=timeout_s))
+            while len(batch) < 512:
+                batch.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        with self.ledger.transaction():
+            for msg in batch:
+                self._handle(msg)
+            self._tick()
+        effects, self._effects = self._effects, []
+        for effect in effects:
+            effect()
+        self._confirm_deliveries()
+        self._publish_mesh()
+        return len(batch)
+
+    def _handle(self, msg: Message) -> None:
+        try:
+            kind, *rest = self.topics.parse(msg.topic)
+            if kind == "prompts" and len(rest) == 1:
+                self._on_prompt(rest[0], msg)
+            elif kind == "cancel" and len(rest) == 1:
+                self._on_cancel(rest[0], msg)
+            elif kind == "agents" and rest[-1] == "status":
+                self._on_status(msg)
+            elif kind == "agents" and rest[-1] == "events":
+                self._on_event(msg)
+        except Exception:  # one bad message must never stop the coordinator
+            log.exception(kv("message_failed", topic=msg.topic))
+        self._effects.append(lambda: self.session.ack(msg))
+
+    # ------------------------------------------------------------------ prompts
+
+    def _on_prompt(self, device: str, msg: Message) -> None:
+        if not is_valid_id(device):
+            log.warning(kv("prompt_bad_device", device=device[:64], reason="device id cannot be answered"))
+            return
+        if len(msg.payload) > self.settings.max_prompt_bytes:
+            self._reject(device, None, "too_large",
+                         f"prompt payload is {len(msg.payload)} bytes; this site accepts at most "
+                         f"{self.settings.max_prompt_bytes}", msg)
+            return
+        try:
+            req = decode(msg.payload, Prompt)
+        except DecodeError as exc:
+            code = exc.code
+            if exc.field == "prompt" and code == "invalid_value":
+                code = "empty_prompt"
+            self._reject(device, _peek_id(msg.payload), code, exc.message, msg)
+            return
+        if not req.prompt.strip():
+            self._reject(device, req.id, "empty_prompt", "prompt is empty or only whitespace", msg)
+            return
+        if req.max_tokens > self.settings.max_tokens_limit:
+            self._reject(device, req.id, "max_tokens_too_large",
+                         f"max_tokens {req.max_tokens} is over this site's limit of "
+                         f"{self.settings.max_tokens_limit}", msg)
+            return
+        model = req.model or self.settings.default_model or None
+        known = self.registry.models()
+        if model and known and model not in known:
+            self._reject(device, req.id, "unknown_model",
+                         f"no agent on this site holds model {model!r}; known: {', '.join(sorted(known))}", msg)
+            return
+        job_id = req.id or new_job_id()
+        key = f"{device}/{job_id}"
+        if key in self.jobs:
+            self.counters["duplicates"] += 1
+            log.info(kv("prompt_duplicate", job=key, state=self.jobs[key].state))
+            return
+        done = self.ledger.get(key)
+        if done is not None:  # same id after it finished: the same answer again, not a second run
+            self.counters["duplicates"] += 1
+            self._effects.append(self._publish_final_fn(key, device, job_id, orjson.loads(done["final"] or "{}"),
+                                                        msg.response_topic, msg.correlation.hex() if msg.correlation else None))
+            return
+        queued = sum(1 for j in self.jobs.values() if j.state == "queued")
+        if queued >= self.settings.max_queue:
+            self._reject(device, job_id, "overloaded",
+                         f"the site's queue is full ({queued} jobs waiting); retry later", msg)
+            return
+        now = self.clock()
+        deadline = now + req.deadline_ms / 1000 if req.deadline_ms else None
+        if msg.expiry_s:
+            expiry = msg.received_at + msg.expiry_s
+            deadline = min(deadline, expiry) if deadline else expiry
+        job = Job(key=key, device=device, job=job_id, req=req, created_at=now, deadline_at=deadline,
+                  response_topic=msg.response_topic,
+                  correlation=msg.correlation.hex() if msg.correlation else None)
+        self.jobs[key] = job
+        self.ledger.insert({"key": key, "device": device, "job": job_id, "state": "queued",
+                            "priority": req.priority, "request": job.request_row(), "created_at": now,
+                            "deadline_at": deadline})
+        self.counters["accepted"] += 1
+        log.info(kv("job_accepted", job=key, max_tokens=req.max_tokens, priority=req.priority))
+
+    def _reject(self, device: str, job_id: str | None, code: str, message: str, msg: Message) -> None:
+        job_id = job_id if job_id and is_valid_id(job_id) else new_job_id()
+        key = f"{device}/{job_id}"
+        if key in self.jobs:  # never clobber a live job with a rejection of a re-sent copy
+            key = f"{device}/{new_job_id()}"
+        final = Final(job=job_id, status="rejected", error=ErrorInfo(code=code, message=message))
+        now = self.clock()
+        corr = msg.correlation.hex() if msg.correlation else None
+        request = orjson.dumps({"raw": msg.payload[:512].decode("utf-8", "replace"),
+                                "response_topic": msg.response_topic, "correlation": corr}).decode()
+        self.ledger.insert({"key": key, "device": device, "job": job_id, "state": "rejected",
+                            "request": request, "created_at": now, "final": encode(final).decode()},
+                           {"code": code, "message": message})
+        self.counters["rejected"] += 1
+        log.info(kv("job_rejected", job=key, code=code, detail=message))
+        self._effects.append(self._publish_final_fn(key, device, job_id, orjson.loads(encode(final)),
+                                                    msg.response_topic, corr))
+
+    def _on_cancel(self, device: str, msg: Message) -> None:
+        try:
+            cancel = decode(msg.payload, Cancel)
+        except DecodeError as exc:
+            log.warning(kv("cancel_invalid", device=device, code=exc.code, detail=exc.message))
+            return
+        job = self.jobs.get(f"{device}/{cancel.id}")
+        if job is None:
+            log.info(kv("cancel_unknown", job=f"{device}/{cancel.id}"))
+            return
+        self._finish(job, "cancelled", error=ErrorInfo(code="cancelled", message="cancelled by the device"))
+
+    # ------------------------------------------------------------------ agents
+
+    def _on_status(self, msg: Message) -> None:
+        if not msg.payload:
+            return  # a cleared retained status
+        try:
+            status = decode(msg.payload, AgentStatus)
+        except DecodeError as exc:
+            log.warning(kv("status_invalid", topic=msg.topic, code=exc.code, detail=exc.message))
+            return
+        change = self.registry.update(status, time.monotonic())
+        if change == "ignored":
+            return
+        if change in ("new", "restarted", "draining", "offline"):
+            log.info(kv("agent_" + change, agent=status.agent, epoch=status.epoch, state=status.state,
+                        host=status.host, pid=status.pid, tps=status.decode_tps))
+        if change in ("offline", "restarted"):
+            self._requeue_agent(status.agent, f"agent {change}")
+            return
+        # An agent that no longer lists a job we gave it a while ago has lost it.
+        held = set(status.jobs)
+        grace = self.settings.accept_timeout_s
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if (job.agent == status.agent and job.accepted and job.key not in held
+                    and now - job.assigned_mono > grace):
+                self._requeue(job, "agent no longer holds the job")
+
+    def _on_event(self, msg: Message) -> None:
+        try:
+            ev = decode(msg.payload, AgentEvent)
+        except DecodeError as exc:
+            log.warning(kv("event_invalid", topic=msg.topic, code=exc.code, detail=exc.message))
+            return
+        job = self.jobs.get(ev.key)
+        if job is None or job.agent != ev.agent or job.attempt != ev.attempt:
+            log.debug(kv("event_stale", job=ev.key, kind=ev.kind, agent=ev.agent, attempt=ev.attempt))
+            return
+        if ev.kind == "accepted":
+            job.accepted = True
+            self.ledger.note(job.key, "accepted", {"agent": ev.agent, "attempt": ev.attempt})
+        elif ev.kind == "started":
+            job.accepted = True
+            job.state = "running"
+            job.started_at = self.clock()
+            self.ledger.update(job.key, "running", {"agent": ev.agent, "attempt": ev.attempt})
+        elif ev.kind == "done":
+            self._finish(job, "done", text=ev.text, usage=ev.usage, agent_timings=ev.timings,
+                         served_by=ServedBy(tier="edge", node=ev.agent))
+        elif ev.kind == "refused":
+            if ev.error and ev.error.code == "draining":
+                job.exclude.add(ev.agent)
+            self._requeue(job, f"agent refused: {ev.error.message if ev.error else ''}")
+        elif ev.kind == "failed":
+            self._failed(job, ev.error or ErrorInfo(code="agent_error", message="agent failed"))
+
+    def _failed(self, job: Job, error: ErrorInfo) -> None:
+        job.failures += 1
+        self.ledger.note(job.key, "failed", {"agent": job.agent, "code": error.code, "message": error.message})
+        if error.code in NOT_RETRYABLE or job.failures >= self.settings.max_attempts:
+            self._finish(job, "error", error=error)
+            self._effects.append(lambda: self.session.publish(
+                self.topics.deadletter(job.device, job.job),
+                orjson.dumps({"key": job.key, "attempts": job.attempt, "error": error.code,
+                              "message": error.message})))
+            return
+        if job.agent:
+            job.exclude.add(job.agent)
+        self._requeue(job, f"attempt failed: {error.code}")
+
+    def _requeue_agent(self, agent: str, why: str) -> None:
+        for job in list(self.jobs.values()):
+            if job.agent == agent:
+                self._requeue(job, why)
+
+    def _requeue(self, job: Job, why: str) -> None:
+        if job.agent:
+            self._send_cancel(job)
+        log.info(kv("job_requeued", job=job.key, agent=job.agent, attempt=job.attempt, reason=why))
+        job.state, job.agent, job.accepted, job.started_at = "queued", None, False, None
+        self.counters["reassigned"] += 1
+        self.ledger.update(job.key, "queued", {"reason": why}, agent=None)
+
+    def _send_cancel(self, job: Job) -> None:
+        agent, ctl = job.agent, Control(cancel=job.key, attempt=max(job.attempt, 1))
+        if agent:
+            self._effects.append(lambda: self.session.publish(self.topics.control(agent), encode(ctl)))
+
+    # ------------------------------------------------------------------ time
+
+    def _tick(self) -> None:
+        now, mono = self.clock(), time.monotonic()
+        for agent in self.registry.sweep(mono):
+            log.warning(kv("agent_lapsed", agent=agent, reason="no heartbeat"))
+            self._requeue_agent(agent, "agent heartbeat lapsed")
+        for job in list(self.jobs.values()):
+            if job.deadline_at is not None and now >= job.deadline_at:
+                self._finish(job, "expired", error=ErrorInfo(
+                    code="deadline", message="the job's deadline passed before it finished"))
+            elif job.state == "assigned" and not job.accepted and mono - job.assigned_mono > self.settings.accept_timeout_s:
+                self._requeue(job, "agent did not accept in time")
+            elif (job.agent and not self.registry.is_online(job.agent)
+                  and mono - job.assigned_mono > self.settings.accept_timeout_s):
+                self._requeue(job, "agent is not online")
+        self._dispatch(now, mono)
+
+    def _views(self) -> list[AgentView]:
+        load: dict[str, list[int]] = {}
+        for job in self.jobs.values():
+            if job.agent:
+                entry = load.setdefault(job.agent, [0, 0])
+                entry[0] += 1
+                entry[1] += job.req.max_tokens
+        views = []
+        for k in self.registry.agents.values():
+            st = k.status
+            n, toks = load.get(st.agent, (0, 0))
+            views.append(AgentView(
+                agent=st.agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
+                outstanding=n, outstanding_tokens=toks, decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
+                budget_tokens=st.budget.tokens if st.budget else 0,
+                budget_used=(st.budget.used if st.budget else 0) + toks,
+                energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,
+                prefetch=self.settings.prefetch,
+            ))
+        return views
+
+    def _dispatch(self, now: float, mono: float) -> None:
+        waiting = [j for j in self.jobs.values() if j.state == "queued"]
+        if not waiting or not any(k.accepting for k in self.registry.agents.values()):
+            return
+        aging = self.settings.aging_s
+
+        def urgency(j: Job) -> tuple[float, float]:
+            return (-(j.req.priority + (now - j.created_at) / aging), j.created_at)
+
+        views = self._views()
+        for job in sorted(waiting, key=urgency):
+            if not any(v.online and v.has_room for v in views):
+                break
+            spec = JobSpec(key=job.key, max_tokens=job.req.max_tokens, model=job.req.model or self.settings.default_model or None,
+                           priority=job.req.priority, deadline_at=job.deadline_at, privacy=job.req.privacy,
+                           exclude=frozenset(job.exclude))
+            decision = decide(spec, views, now, self.settings.policy, rng=self.rng)  # type: ignore[arg-type]
+            if decision.target != "agent" or decision.agent is None:
+                continue
+            self._assign(job, decision, mono)
+            views = self._views()
+
+    def _assign(self, job: Job, decision: Decision, mono: float) -> None:
+        agent = decision.agent
+        assert agent is not None
+        job.attempt += 1
+        job.state, job.agent, job.accepted, job.assigned_mono = "assigned", agent, False, mono
+        job.agent_epoch = self.registry.agents[agent].status.epoch
+        job.decision = _explain(decision)
+        self.counters["assigned"] += 1
+        self.ledger.update(job.key, "assigned", job.decision, agent=agent, attempt=job.attempt, tier="edge")
+        spec = Assignment(key=job.key, device=job.device, job=job.job, attempt=job.attempt, prompt=job.req.prompt,
+                          max_tokens=job.req.max_tokens, stream=job.req.stream, model=job.req.model,
+                          result_topic=self.topics.results(job.device, job.job),
+                          response_topic=job.response_topic, correlation=job.correlation,
+                          deadline_at=job.deadline_at, assigned_at=self.clock())
+        payload = encode(spec)
+        topic = self.topics.assign(agent)
+        self._effects.append(lambda: self.session.publish(topic, payload, qos=1))
+        log.info(kv("job_assigned", job=job.key, agent=agent, attempt=job.attempt,
+                    predicted_ms=decision.predicted_s * 1000, reason=decision.reason))
+
+    # ------------------------------------------------------------------ finishing
+
+    def _finish(self, job: Job, status: Status, *, text: str = "", usage: Usage | None = None,
+                agent_timings: dict[str, float] | None = None, served_by: ServedBy | None = None,
+                error: ErrorInfo | None = None) -> None:
+        now = self.clock()
+        if status in ("cancelled", "expired") and job.agent:
+            self._send_cancel(job)
+        timings = dict(agent_timings or {})
+        timings["total_ms"] = round((now - job.created_at) * 1000, 2)
+        if job.started_at:
+            timings["queue_ms"] = round((job.started_at - job.created_at) * 1000, 2)
+        if job.decision and "predicted_ms" in job.decision:
+            timings["predicted_ms"] = job.decision["predicted_ms"]
+        final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
+                      timings=timings, error=error,
+                      cost=job.decision.get("cost") if job.decision and status == "done" else None)
+        del self.jobs[job.key]
+        body = encode(final)
+        self.ledger.update(job.key, status, {"error": error.code} if error else None,
+                           final=body.decode(), delivered=0)
+        self.counters[status] = self.counters.get(status, 0) + 1
+        log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
+                    total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,
+                    code=error.code if error else None))
+        self._effects.append(self._publish_final_fn(job.key, job.device, job.job, orjson.loads(body),
+                                                    job.response_topic, job.correlation))
+
+    def _publish_final_fn(self, key: str, device: str, job_id: str, final: dict[str, Any],
+                          response_topic: str | None, correlation: str | None) -> Callable[[], None]:
+        body = orjson.dumps(final)
+        topic = self.topics.results(device, job_id)
+
+        def publish() -> None:
+            info = self.session.publish(topic, body, qos=1)
+            if response_topic:
+                self.session.publish(response_topic, body, qos=1,
+                                     correlation=bytes.fromhex(correlation) if correlation else None)
+            self._unconfirmed.append((key, info))
+        return publish
+
+    def _confirm_deliveries(self, wait_s: float = 0.0) -> None:
+        """Mark finals the broker acknowledged, so a restart does not send them again."""
+        if not self._unconfirmed:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            done = [k for k, info in self._unconfirmed if info.is_published()]
+            if len(done) == len(self._unconfirmed) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        if done:
+            with self.ledger.transaction():
+                self.ledger.mark_delivered(done)
+            confirmed = set(done)
+            self._unconfirmed = [(k, i) for k, i in self._unconfirmed if k not in confirmed]
+
+    # ------------------------------------------------------------------ status
+
+    def _publish_status(self, state: str, wait: bool = False) -> None:
+        st = CoordinatorStatus(state=state, host=socket.gethostname(), pid=os.getpid(),  # type: ignore[arg-type]
+                               policy=self.settings.policy, version=__version__, counters=dict(self.counters),
+                               ts=self.clock())
+        if wait:
+            self.session.publish_wait(self.topics.coordinator_status, encode(st), retain=True)
+        else:
+            self.session.publish(self.topics.coordinator_status, encode(st), qos=1, retain=True)
+
+    def mesh_status(self) -> MeshStatus:
+        views = [v for v in self._views() if v.online]
+        queued = [j for j in self.jobs.values() if j.state == "queued"]
+        tps = sum(v.decode_tps * v.slots for v in views) or 0.0
+        backlog = sum(j.req.max_tokens for j in queued) + sum(v.outstanding_tokens for v in views)
+        return MeshStatus(
+            agents_online=len(views),
+            slots_total=sum(v.slots for v in views),
+            slots_free=sum(max(0, v.slots - v.outstanding) for v in views),
+            queue_depth=len(queued),
+            running=sum(1 for j in self.jobs.values() if j.state in ("assigned", "running")),
+            predicted_wait_ms=round(backlog / tps * 1000, 1) if tps else 0.0,
+            overloaded=len(queued) >= self.settings.max_queue * 0.8 or (bool(queued) and not views),
+            ts=self.clock(),
+        )
+
+    def _publish_mesh(self) -> None:
+        mono = time.monotonic()
+        if mono - self._last_mesh_at < 0.25:
+            return
+        mesh = self.mesh_status()
+        same = self._last_mesh is not None and _strip_ts(self._last_mesh) == _strip_ts(mesh)
+        if same and mono - self._last_mesh_at < self.settings.status_interval_s:
+            return
+        self._last_mesh, self._last_mesh_at = mesh, mono
+        self.session.publish(self.topics.mesh_status, encode(mesh), qos=1, retain=True)
+        if not same or mono - self._last_mesh_at >= self.settings.status_interval_s:
+            self._publish_status("online")
+
+
+def _strip_ts(m: MeshStatus) -> tuple[Any, ...]:
+    return (m.agents_online, m.slots_total, m.slots_free, m.queue_depth, m.running, m.overloaded)
+
+
+def _peek_id(raw: bytes) -> str | None:
+    """The device's job id from a prompt that failed validation, when there is a usable one."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = obj.get("id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) and is_valid_id(value) else None
+
+
+def _explain(d: Decision) -> dict[str, Any]:
+    return {
+        "policy": d.policy, "target": d.target, "agent": d.agent, "reason": d.reason,
+        "predicted_ms": round(d.predicted_s * 1000, 1), "at_risk": d.at_risk,
+        "cost": {"edge": round(d.cost, 9)},
+        "candidates": [
+            {"agent": c.agent, "eligible": c.eligible, "reason": c.reason, "wait_ms": round(c.wait_s * 1000, 1),
+             "completion_ms": round(c.completion_s * 1000, 1), "cost": round(c.cost, 9),
+             "meets_deadline": c.meets_deadline, "has_room": c.has_room}
+            for c in d.candidates
+        ],
+    }

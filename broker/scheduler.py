@@ -1,0 +1,200 @@
+"""Where a job should run: a pure function of (job, agent views, clock, policy). No I/O.
+
+Policies:
+
+* ``random`` - any eligible agent with room (the research's Random).
+* ``weighted`` - eligible agents with room, drawn in proportion to capability
+  (decode tokens/s x slots) (the research's Weighted).
+* ``load-aware`` - the eligible agent with the least load per slot (the research's Load-Aware).
+* ``deadline`` - fogmesh's: predict each agent's completion time
+  (queue wait + TTFT + max_tokens / decode rate); among agents that meet the
+  job's deadline, the cheapest; if none can, the cloud when the job's privacy
+  allows it; else the fastest agent, flagged at risk.
+
+Eligible means online, fresh, holding the model, and inside its token budget.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+POLICIES = ("random", "weighted", "load-aware", "deadline")
+Policy = Literal["random", "weighted", "load-aware", "deadline"]
+J_PER_KWH = 3_600_000.0
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the coordinator knows of one agent at decision time."""
+
+    agent: str
+    online: bool = True
+    fresh: bool = True
+    models: frozenset[str] = frozenset()
+    slots: int = 1
+    outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
+    outstanding_tokens: int = 0  # their max_tokens, summed
+    decode_tps: float = 0.0
+    ttft_ms: float = 0.0
+    budget_tokens: int = 0  # 0: no budget
+    budget_used: int = 0
+    energy_j_per_token: float = 0.0
+    price_per_kwh: float = 0.0
+    prefetch: int = 1  # jobs that may wait on the agent beyond its slots
+
+    @property
+    def has_room(self) -> bool:
+        return self.outstanding < self.slots + self.prefetch
+
+
+@dataclass(frozen=True)
+class CloudTier:
+    """The cloud path as the scheduler sees it."""
+
+    enabled: bool = False
+    latency_s: float = 1.0  # WAN + queueing before the first token
+    decode_tps: float = 50.0
+    price_in_per_1k: float = 0.0
+    price_out_per_1k: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    key: str
+    max_tokens: int
+    prompt_tokens: int = 0
+    model: str | None = None
+    priority: int = 5
+    deadline_at: float | None = None  # same clock as ``now``
+    privacy: str = "cloud-ok"
+    exclude: frozenset[str] = frozenset()  # agents that already failed this job
+
+
+@dataclass(frozen=True)
+class Candidate:
+    agent: str
+    eligible: bool
+    reason: str  # why not eligible, or "ok"
+    wait_s: float = 0.0
+    completion_s: float = 0.0
+    cost: float = 0.0
+    meets_deadline: bool = True
+    has_room: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``target`` is ``agent`` (run there now), ``cloud``, or ``wait`` (stay queued: see ``agent``)."""
+
+    target: Literal["agent", "cloud", "wait"]
+    policy: str
+    agent: str | None = None
+    predicted_s: float = 0.0
+    cost: float = 0.0
+    at_risk: bool = False
+    reason: str = ""
+    candidates: tuple[Candidate, ...] = field(default=())
+
+
+def edge_cost(view: AgentView, tokens: int) -> float:
+    """Energy x price: joules per token x tokens / 3.6e6 J per kWh x price per kWh."""
+    return view.energy_j_per_token * tokens / J_PER_KWH * view.price_per_kwh
+
+
+def cloud_cost(cloud: CloudTier, prompt_tokens: int, completion_tokens: int) -> float:
+    return prompt_tokens / 1000 * cloud.price_in_per_1k + completion_tokens / 1000 * cloud.price_out_per_1k
+
+
+def predict(view: AgentView, job: JobSpec) -> tuple[float, float]:
+    """(queue wait, completion) in seconds from now if ``job`` went to ``view``."""
+    tps = view.decode_tps or 1.0
+    wait = 0.0
+    if view.outstanding >= view.slots:
+        wait = view.outstanding_tokens / tps / max(view.slots, 1)
+    return wait, wait + view.ttft_ms / 1000 + job.max_tokens / tps
+
+
+def assess(view: AgentView, job: JobSpec, now: float) -> Candidate:
+    reason = "ok"
+    if not view.online:
+        reason = "offline"
+    elif not view.fresh:
+        reason = "stale"
+    elif job.model and job.model not in view.models:
+        reason = "model_missing"
+    elif view.agent in job.exclude:
+        reason = "failed_before"
+    elif view.budget_tokens and view.budget_used + job.max_tokens > view.budget_tokens:
+        reason = "over_budget"
+    wait, completion = predict(view, job)
+    meets = job.deadline_at is None or now + completion <= job.deadline_at
+    return Candidate(
+        agent=view.agent, eligible=reason == "ok", reason=reason, wait_s=wait,
+        completion_s=completion, cost=edge_cost(view, job.max_tokens),
+        meets_deadline=meets, has_room=view.has_room,
+    )
+
+
+def decide(
+    job: JobSpec,
+    agents: Sequence[AgentView],
+    now: float,
+    policy: Policy = "deadline",
+    cloud: CloudTier | None = None,
+    rng: random.Random | None = None,
+) -> Decision:
+    """Choose where ``job`` runs. Pure: the same inputs (and rng state) give the same decision."""
+    cloud = cloud or CloudTier()
+    cands = tuple(assess(v, job, now) for v in agents)
+    eligible = [c for c in cands if c.eligible]
+    by_name = {v.agent: v for v in agents}
+    cloud_ok = cloud.enabled and job.privacy != "edge-only"
+    cloud_s = cloud.latency_s + job.max_tokens / (cloud.decode_tps or 1.0)
+    c_cost = cloud_cost(cloud, job.prompt_tokens, job.max_tokens)
+
+    def to_agent(c: Candidate, reason: str, at_risk: bool = False) -> Decision:
+        target: Literal["agent", "wait"] = "agent" if c.has_room else "wait"
+        return Decision(target, policy, c.agent, c.completion_s, c.cost, at_risk, reason, cands)
+
+    def to_cloud(reason: str) -> Decision:
+        return Decision("cloud", policy, None, cloud_s, c_cost, False, reason, cands)
+
+    if not eligible:
+        if cloud_ok:
+            return to_cloud("no eligible edge agent")
+        # Over budget, offline or missing the model: the job waits until an agent can take it.
+        return Decision("wait", policy, reason="no eligible edge agent", candidates=cands)
+
+    if policy == "deadline":
+        meeting = [c for c in eligible if c.meets_deadline]
+        if meeting:
+            best = min(meeting, key=lambda c: (round(c.cost, 12), c.completion_s, c.agent))
+            return to_agent(best, "cheapest agent that meets the deadline")
+        if cloud_ok and (job.deadline_at is None or now + cloud_s <= job.deadline_at):
+            return to_cloud("no edge agent meets the deadline; the cloud does")
+        fastest = min(eligible, key=lambda c: (c.completion_s, c.agent))
+        return to_agent(fastest, "no tier meets the deadline: fastest agent", at_risk=True)
+
+    roomy = [c for c in eligible if c.has_room]
+    if not roomy:
+        # The research's policies offload demand the edge cannot take now.
+        if cloud_ok:
+            return to_cloud("every eligible agent is full")
+        best = min(eligible, key=lambda c: (c.wait_s, c.agent))
+        return to_agent(best, "every eligible agent is full: wait for the first free")
+    rng = rng or random.Random()
+    if policy == "random":
+        return to_agent(rng.choice(sorted(roomy, key=lambda c: c.agent)), "random choice")
+    if policy == "weighted":
+        ordered = sorted(roomy, key=lambda c: c.agent)
+        weights = [max(by_name[c.agent].decode_tps, 0.01) * by_name[c.agent].slots for c in ordered]
+        return to_agent(rng.choices(ordered, weights=weights)[0], "drawn by capability")
+    if policy == "load-aware":
+        def load(c: Candidate) -> tuple[float, float, str]:
+            v = by_name[c.agent]
+            return (v.outstanding / max(v.slots, 1), -v.decode_tps, c.agent)
+        return to_agent(min(roomy, key=load), "least loaded agent")
+    raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")

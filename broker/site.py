@@ -1,0 +1,141 @@
+"""``fogmesh up``: a whole site on one machine, each daemon its own process, as on real hardware."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from broker.client import snapshot
+from broker.errors import SiteError
+from broker.logs import kv
+from broker.mosquitto import Mosquitto, free_port
+from broker.session import BrokerAddress
+from broker.settings import state_dir
+
+log = logging.getLogger("fogmesh.site")
+CURRENT = "current-site.json"
+
+
+@dataclass
+class SitePlan:
+    site: str = "site"
+    agents: int = 2
+    port: int | None = None
+    broker: str | None = None  # an existing broker; None starts a private mosquitto
+    model: str = ""
+    slots: int = 1
+    policy: str = "deadline"
+    data_dir: Path | None = None
+    log_format: str = "kv"
+
+
+def record_current(broker: str, site: str) -> Path:
+    """Where ``fogmesh ask`` and ``fogmesh status`` find the site by default."""
+    path = state_dir() / CURRENT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps({"broker": broker, "site": site, "pid": os.getpid()}))
+    return path
+
+
+def current() -> dict[str, str]:
+    try:
+        return orjson.loads((state_dir() / CURRENT).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+
+
+class Site:
+    def __init__(self, plan: SitePlan) -> None:
+        self.plan = plan
+        self.data_dir = plan.data_dir or state_dir() / plan.site
+        self.broker: Mosquitto | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.url = plan.broker or ""
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        cmd = [sys.executable, "-m", "broker.cli", *args]
+        self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        log.info(kv("process_started", name=name, pid=self.procs[name].pid))
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        p = self.plan
+        if not p.broker:
+            self.broker = Mosquitto(free_port(p.port or 1883), self.data_dir / "mosquitto")
+            self.broker.start()
+            self.url = self.broker.url
+        common = ["--broker", self.url, "--site", p.site, "--log-format", p.log_format]
+        self._spawn("coordinator", ["coordinator", *common, "--policy", p.policy,
+                                    "--ledger", str(self.data_dir / "ledger.db")])
+        threads = max(1, (os.cpu_count() or 1) // max(p.agents, 1))
+        for i in range(1, p.agents + 1):
+            args = ["agent", *common, "--agent-id", f"agent-{i}", "--threads", str(threads),
+                    "--slots", str(p.slots)]
+            if p.model:
+                args += ["--model", p.model]
+            self._spawn(f"agent-{i}", args)
+        record_current(self.url, p.site)
+        self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        address = BrokerAddress.parse(self.url)
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise SiteError(f"{name} exited with status {proc.returncode} while the site was starting")
+            snap = snapshot(address, self.plan.site, settle_s=0.3)
+            online = [a for a in snap["agents"].values() if a.get("state") == "online"]
+            coordinator = snap["coordinator"] or {}
+            if len(online) >= self.plan.agents and coordinator.get("state") == "online":
+                return
+            time.sleep(0.2)
+        raise SiteError(f"the site was not ready within {timeout_s:.0f} s; see the logs above")
+
+    def describe(self) -> str:
+        lines = [f"fogmesh site {self.plan.site!r} is up", f"  broker       {self.url}"
+                 + (f"  (mosquitto pid {self.broker.proc.pid}, config {self.broker.config})"
+                    if self.broker and self.broker.proc else "  (existing)")]
+        for name, proc in self.procs.items():
+            lines.append(f"  {name:<12} pid {proc.pid}")
+        lines += [f"  prompts      fogmesh/{self.plan.site}/prompts/<device_id>",
+                  f"  results      fogmesh/{self.plan.site}/results/<device_id>/<job_id>",
+                  "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status"]
+        return "\n".join(lines)
+
+    def wait(self, stop: threading.Event) -> int:
+        """Until ``stop`` is set or a daemon dies; returns non-zero if one died."""
+        while not stop.wait(0.5):
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    log.error(kv("process_exited", name=name, status=proc.returncode))
+                    return 1
+        return 0
+
+    def stop(self, timeout_s: float = 40.0) -> None:
+        """Agents first (they drain and hand work back), then the coordinator, then the broker."""
+        agents = [n for n in self.procs if n != "coordinator"]
+        deadline = time.monotonic() + timeout_s
+        for group in (agents, [n for n in self.procs if n == "coordinator"]):
+            for name in group:
+                if self.procs[name].poll() is None:
+                    self.procs[name].send_signal(signal.SIGTERM)
+            for name in group:
+                proc = self.procs[name]
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning(kv("process_killed", name=name, reason="did not stop in time"))
+                    proc.kill()
+                    proc.wait()
+        if self.broker:
+            self.broker.stop()
+        log.info(kv("site_stopped", site=self.plan.site))

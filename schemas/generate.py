@@ -1,0 +1,67 @@
+"""Generate the JSON Schema files (draft 2020-12) that device authors read.
+
+    python -m schemas.generate           # rewrite schemas/json/*.schema.json
+    python -m schemas.generate --check   # exit 1 if the committed files drift
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from schemas.messages import ALL_MESSAGES
+
+OUT_DIR = Path(__file__).parent / "json"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schema_for(name: str, kind: type[Any]) -> dict[str, Any]:
+    body = msgspec.json.schema(kind)
+    return {
+        "$schema": DIALECT,
+        "$id": f"https://fogmesh.dev/schemas/{name}.schema.json",
+        "title": kind.__name__,
+        "description": (kind.__doc__ or "").strip().splitlines()[0] if kind.__doc__ else "",
+        **body,
+    }
+
+
+def render() -> dict[Path, bytes]:
+    """Every schema file by path, as it should be on disk."""
+    opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+    return {
+        OUT_DIR / f"{name}.schema.json": orjson.dumps(schema_for(name, kind), option=opts)
+        for name, kind in sorted(ALL_MESSAGES.items())
+    }
+
+
+def drift() -> list[str]:
+    """Names of schema files whose committed copy differs from the types."""
+    stale = [p.name for p, data in render().items() if not p.exists() or p.read_bytes() != data]
+    known = set(render())
+    stale += [p.name for p in OUT_DIR.glob("*.schema.json") if p not in known]
+    return sorted(stale)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if committed files drift")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = drift()
+        for name in stale:
+            print(f"schemas/json/{name} is out of date: run python -m schemas.generate")
+        return 1 if stale else 0
+    OUT_DIR.mkdir(exist_ok=True)
+    for path, data in render().items():
+        path.write_bytes(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Every message fogmesh sends or accepts, declared once.
+
+The JSON Schema files under ``schemas/json/`` are generated from these types
+(``python -m schemas.generate``); a test fails when the committed copies drift.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+Status = Literal["done", "error", "rejected", "cancelled", "expired"]
+Tier = Literal["edge", "cloud"]
+Privacy = Literal["edge-only", "cloud-ok"]
+AgentState = Literal["online", "draining", "offline"]
+
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_PRIORITY = 5
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# ---------------------------------------------------------------- device-facing
+
+
+class Prompt(_Message):
+    """What a device publishes to ``fogmesh/<site>/prompts/<device_id>``. Only ``prompt`` is required."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, description="The text to complete.")]
+    id: Id | None = None
+    max_tokens: Positive = DEFAULT_MAX_TOKENS
+    stream: bool = True
+    deadline_ms: Positive | None = None
+    priority: Priority = DEFAULT_PRIORITY
+    privacy: Privacy = "cloud-ok"
+    offline_ok: bool = False
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
+class Cancel(_Message):
+    """What a device publishes to ``fogmesh/<site>/cancel/<device_id>``."""
+
+    id: Id
+
+
+class Chunk(_Message):
+    """A piece of a streamed answer on ``fogmesh/<site>/results/<device_id>/<job_id>``."""
+
+    job: str
+    seq: NonNegative
+    text: str
+    final: Literal[False] = False
+
+
+class ServedBy(_Message):
+    tier: Tier
+    node: str
+
+
+class Usage(_Message):
+    prompt_tokens: NonNegative = 0
+    completion_tokens: NonNegative = 0
+
+
+class ErrorInfo(_Message):
+    code: str
+    message: str
+
+
+class Final(_Message):
+    """The one final message of a job on ``fogmesh/<site>/results/<device_id>/<job_id>``."""
+
+    job: str
+    status: Status
+    final: Literal[True] = True
+    text: str = ""
+    served_by: ServedBy | None = None
+    usage: Usage | None = None
+    timings: dict[str, float] | None = None
+    error: ErrorInfo | None = None
+    cost: dict[str, float] | None = None
+
+
+# ---------------------------------------------------------------- status (retained)
+
+
+class ModelInfo(_Message):
+    name: str
+    quant: str = ""
+    n_ctx: NonNegative = 0
+    file_bytes: NonNegative = 0
+
+
+class Budget(_Message):
+    """A sliding-window token budget: at most ``tokens`` generated per ``window_s``."""
+
+    window_s: float
+    tokens: NonNegative
+    used: NonNegative = 0
+
+
+class AgentStatus(_Message):
+    """Retained on ``fogmesh/<site>/agents/<agent_id>/status``; the Last Will is the same with state offline."""
+
+    agent: str
+    epoch: NonNegative
+    seq: NonNegative
+    state: AgentState
+    host: str = ""
+    pid: NonNegative = 0
+    models: list[ModelInfo] = []
+    slots_total: NonNegative = 0
+    slots_free: NonNegative = 0
+    queue_depth: NonNegative = 0
+    jobs: list[str] = []
+    decode_tps: float = 0.0
+    ttft_ms: float = 0.0
+    mem_free_bytes: NonNegative = 0
+    budget: Budget | None = None
+    energy_j_per_token: float = 0.0
+    price_per_kwh: float = 0.0
+    heartbeat_s: float = 5.0
+    version: str = ""
+    ts: float = 0.0
+
+
+class CoordinatorStatus(_Message):
+    """Retained on ``fogmesh/<site>/coordinator/status``."""
+
+    state: Literal["online", "offline"]
+    host: str = ""
+    pid: NonNegative = 0
+    policy: str = ""
+    version: str = ""
+    counters: dict[str, int] = {}
+    ts: float = 0.0
+
+
+class MeshStatus(_Message):
+    """Retained on ``fogmesh/<site>/mesh/status``: the site at a glance."""
+
+    agents_online: NonNegative
+    slots_total: NonNegative
+    slots_free: NonNegative
+    queue_depth: NonNegative
+    running: NonNegative
+    predicted_wait_ms: float = 0.0
+    overloaded: bool = False
+    ts: float = 0.0
+
+
+class BridgeStatus(_Message):
+    """Retained on ``fogmesh/<site>/bridge/status``."""
+
+    state: Literal["online", "offline"]
+    reachable: bool = False
+    outbox_depth: NonNegative = 0
+    oldest_age_s: float = 0.0
+    dlq_depth: NonNegative = 0
+    host: str = ""
+    pid: NonNegative = 0
+    ts: float = 0.0
+
+
+# ---------------------------------------------------------------- internal
+
+
+class Assignment(_Message):
+    """Coordinator -> agent: run this job. ``attempt`` tells a reassignment from the original."""
+
+    key: str
+    device: str
+    job: str
+    attempt: Positive
+    prompt: str
+    max_tokens: Positive
+    result_topic: str
+    stream: bool = True
+    model: str | None = None
+    response_topic: str | None = None
+    correlation: str | None = None  # hex of the MQTT 5 Correlation Data
+    deadline_at: float | None = None  # unix seconds
+    assigned_at: float = 0.0
+
+
+class Control(_Message):
+    """Coordinator -> agent: stop a job."""
+
+    cancel: str
+    attempt: Positive
+
+
+EventKind = Literal["accepted", "started", "done", "failed", "refused"]
+
+
+class AgentEvent(_Message):
+    """Agent -> coordinator: what became of an assignment."""
+
+    key: str
+    attempt: Positive
+    agent: str
+    epoch: NonNegative
+    kind: EventKind
+    text: str = ""
+    usage: Usage | None = None
+    timings: dict[str, float] | None = None
+    error: ErrorInfo | None = None
+
+
+DEVICE_MESSAGES: dict[str, type[Any]] = {
+    "prompt": Prompt,
+    "cancel": Cancel,
+    "chunk": Chunk,
+    "final": Final,
+}
+STATUS_MESSAGES: dict[str, type[Any]] = {
+    "agent-status": AgentStatus,
+    "coordinator-status": CoordinatorStatus,
+    "mesh-status": MeshStatus,
+    "bridge-status": BridgeStatus,
+}
+INTERNAL_MESSAGES: dict[str, type[Any]] = {
+    "assignment": Assignment,
+    "control": Control,
+    "agent-event": AgentEvent,
+}
+ALL_MESSAGES = {**DEVICE_MESSAGES, **STATUS_MESSAGES, **INTERNAL_MESSAGES}

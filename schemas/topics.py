@@ -1,0 +1,118 @@
+"""The topic tree. Everything lives under ``fogmesh/<site>/`` so one ACL file can describe a site.
+
+Device-facing (fixed contract)::
+
+    fogmesh/<site>/prompts/<device_id>             device -> coordinator   (QoS 1)
+    fogmesh/<site>/cancel/<device_id>              device -> coordinator   (QoS 1)
+    fogmesh/<site>/results/<device_id>/<job_id>    fogmesh -> device       (QoS 1)
+
+Fleet dashboards (retained)::
+
+    fogmesh/<site>/agents/<agent_id>/status
+    fogmesh/<site>/coordinator/status
+    fogmesh/<site>/bridge/status
+    fogmesh/<site>/mesh/status
+
+Internal::
+
+    fogmesh/<site>/agents/<agent_id>/assign        coordinator -> agent    (QoS 1)
+    fogmesh/<site>/agents/<agent_id>/control       coordinator -> agent    (QoS 1, cancels)
+    fogmesh/<site>/agents/<agent_id>/events        agent -> coordinator    (QoS 1)
+    fogmesh/<site>/cloud/requests                  coordinator -> bridge   (QoS 1)
+    fogmesh/<site>/cloud/events                    bridge -> coordinator   (QoS 1)
+    fogmesh/<site>/deadletter/<device_id>/<job_id> coordinator -> operators (QoS 1)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.errors import TopicError
+
+ROOT = "fogmesh"
+_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it can stand as one topic level, else raise TopicError."""
+    if not _ID.fullmatch(value):
+        raise TopicError(
+            f"{what} {value!r} must be 1-128 characters of letters, digits and _ . : @ -"
+        )
+    return value
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID.fullmatch(value))
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one site."""
+
+    site: str = "site"
+
+    def __post_init__(self) -> None:
+        check_id(self.site, "site id")
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.site}"
+
+    # device-facing
+    def prompts(self, device: str = "+") -> str:
+        return f"{self.prefix}/prompts/{device}"
+
+    def cancel(self, device: str = "+") -> str:
+        return f"{self.prefix}/cancel/{device}"
+
+    def results(self, device: str, job: str = "#") -> str:
+        return f"{self.prefix}/results/{device}/{job}"
+
+    # status
+    def agent_status(self, agent: str = "+") -> str:
+        return f"{self.prefix}/agents/{agent}/status"
+
+    @property
+    def coordinator_status(self) -> str:
+        return f"{self.prefix}/coordinator/status"
+
+    @property
+    def bridge_status(self) -> str:
+        return f"{self.prefix}/bridge/status"
+
+    @property
+    def mesh_status(self) -> str:
+        return f"{self.prefix}/mesh/status"
+
+    # internal
+    def assign(self, agent: str) -> str:
+        return f"{self.prefix}/agents/{agent}/assign"
+
+    def control(self, agent: str) -> str:
+        return f"{self.prefix}/agents/{agent}/control"
+
+    def events(self, agent: str = "+") -> str:
+        return f"{self.prefix}/agents/{agent}/events"
+
+    @property
+    def cloud_requests(self) -> str:
+        return f"{self.prefix}/cloud/requests"
+
+    @property
+    def cloud_events(self) -> str:
+        return f"{self.prefix}/cloud/events"
+
+    def deadletter(self, device: str, job: str) -> str:
+        return f"{self.prefix}/deadletter/{device}/{job}"
+
+    def parse(self, topic: str) -> tuple[str, ...]:
+        """Split a topic of this site into its levels after the prefix.
+
+        ``fogmesh/site/prompts/dev1`` -> ``("prompts", "dev1")``.
+        """
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            raise TopicError(f"topic {topic!r} is not under {head!r}")
+        return tuple(topic[len(head) :].split("/"))

@@ -1,0 +1,73 @@
+"""Fixtures: a real mosquitto on a free port, real daemons, each test on its own site."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.mosquitto import Mosquitto, free_port
+from broker.session import BrokerAddress
+from tests.services import Daemon, Device, wait_for
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def broker_url(mosquitto: Mosquitto) -> str:
+    return mosquitto.url
+
+
+@pytest.fixture
+def site_id() -> str:
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, broker_url: str, site_id: str) -> Iterator[Callable[..., Daemon]]:
+    """Start fogmesh daemons for this test's site; all are stopped (or killed) at the end."""
+    started: list[Daemon] = []
+
+    def start(kind: str, *extra: str, name: str | None = None) -> Daemon:
+        args = [kind, "--broker", broker_url, "--site", site_id, *extra]
+        if kind == "coordinator" and "--ledger" not in extra:
+            args += ["--ledger", str(tmp_path / "ledger.db")]
+        d = Daemon(name or kind, args, tmp_path).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.alive():
+            d.kill()
+
+
+@pytest.fixture
+def device(broker_url: str, site_id: str) -> Iterator[Device]:
+    dev = Device(BrokerAddress.parse(broker_url), site_id)
+    yield dev
+    dev.close()
+
+
+def agent_args(agent_id: str, threads: int = 1, slots: int = 1, *extra: str) -> list[str]:
+    return ["--agent-id", agent_id, "--threads", str(threads), "--slots", str(slots), *extra]
+
+
+def wait_online(broker_url: str, site: str, agents: int, timeout_s: float = 60.0) -> None:
+    from broker.client import snapshot
+
+    def ready() -> bool:
+        snap = snapshot(BrokerAddress.parse(broker_url), site, settle_s=0.2)
+        online = [a for a in snap["agents"].values() if a.get("state") == "online"]
+        mesh = snap["mesh"] or {}
+        return len(online) >= agents and mesh.get("agents_online", 0) >= agents
+
+    wait_for(ready, timeout_s, what=f"{agents} agents online")

@@ -1,0 +1,121 @@
+"""Real services for the tests: mosquitto, fogmesh daemons as processes, a device client.
+
+Each test gets its own site id, so tests share one broker without seeing each
+other's topics. Where a Docker daemon answers, ``FOGMESH_TEST_DOCKER=1`` could
+swap the broker for testcontainers' Mosquitto; here the local package is used.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from broker.session import BrokerAddress, Message, Session
+from schemas.topics import Topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class Daemon:
+    """A fogmesh daemon in its own process, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = log_dir / f"{name}.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "broker.cli", *self.args], cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            assert self.proc is not None
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Device:
+    """A device on the real broker: publishes prompts, collects what comes back on its result topics."""
+
+    def __init__(self, address: BrokerAddress, site: str, device_id: str = "") -> None:
+        self.topics = Topics(site)
+        self.device_id = device_id or f"dev-{secrets.token_hex(3)}"
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self.finals: dict[str, list[dict[str, Any]]] = {}
+        self.chunks: dict[str, list[dict[str, Any]]] = {}
+        self.session = Session(address, f"test-{self.device_id}-{secrets.token_hex(3)}", self._collect, persistent=False)
+        self.session.start()
+        self.session.subscribe(self.topics.results(self.device_id), qos=1)
+        time.sleep(0.05)
+
+    def _collect(self, msg: Message) -> None:
+        data = orjson.loads(msg.payload)
+        job = msg.topic.rsplit("/", 1)[-1]
+        (self.finals if data.get("final") else self.chunks).setdefault(job, []).append(data)
+
+    def send(self, payload: dict[str, Any] | bytes, **props: Any) -> None:
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props).wait_for_publish(5)
+
+    def cancel(self, job_id: str) -> None:
+        self.session.publish(self.topics.cancel(self.device_id), orjson.dumps({"id": job_id}), qos=1)
+
+    def final(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        wait_for(lambda: self.finals.get(job_id), timeout_s, what=f"final message of {job_id}")
+        return self.finals[job_id][0]
+
+    def all_finals(self) -> list[dict[str, Any]]:
+        return [f for finals in self.finals.values() for f in finals]
+
+    def close(self) -> None:
+        self.session.stop()
