@@ -1,3 +1,3 @@
-"""The gateway side of fogmesh: the MQTT session every daemon shares, the coordinator, its ledger and scheduler, the site broker."""
+"""The gateway side of fogmesh: the shared MQTT session, the coordinator, its ledger and scheduler, the broker."""
 
 __version__ = "0.1.0"

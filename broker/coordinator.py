@@ -241,8 +241,9 @@ class Coordinator:
         done = self.ledger.get(key)
         if done is not None:  # same id after it finished: the same answer again, not a second run
             self.counters["duplicates"] += 1
-            self._effects.append(self._publish_final_fn(key, device, job_id, orjson.loads(done["final"] or "{}"),
-                                                        msg.response_topic, msg.correlation.hex() if msg.correlation else None))
+            corr = msg.correlation.hex() if msg.correlation else None
+            final = orjson.loads(done["final"] or "{}")
+            self._effects.append(self._publish_final_fn(key, device, job_id, final, msg.response_topic, corr))
             return
         queued = sum(1 for j in self.jobs.values() if j.state == "queued")
         if queued >= self.settings.max_queue:
@@ -389,14 +390,15 @@ class Coordinator:
         for agent in self.registry.sweep(mono):
             log.warning(kv("agent_lapsed", agent=agent, reason="no heartbeat"))
             self._requeue_agent(agent, "agent heartbeat lapsed")
+        timeout = self.settings.accept_timeout_s
         for job in list(self.jobs.values()):
             if job.deadline_at is not None and now >= job.deadline_at:
                 self._finish(job, "expired", error=ErrorInfo(
                     code="deadline", message="the job's deadline passed before it finished"))
-            elif job.state == "assigned" and not job.accepted and mono - job.assigned_mono > self.settings.accept_timeout_s:
+            elif job.state == "assigned" and not job.accepted and mono - job.assigned_mono > timeout:
                 self._requeue(job, "agent did not accept in time")
             elif (job.agent and not self.registry.is_online(job.agent)
-                  and mono - job.assigned_mono > self.settings.accept_timeout_s):
+                  and mono - job.assigned_mono > timeout):
                 self._requeue(job, "agent is not online")
         self._dispatch(now, mono)
 
@@ -434,7 +436,8 @@ class Coordinator:
         for job in sorted(waiting, key=urgency):
             if not any(v.online and v.has_room for v in views):
                 break
-            spec = JobSpec(key=job.key, max_tokens=job.req.max_tokens, model=job.req.model or self.settings.default_model or None,
+            model = job.req.model or self.settings.default_model or None
+            spec = JobSpec(key=job.key, max_tokens=job.req.max_tokens, model=model,
                            priority=job.req.priority, deadline_at=job.deadline_at, privacy=job.req.privacy,
                            exclude=frozenset(job.exclude))
             decision = decide(spec, views, now, self.settings.policy, rng=self.rng)  # type: ignore[arg-type]

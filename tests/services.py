@@ -93,7 +93,8 @@ class Device:
         self.messages: queue.Queue[Message] = queue.Queue()
         self.finals: dict[str, list[dict[str, Any]]] = {}
         self.chunks: dict[str, list[dict[str, Any]]] = {}
-        self.session = Session(address, f"test-{self.device_id}-{secrets.token_hex(3)}", self._collect, persistent=False)
+        client_id = f"test-{self.device_id}-{secrets.token_hex(3)}"
+        self.session = Session(address, client_id, self._collect, persistent=False)
         self.session.start()
         self.session.subscribe(self.topics.results(self.device_id), qos=1)
         time.sleep(0.05)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what fogmesh needs from the distribution when it is missing:
+# mosquitto and its clients, Python's venv module, a C/C++ toolchain and cmake
+# (llama-cpp-python builds from source). Debian and Ubuntu.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+command -v g++ >/dev/null 2>&1 || need+=(build-essential)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "fogmesh needs: ${need[*]}; install them with your package manager" >&2
+    exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing from the distribution: ${need[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+# The Debian package enables a system-wide mosquitto on 1883; fogmesh starts its own.

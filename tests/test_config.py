@@ -1,0 +1,33 @@
+"""Settings: file, then FOGMESH_* variables, then flags; bad keys are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.settings import AgentSettings
+from broker.config import load
+from broker.errors import ConfigError
+from broker.settings import CoordinatorSettings
+
+
+def test_file_then_environment_then_flags(tmp_path, monkeypatch):
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text('[site]\nbroker = "mqtt://gw:1883"\nsite = "plant"\n[agent]\nslots = 2\nheartbeat_s = 2.5\n')
+    monkeypatch.setenv("FOGMESH_AGENT_SLOTS", "3")
+    s = load(AgentSettings, "agent", cfg, agent_id="a9")
+    assert (s.broker, s.site, s.slots, s.heartbeat_s, s.agent_id) == ("mqtt://gw:1883", "plant", 3, 2.5, "a9")
+    assert load(AgentSettings, "agent", cfg, slots=4).slots == 4
+
+
+def test_an_unknown_key_is_named(tmp_path):
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text("[coordinator]\npolicyy = 'deadline'\n")
+    with pytest.raises(ConfigError, match=r"coordinator\.policyy"):
+        load(CoordinatorSettings, "coordinator", cfg)
+
+
+def test_a_wrong_type_is_named(tmp_path):
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text("[coordinator]\nmax_queue = 'lots'\n")
+    with pytest.raises(ConfigError, match="max_queue"):
+        load(CoordinatorSettings, "coordinator", cfg)

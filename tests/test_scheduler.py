@@ -1,0 +1,117 @@
+"""The scheduler is a pure function: crafted views in, a decision out."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.scheduler import POLICIES, AgentView, CloudTier, JobSpec, decide, edge_cost, predict
+
+NOW = 1_000.0
+
+
+def view(name: str, **kw) -> AgentView:
+    base = dict(agent=name, models=frozenset({"m"}), slots=1, decode_tps=50.0, ttft_ms=50.0)
+    base.update(kw)
+    return AgentView(**base)
+
+
+def job(**kw) -> JobSpec:
+    base = dict(key="d/j", max_tokens=64)
+    base.update(kw)
+    return JobSpec(**base)
+
+
+def test_prediction_is_wait_plus_ttft_plus_decode():
+    v = view("a", outstanding=2, outstanding_tokens=100, slots=1, decode_tps=50, ttft_ms=100)
+    wait, completion = predict(v, job(max_tokens=50))
+    assert wait == pytest.approx(2.0)
+    assert completion == pytest.approx(2.0 + 0.1 + 1.0)
+
+
+def test_deadline_policy_picks_the_fastest_when_costs_tie():
+    d = decide(job(), [view("slow", decode_tps=10), view("fast", decode_tps=100)], NOW)
+    assert (d.target, d.agent) == ("agent", "fast")
+
+
+def test_deadline_policy_prefers_the_cheaper_agent_that_still_meets_the_deadline():
+    agents = [view("fast-costly", decode_tps=100, energy_j_per_token=5, price_per_kwh=0.3),
+              view("slow-cheap", decode_tps=40, energy_j_per_token=1, price_per_kwh=0.3)]
+    d = decide(job(deadline_at=NOW + 5), agents, NOW)
+    assert d.agent == "slow-cheap"
+    d = decide(job(deadline_at=NOW + 1.2), agents, NOW)
+    assert d.agent == "fast-costly"
+
+
+def test_a_job_no_agent_can_finish_in_time_goes_to_the_cloud_if_privacy_allows():
+    agents = [view("a", decode_tps=10)]
+    cloud = CloudTier(enabled=True, latency_s=0.2, decode_tps=200)
+    assert decide(job(deadline_at=NOW + 1), agents, NOW, cloud=cloud).target == "cloud"
+    d = decide(job(deadline_at=NOW + 1, privacy="edge-only"), agents, NOW, cloud=cloud)
+    assert (d.target, d.agent, d.at_risk) == ("agent", "a", True)
+
+
+@pytest.mark.parametrize("reason,kw", [("offline", {"online": False}), ("stale", {"fresh": False}),
+                                       ("model_missing", {"models": frozenset({"other"})}),
+                                       ("over_budget", {"budget_tokens": 100, "budget_used": 90})])
+def test_ineligible_agents_are_never_chosen(reason, kw):
+    for policy in POLICIES:
+        d = decide(job(model="m"), [view("bad", decode_tps=1000, **kw), view("ok")], NOW, policy, rng=random.Random(1))
+        assert d.agent == "ok", policy
+        assert {c.agent: c.reason for c in d.candidates}["bad"] == reason
+
+
+def test_a_full_agent_means_wait_for_the_deadline_policy():
+    d = decide(job(), [view("a", outstanding=2, prefetch=1)], NOW)
+    assert (d.target, d.agent) == ("wait", "a")
+
+
+def test_load_aware_picks_the_least_loaded():
+    agents = [view("busy", outstanding=1, slots=2), view("idle", slots=2)]
+    assert decide(job(), agents, NOW, "load-aware").agent == "idle"
+
+
+def test_weighted_draws_in_proportion_to_capability():
+    agents = [view("small", decode_tps=10), view("big", decode_tps=30)]
+    rng = random.Random(7)
+    picks = Counter(decide(job(), agents, NOW, "weighted", rng=rng).agent for _ in range(4000))
+    assert 0.70 < picks["big"] / 4000 < 0.80
+
+
+def test_random_uses_every_agent():
+    agents = [view(f"a{i}") for i in range(4)]
+    rng = random.Random(3)
+    assert {decide(job(), agents, NOW, "random", rng=rng).agent for _ in range(200)} == {"a0", "a1", "a2", "a3"}
+
+
+def test_edge_cost_is_energy_times_price():
+    v = view("a", energy_j_per_token=3.6, price_per_kwh=0.5)
+    assert edge_cost(v, 1_000_000) == pytest.approx(0.5)
+
+
+views = st.builds(
+    AgentView,
+    agent=st.sampled_from(["a", "b", "c", "d"]), online=st.booleans(), fresh=st.booleans(),
+    models=st.sampled_from([frozenset({"m"}), frozenset({"x"})]), slots=st.integers(1, 4),
+    outstanding=st.integers(0, 6), outstanding_tokens=st.integers(0, 500), decode_tps=st.floats(1, 200),
+    ttft_ms=st.floats(1, 500), budget_tokens=st.integers(0, 500), budget_used=st.integers(0, 500),
+)
+
+
+@given(st.lists(views, max_size=6, unique_by=lambda v: v.agent), st.sampled_from(POLICIES),
+       st.sampled_from(["edge-only", "cloud-ok"]), st.integers(1, 256), st.booleans())
+def test_never_an_ineligible_agent_and_never_edge_only_work_to_the_cloud(agents, policy, privacy, tokens, cloud_on):
+    spec = job(model="m", privacy=privacy, max_tokens=tokens, deadline_at=NOW + 2)
+    d = decide(spec, agents, NOW, policy, cloud=CloudTier(enabled=cloud_on), rng=random.Random(0))
+    if d.agent is not None:
+        chosen = next(v for v in agents if v.agent == d.agent)
+        assert chosen.online and chosen.fresh and "m" in chosen.models
+        assert not chosen.budget_tokens or chosen.budget_used + tokens <= chosen.budget_tokens
+    if privacy == "edge-only":
+        assert d.target != "cloud"
+    if d.target == "cloud":
+        assert cloud_on
