@@ -48,5 +48,20 @@ def resolve(model: str) -> Path:
         return default_model_path()
     path = Path(model).expanduser()
     if not path.is_file():
-        raise ModelNotFound(f"model file {path} does not exist (agent.model / --model)")
+        raise ModelNotFound(f"model file {path} does not exist (agent.models / --model)")
     return path
+
+
+def parse_models(entries: list[str]) -> list[tuple[str, Path]]:
+    """``["name=path", "path", ...]`` -> ``[(name, path), ...]``; no entries means the bundled model."""
+    out: list[tuple[str, Path]] = []
+    for entry in entries or [""]:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            name, path = "", entry
+        resolved = resolve(path)
+        out.append((name or resolved.stem, resolved))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ModelNotFound(f"two models share a name: {names}; name them with name=path")
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,8 +12,9 @@ class AgentSettings:
     broker: str = "mqtt://127.0.0.1:1883"
     site: str = "site"
     agent_id: str = ""  # default: the host name
-    model: str = ""  # a GGUF path; empty means the bundled Gemma 3 270M
-    model_name: str = ""  # the name jobs use to ask for this model; default: file stem
+    # GGUF files this agent serves, each "path" or "name=path" (the name jobs ask for;
+    # default: the file's stem). Empty: the bundled Gemma 3 270M. The first is the default.
+    models: list[str] = field(default_factory=list)
     n_ctx: int = 2048
     threads: int = 0  # 0: all cores
     slots: int = 1

@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 
 from broker import __version__, logs
+from agents.errors import AgentError
 from broker.errors import FogmeshError
+from schemas.errors import SchemaError
 from broker.logs import kv
 
 log = logging.getLogger("fogmesh")
@@ -43,22 +45,16 @@ def _site_defaults(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from agents.llama import LlamaBackend
-    from agents.model import resolve
-    from agents.runtime import Agent
+    from agents.runtime import build
     from agents.settings import AgentSettings
     from broker.config import load
 
     settings = load(AgentSettings, "agent", args.config, broker=args.broker, site=args.site,
-                    agent_id=args.agent_id, model=args.model, threads=args.threads, slots=args.slots,
+                    agent_id=args.agent_id, models=args.model, threads=args.threads, slots=args.slots,
+                    n_ctx=args.n_ctx, budget_tokens=args.budget_tokens,
                     log_level=args.log_level, log_format=args.log_format)
     logs.setup(settings.log_level, settings.log_format, f"agent/{settings.agent_id}")
-    path = resolve(settings.model)
-    per_slot = max(1, settings.threads // settings.slots)
-    backends = [LlamaBackend(path, settings.model_name, settings.n_ctx, per_slot, settings.temperature,
-                             settings.top_p, settings.top_k, settings.repeat_penalty)
-                for _ in range(settings.slots)]
-    agent = Agent(settings, backends)
+    agent = build(settings)
     _on_signals(agent.request_stop)
     return agent.run()
 
@@ -108,8 +104,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start a site, ask it one question, stop it."""
     from broker.site import Site
 
-    logs.setup(args.log_level, args.log_format, "demo")
-    site = Site(_plan(args))
+    logs.setup("warning", args.log_format, "demo")
+    plan = _plan(args)
+    plan.log_to_files = True
+    site = Site(plan)
     try:
         site.start()
         print(site.describe(), flush=True)
@@ -128,7 +126,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     broker, site = _site_defaults(args)
     prompt: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens}
+    asks_model = args.command == "ask"
     for key in ("deadline_ms", "priority", "model", "privacy"):
+        if key == "model" and not asks_model:
+            continue
         if getattr(args, key, None) is not None:
             prompt[key] = getattr(args, key)
 
@@ -233,13 +234,14 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", help="a GGUF file (default: the bundled Gemma 3 270M)")
         sp.add_argument("--policy", default="deadline")
 
-    def ask_flags(sp: argparse.ArgumentParser, required: bool = True) -> None:
-        sp.add_argument("prompt", nargs=None if required else "?", default="MQTT is a protocol that")
+    def ask_flags(sp: argparse.ArgumentParser, standalone: bool = True) -> None:
+        sp.add_argument("prompt", nargs=None if standalone else "?", default="MQTT is a protocol that")
         sp.add_argument("--device", default="cli")
         sp.add_argument("--max-tokens", type=int, default=64)
         sp.add_argument("--deadline-ms", type=int)
         sp.add_argument("--priority", type=int)
-        sp.add_argument("--model", dest="model", default=None) if required else None
+        if standalone:  # `demo` has --model for the agents' GGUF file instead
+            sp.add_argument("--model", help="the model name to ask for (default: the site's)")
         sp.add_argument("--privacy", choices=("edge-only", "cloud-ok"))
         sp.add_argument("--timeout", type=float, default=60.0)
         sp.add_argument("--json", action="store_true", help="print the final message as JSON")
@@ -248,9 +250,11 @@ def parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--config")
     sp.add_argument("--agent-id")
-    sp.add_argument("--model")
+    sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models")
     sp.add_argument("--threads", type=int)
     sp.add_argument("--slots", type=int)
+    sp.add_argument("--n-ctx", type=int, help="context size per slot")
+    sp.add_argument("--budget-tokens", type=int, help="sliding-window token budget (see budget_window_s)")
     sp.set_defaults(fn=cmd_agent)
 
     sp = sub.add_parser("coordinator", help="run the site coordinator")
@@ -268,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="start a site, ask it one prompt, stop it")
     common(sp)
     site_flags(sp)
-    ask_flags(sp, required=False)
+    ask_flags(sp, standalone=False)
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("ask", help="publish a prompt as a device and print the answer")
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup("warning", args.log_format or "kv", args.command)
     try:
         return int(args.fn(args))
-    except FogmeshError as exc:
+    except (FogmeshError, AgentError, SchemaError) as exc:
         print(f"fogmesh {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

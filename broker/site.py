@@ -36,6 +36,7 @@ class SitePlan:
     policy: str = "deadline"
     data_dir: Path | None = None
     log_format: str = "kv"
+    log_to_files: bool = False  # daemons' logs to <data dir>/logs/<name>.log instead of the console
 
 
 def record_current(broker: str, site: str) -> Path:
@@ -63,7 +64,13 @@ class Site:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         cmd = [sys.executable, "-m", "broker.cli", *args]
-        self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        if self.plan.log_to_files:
+            log_dir = self.data_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with (log_dir / f"{name}.log").open("ab") as out:
+                self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        else:
+            self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         log.info(kv("process_started", name=name, pid=self.procs[name].pid))
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
@@ -105,7 +112,8 @@ class Site:
                  + (f"  (mosquitto pid {self.broker.proc.pid}, config {self.broker.config})"
                     if self.broker and self.broker.proc else "  (existing)")]
         for name, proc in self.procs.items():
-            lines.append(f"  {name:<12} pid {proc.pid}")
+            where = f"  log {self.data_dir / 'logs' / (name + '.log')}" if self.plan.log_to_files else ""
+            lines.append(f"  {name:<12} pid {proc.pid}{where}")
         lines += [f"  prompts      fogmesh/{self.plan.site}/prompts/<device_id>",
                   f"  results      fogmesh/{self.plan.site}/results/<device_id>/<job_id>",
                   "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status"]
