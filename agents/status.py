@@ -6,10 +6,10 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 
 from agents.settings import AgentSettings
 from broker import __version__
+from broker.views import TokenWindow
 from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
 
 
@@ -24,25 +24,6 @@ class Ewma:
     def add(self, sample: float) -> None:
         self.value = sample if not self.samples else self.alpha * sample + (1 - self.alpha) * self.value
         self.samples += 1
-
-
-class TokenWindow:
-    """Tokens generated in the last ``window_s`` seconds (the research's sliding-window rate limit)."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._events: deque[tuple[float, int]] = deque()
-        self._total = 0
-
-    def add(self, tokens: int, now: float | None = None) -> None:
-        self._events.append((time.monotonic() if now is None else now, tokens))
-        self._total += tokens
-
-    def used(self, now: float | None = None) -> int:
-        horizon = (time.monotonic() if now is None else now) - self.window_s
-        while self._events and self._events[0][0] < horizon:
-            self._total -= self._events.popleft()[1]
-        return self._total
 
 
 def mem_free_bytes() -> int:

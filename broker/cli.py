@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from broker import __version__, logs
 from agents.errors import AgentError
+from broker import __version__, logs
 from broker.errors import FogmeshError
-from schemas.errors import SchemaError
 from broker.logs import kv
+from schemas.errors import SchemaError
 
 log = logging.getLogger("fogmesh")
 
@@ -196,20 +196,48 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Ask the coordinator (over MQTT) or read a ledger file (--ledger) for a job's history."""
+    from broker.client import request
     from broker.ledger import Ledger
-    from broker.settings import CoordinatorSettings
+    from broker.session import BrokerAddress
+    from schemas.topics import Topics
 
-    _, site = _site_defaults(args)
-    path = args.ledger or CoordinatorSettings(site=site).ledger
-    ledger = Ledger(path)
-    rows = ledger.find(args.job)
-    if not rows:
-        print(f"no job {args.job!r} in {path}", file=sys.stderr)
+    broker, site = _site_defaults(args)
+    if args.ledger:
+        ledger = Ledger(args.ledger)
+        jobs = [{**row, "history": ledger.history(row["key"])} for row in ledger.find(args.job)]
+        reply: dict[str, Any] | None = {"job": args.job, "jobs": jobs}
+    else:
+        reply = request(BrokerAddress.parse(broker), Topics(site).explain, {"job": args.job})
+        if reply is None:
+            print(f"no answer from the coordinator of site {site!r} on {broker}", file=sys.stderr)
+            return 3
+    if not reply["jobs"]:
+        print(f"no job {args.job!r} on site {site!r}", file=sys.stderr)
         return 1
-    for row in rows:
-        out = {"key": row["key"], "state": row["state"], "agent": row["agent"], "attempt": row["attempt"],
-               "history": ledger.history(row["key"])}
-        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    if args.json:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for job in reply["jobs"]:
+        print(f"job {job['key']}: {job['state']}" + (f" on {job['agent']}" if job.get("agent") else "")
+              + f" after {job['attempt']} attempt(s)")
+        t0 = job["history"][0]["ts"] if job["history"] else 0.0
+        for h in job["history"]:
+            d = h.get("detail") or {}
+            line = f"  +{(h['ts'] - t0) * 1000:8.1f} ms  {h['state']:<10}"
+            if "policy" in d:
+                line += f" policy={d['policy']} -> {d.get('agent') or d.get('target')} ({d.get('reason')}),"
+                line += f" predicted {d.get('predicted_ms')} ms"
+                print(line)
+                for c in d.get("candidates", []):
+                    mark = "*" if c["agent"] == d.get("agent") else " "
+                    print(f"      {mark} {c['agent']:<14} {'eligible' if c['eligible'] else c['reason']:<14}"
+                          f" wait {c['wait_ms']:>7.1f} ms  completion {c['completion_ms']:>8.1f} ms"
+                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}")
+                continue
+            if d:
+                line += " " + " ".join(f"{k}={v}" for k, v in d.items())
+            print(line)
     return 0
 
 
@@ -288,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("explain", help="why a job went where it went")
     common(sp)
     sp.add_argument("--ledger", help="the coordinator's ledger (default: this host's for the site)")
+    sp.add_argument("--json", action="store_true")
     sp.add_argument("job", help="the job id (or device/job key)")
     sp.set_defaults(fn=cmd_explain)
     return p

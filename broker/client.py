@@ -88,3 +88,27 @@ def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[s
     finally:
         session.stop()
     return out
+
+
+def request(address: BrokerAddress, topic: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """An MQTT 5 request/response: publish with a Response Topic and Correlation Data, wait for the reply."""
+    inbox: queue.Queue[Message] = queue.Queue()
+    token = secrets.token_hex(8)
+    session = Session(address, f"fogmesh-req-{token}", inbox.put, persistent=False)
+    session.start()
+    reply_to = f"{topic}/reply/{token}"
+    try:
+        session.subscribe(reply_to, qos=1)
+        time.sleep(0.05)
+        session.publish(topic, orjson.dumps(body), qos=1, response_topic=reply_to, correlation=token.encode())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                msg = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if msg.correlation == token.encode():
+                return orjson.loads(msg.payload)
+    finally:
+        session.stop()
+    return None

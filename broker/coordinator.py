@@ -26,7 +26,7 @@ import orjson
 from broker import __version__
 from broker.ledger import Ledger
 from broker.logs import kv
-from broker.scheduler import AgentView, Decision, JobSpec, decide
+from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, cloud_cost, decide, edge_cost, order
 from broker.session import BrokerAddress, Message, Session
 from broker.settings import CoordinatorSettings
 from broker.views import Registry
@@ -50,7 +50,7 @@ from schemas.messages import (
 from schemas.topics import Topics, is_valid_id
 
 log = logging.getLogger("fogmesh.coordinator")
-NOT_RETRYABLE = {"prompt_too_long", "cancelled"}
+NOT_RETRYABLE = {"cancelled"}
 
 
 def new_job_id() -> str:
@@ -101,6 +101,9 @@ class Coordinator:
         self._effects: list[Callable[[], None]] = []
         self._unconfirmed: list[tuple[str, Any]] = []
         self._stop = False
+        # The cloud tier, when a bridge is attached (cloud_bridge sets both).
+        self.cloud = CloudTier()
+        self.offload: Callable[[Job, Decision], None] | None = None
         self._last_mesh: MeshStatus | None = None
         self._last_mesh_at = 0.0
         will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
@@ -120,7 +123,7 @@ class Coordinator:
         self._recover()
         self.session.start()
         t = self.topics
-        for topic in (t.prompts(), t.cancel(), t.events(), t.agent_status()):
+        for topic in (t.prompts(), t.cancel(), t.events(), t.agent_status(), t.explain):
             self.session.subscribe(topic, qos=1)
         self._publish_status("online")
         log.info(kv("coordinator_online", broker=self.session.address.url, site=self.settings.site,
@@ -195,6 +198,8 @@ class Coordinator:
                 self._on_status(msg)
             elif kind == "agents" and rest[-1] == "events":
                 self._on_event(msg)
+            elif kind == "coordinator" and rest == ["explain"]:
+                self._on_explain(msg)
         except Exception:  # one bad message must never stop the coordinator
             log.exception(kv("message_failed", topic=msg.topic))
         self._effects.append(lambda: self.session.ack(msg))
@@ -295,6 +300,24 @@ class Coordinator:
             return
         self._finish(job, "cancelled", error=ErrorInfo(code="cancelled", message="cancelled by the device"))
 
+    def _on_explain(self, msg: Message) -> None:
+        """Answer ``fogmesh explain``: a job's transitions and decisions, to the request's Response Topic."""
+        if not msg.response_topic:
+            return
+        try:
+            wanted = str(orjson.loads(msg.payload).get("job", ""))
+        except (orjson.JSONDecodeError, AttributeError):
+            wanted = ""
+        jobs = []
+        for row in self.ledger.find(wanted)[:20] if wanted else []:
+            live = self.jobs.get(row["key"])
+            jobs.append({"key": row["key"], "state": row["state"], "agent": row["agent"], "tier": row["tier"],
+                         "attempt": row["attempt"], "priority": row["priority"], "live": live is not None,
+                         "history": self.ledger.history(row["key"])})
+        body = orjson.dumps({"job": wanted, "jobs": jobs, "policy": self.settings.policy})
+        topic, corr = msg.response_topic, msg.correlation
+        self._effects.append(lambda: self.session.publish(topic, body, qos=1, correlation=corr))
+
     # ------------------------------------------------------------------ agents
 
     def _on_status(self, msg: Message) -> None:
@@ -342,6 +365,9 @@ class Coordinator:
             job.started_at = self.clock()
             self.ledger.update(job.key, "running", {"agent": ev.agent, "attempt": ev.attempt})
         elif ev.kind == "done":
+            known = self.registry.agents.get(ev.agent)
+            if known and ev.usage:
+                known.window.add(ev.usage.completion_tokens)
             self._finish(job, "done", text=ev.text, usage=ev.usage, agent_timings=ev.timings,
                          served_by=ServedBy(tier="edge", node=ev.agent))
         elif ev.kind == "refused":
@@ -354,15 +380,23 @@ class Coordinator:
     def _failed(self, job: Job, error: ErrorInfo) -> None:
         job.failures += 1
         self.ledger.note(job.key, "failed", {"agent": job.agent, "code": error.code, "message": error.message})
-        if error.code in NOT_RETRYABLE or job.failures >= self.settings.max_attempts:
-            self._finish(job, "error", error=error)
-            self._effects.append(lambda: self.session.publish(
-                self.topics.deadletter(job.device, job.job),
-                orjson.dumps({"key": job.key, "attempts": job.attempt, "error": error.code,
-                              "message": error.message})))
-            return
         if job.agent:
             job.exclude.add(job.agent)
+        others = [k for k in self.registry.agents.values()
+                  if k.online and k.status.agent not in job.exclude
+                  and (not job.req.model or job.req.model in k.models)]
+        if error.code in NOT_RETRYABLE or job.failures >= self.settings.max_attempts or not others:
+            why = ("not retryable" if error.code in NOT_RETRYABLE else
+                   f"failed {job.failures} times" if others else "no other agent can take it")
+            message = f"{error.message} ({why})"
+            self._finish(job, "error", error=ErrorInfo(code=error.code, message=message))
+            letter = orjson.dumps({"key": job.key, "device": job.device, "job": job.job, "attempts": job.attempt,
+                                   "agents": sorted(job.exclude), "error": {"code": error.code, "message": message},
+                                   "ts": self.clock()})
+            self.ledger.note(job.key, "dead_letter", orjson.loads(letter))
+            topic = self.topics.deadletter(job.device, job.job)
+            self._effects.append(lambda: self.session.publish(topic, letter, qos=1))
+            return
         self._requeue(job, f"attempt failed: {error.code}")
 
     def _requeue_agent(self, agent: str, why: str) -> None:
@@ -417,7 +451,7 @@ class Coordinator:
                 agent=st.agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
                 outstanding=n, outstanding_tokens=toks, decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
                 budget_tokens=st.budget.tokens if st.budget else 0,
-                budget_used=(st.budget.used if st.budget else 0) + toks,
+                budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
                 energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,
                 prefetch=self.settings.prefetch,
             ))
@@ -427,24 +461,24 @@ class Coordinator:
         waiting = [j for j in self.jobs.values() if j.state == "queued"]
         if not waiting or not any(k.accepting for k in self.registry.agents.values()):
             return
-        aging = self.settings.aging_s
-
-        def urgency(j: Job) -> tuple[float, float]:
-            return (-(j.req.priority + (now - j.created_at) / aging), j.created_at)
-
+        specs = {j.key: self._spec(j) for j in waiting}
+        created = {j.key: j.created_at for j in waiting}
         views = self._views()
-        for job in sorted(waiting, key=urgency):
+        for spec in order(list(specs.values()), created, now, self.settings.aging_s):
             if not any(v.online and v.has_room for v in views):
                 break
-            model = job.req.model or self.settings.default_model or None
-            spec = JobSpec(key=job.key, max_tokens=job.req.max_tokens, model=model,
-                           priority=job.req.priority, deadline_at=job.deadline_at, privacy=job.req.privacy,
-                           exclude=frozenset(job.exclude))
-            decision = decide(spec, views, now, self.settings.policy, rng=self.rng)  # type: ignore[arg-type]
-            if decision.target != "agent" or decision.agent is None:
-                continue
-            self._assign(job, decision, mono)
-            views = self._views()
+            job = self.jobs[spec.key]
+            decision = decide(spec, views, now, self.settings.policy, cloud=self.cloud, rng=self.rng)  # type: ignore[arg-type]
+            if decision.target == "cloud" and self.offload is not None:
+                self.offload(job, decision)
+            elif decision.target == "agent" and decision.agent is not None:
+                self._assign(job, decision, mono)
+                views = self._views()
+
+    def _spec(self, job: Job) -> JobSpec:
+        return JobSpec(key=job.key, max_tokens=job.req.max_tokens, prompt_tokens=len(job.req.prompt) // 4,
+                       model=job.req.model or self.settings.default_model or None, priority=job.req.priority,
+                       deadline_at=job.deadline_at, privacy=job.req.privacy, exclude=frozenset(job.exclude))
 
     def _assign(self, job: Job, decision: Decision, mono: float) -> None:
         agent = decision.agent
@@ -480,9 +514,11 @@ class Coordinator:
             timings["queue_ms"] = round((job.started_at - job.created_at) * 1000, 2)
         if job.decision and "predicted_ms" in job.decision:
             timings["predicted_ms"] = job.decision["predicted_ms"]
+        cost = None
+        if status == "done" and served_by is not None and usage is not None:
+            cost = self._cost(served_by, usage)
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
-                      timings=timings, error=error,
-                      cost=job.decision.get("cost") if job.decision and status == "done" else None)
+                      timings=timings, error=error, cost=cost)
         del self.jobs[job.key]
         body = encode(final)
         self.ledger.update(job.key, status, {"error": error.code} if error else None,
@@ -493,6 +529,20 @@ class Coordinator:
                     code=error.code if error else None))
         self._effects.append(self._publish_final_fn(job.key, job.device, job.job, orjson.loads(body),
                                                     job.response_topic, job.correlation))
+
+    def _cost(self, served_by: ServedBy, usage: Usage) -> dict[str, float]:
+        """What the answer cost: energy x price at the edge, the API price in the cloud."""
+        if served_by.tier == "cloud":
+            c = self.cloud
+            return {"cloud": round(cloud_cost(c, usage.prompt_tokens, usage.completion_tokens), 9)}
+        known = self.registry.agents.get(served_by.node)
+        if known is None:
+            return {"edge": 0.0}
+        st = known.status
+        view = AgentView(agent=st.agent, energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh)
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        return {"edge": round(edge_cost(view, tokens), 9),
+                "energy_j": round(st.energy_j_per_token * tokens, 4)}
 
     def _publish_final_fn(self, key: str, device: str, job_id: str, final: dict[str, Any],
                           response_topic: str | None, correlation: str | None) -> Callable[[], None]:

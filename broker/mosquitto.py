@@ -62,6 +62,7 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     """``preferred`` if nothing listens there, else a free port the kernel picks."""
     if preferred:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto itself binds
             try:
                 s.bind((host, preferred))
                 return preferred

@@ -156,6 +156,7 @@ def decide(
     c_cost = cloud_cost(cloud, job.prompt_tokens, job.max_tokens)
 
     def to_agent(c: Candidate, reason: str, at_risk: bool = False) -> Decision:
+        # The cost shown is what the job's own tokens cost on that agent.
         target: Literal["agent", "wait"] = "agent" if c.has_room else "wait"
         return Decision(target, policy, c.agent, c.completion_s, c.cost, at_risk, reason, cands)
 
@@ -198,3 +199,18 @@ def decide(
             return (v.outstanding / max(v.slots, 1), -v.decode_tps, c.agent)
         return to_agent(min(roomy, key=load), "least loaded agent")
     raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def urgency(priority: int, waited_s: float, aging_s: float) -> float:
+    """Effective priority: the job's priority plus one level per ``aging_s`` waited.
+
+    A job of priority 0 that has waited 9 x ``aging_s`` outranks a fresh priority-9
+    job, so no priority starves however busy the site is.
+    """
+    return priority + max(waited_s, 0.0) / aging_s
+
+
+def order(waiting: Sequence[JobSpec], created_at: dict[str, float], now: float, aging_s: float) -> list[JobSpec]:
+    """Waiting jobs, most urgent first; equal urgency goes to the oldest."""
+    return sorted(waiting, key=lambda j: (-urgency(j.priority, now - created_at[j.key], aging_s),
+                                          created_at[j.key], j.key))

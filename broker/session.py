@@ -210,10 +210,13 @@ class Session:
         retain: bool = False,
         correlation: bytes | None = None,
         expiry_s: int | None = None,
+        response_topic: str | None = None,
     ) -> mqtt.MQTTMessageInfo:
         props = None
-        if correlation is not None or expiry_s is not None:
+        if correlation is not None or expiry_s is not None or response_topic is not None:
             props = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
             if correlation is not None:
                 props.CorrelationData = correlation
             if expiry_s is not None:

@@ -10,7 +10,9 @@ epoch whatever its sequence number. An agent whose heartbeat lapses for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal
 
 from schemas.messages import AgentStatus
@@ -18,11 +20,32 @@ from schemas.messages import AgentStatus
 Change = Literal["new", "updated", "restarted", "draining", "offline", "ignored"]
 
 
+class TokenWindow:
+    """Tokens generated in the last ``window_s`` seconds (the research's sliding-window rate limit)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def add(self, tokens: int, now: float | None = None) -> None:
+        self._events.append((time.monotonic() if now is None else now, tokens))
+        self._total += tokens
+
+    def used(self, now: float | None = None) -> int:
+        horizon = (time.monotonic() if now is None else now) - self.window_s
+        while self._events and self._events[0][0] < horizon:
+            self._total -= self._events.popleft()[1]
+        return self._total
+
+
 @dataclass
 class Known:
     status: AgentStatus
     seen: float  # monotonic time of the last accepted status
     online: bool  # alive: online or draining (a draining agent still finishes its jobs)
+    # Tokens this coordinator saw the agent generate: its advertised budget use lags a status behind.
+    window: TokenWindow = field(default_factory=lambda: TokenWindow(60.0))
 
     @property
     def accepting(self) -> bool:
@@ -48,7 +71,8 @@ class Registry:
             if status.epoch == old.epoch and status.state != "offline" and status.seq <= old.seq:
                 return "ignored"
         online = status.state != "offline"
-        self.agents[status.agent] = Known(status, now, online)
+        window = known.window if known else TokenWindow(status.budget.window_s if status.budget else 60.0)
+        self.agents[status.agent] = Known(status, now, online, window)
         if not online:
             return "offline" if known is None or known.online else "updated"
         if status.state == "draining" and (known is None or known.status.state != "draining"):

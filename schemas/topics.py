@@ -21,6 +21,7 @@ Internal::
     fogmesh/<site>/cloud/requests                  coordinator -> bridge   (QoS 1)
     fogmesh/<site>/cloud/events                    bridge -> coordinator   (QoS 1)
     fogmesh/<site>/deadletter/<device_id>/<job_id> coordinator -> operators (QoS 1)
+    fogmesh/<site>/coordinator/explain             operator -> coordinator (MQTT 5 request/response)
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class Topics:
     @property
     def coordinator_status(self) -> str:
         return f"{self.prefix}/coordinator/status"
+
+    @property
+    def explain(self) -> str:
+        return f"{self.prefix}/coordinator/explain"
 
     @property
     def bridge_status(self) -> str:

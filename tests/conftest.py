@@ -36,11 +36,11 @@ def daemons(tmp_path: Path, broker_url: str, site_id: str) -> Iterator[Callable[
     """Start fogmesh daemons for this test's site; all are stopped (or killed) at the end."""
     started: list[Daemon] = []
 
-    def start(kind: str, *extra: str, name: str | None = None) -> Daemon:
+    def start(kind: str, *extra: str, name: str | None = None, env: dict[str, str] | None = None) -> Daemon:
         args = [kind, "--broker", broker_url, "--site", site_id, *extra]
         if kind == "coordinator" and "--ledger" not in extra:
             args += ["--ledger", str(tmp_path / "ledger.db")]
-        d = Daemon(name or kind, args, tmp_path).start()
+        d = Daemon(name or kind, args, tmp_path, env).start()
         started.append(d)
         return d
 

@@ -84,6 +84,23 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class Listener:
+    """Collects every message on a topic filter (an operator's dashboard, say)."""
+
+    def __init__(self, address: BrokerAddress, topic: str) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.session = Session(address, f"test-listen-{secrets.token_hex(4)}", self._collect, persistent=False)
+        self.session.start()
+        self.session.subscribe(topic, qos=1)
+        time.sleep(0.05)
+
+    def _collect(self, msg: Message) -> None:
+        self.messages.append((msg.topic, orjson.loads(msg.payload) if msg.payload else {}))
+
+    def close(self) -> None:
+        self.session.stop()
+
+
 class Device:
     """A device on the real broker: publishes prompts, collects what comes back on its result topics."""
 

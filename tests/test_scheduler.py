@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.scheduler import POLICIES, AgentView, CloudTier, JobSpec, decide, edge_cost, predict
+from broker.scheduler import POLICIES, AgentView, CloudTier, JobSpec, decide, edge_cost, order, predict
 
 NOW = 1_000.0
 
@@ -115,3 +115,19 @@ def test_never_an_ineligible_agent_and_never_edge_only_work_to_the_cloud(agents,
         assert d.target != "cloud"
     if d.target == "cloud":
         assert cloud_on
+
+
+def test_priority_orders_waiting_jobs_then_age():
+    jobs = [job(key="old-low", priority=1), job(key="new-high", priority=9), job(key="new-low", priority=1)]
+    created = {"old-low": NOW - 1, "new-high": NOW, "new-low": NOW}
+    assert [j.key for j in order(jobs, created, NOW, aging_s=10)] == ["new-high", "old-low", "new-low"]
+
+
+@given(st.integers(0, 9), st.lists(st.integers(0, 9), min_size=1, max_size=20), st.floats(0.1, 60))
+def test_no_priority_starves(low_priority, newcomers, aging_s):
+    # A job that has waited long enough outranks any job that arrives after it.
+    waited = (9 - low_priority + 1) * aging_s
+    jobs = [job(key="starving", priority=low_priority)]
+    jobs += [job(key=f"n{i}", priority=p) for i, p in enumerate(newcomers)]
+    created = {"starving": NOW - waited, **{f"n{i}": NOW for i in range(len(newcomers))}}
+    assert order(jobs, created, NOW, aging_s)[0].key == "starving"
