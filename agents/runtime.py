@@ -76,7 +76,7 @@ class Agent:
         gen = backend.generate(
             CALIBRATION_PROMPT, self.settings.calibrate_tokens, lambda _t: None, lambda: False
         )
-        self.board.record(gen.ttft_s, gen.decode_tps, 0)
+        self.board.record(gen.ttft_s, gen.decode_tps, 0, prior=True)
         log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000,
                     decode_tps=gen.decode_tps, tokens=gen.completion_tokens))
         return gen

@@ -14,16 +14,21 @@ from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
 
 
 class Ewma:
-    """Exponentially weighted moving average; the first sample seeds it."""
+    """Exponentially weighted moving average.
+
+    A calibration sample (``prior=True``) only seeds it: the first real sample
+    replaces it, since a calibration run at boot often competes with other
+    processes starting on the same device.
+    """
 
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
         self.value = 0.0
         self.samples = 0
 
-    def add(self, sample: float) -> None:
+    def add(self, sample: float, prior: bool = False) -> None:
         self.value = sample if not self.samples else self.alpha * sample + (1 - self.alpha) * self.value
-        self.samples += 1
+        self.samples = 0 if prior else self.samples + 1
 
 
 def mem_free_bytes() -> int:
@@ -54,11 +59,11 @@ class StatusBoard:
         self._lock = threading.Lock()
         self.host = socket.gethostname()
 
-    def record(self, ttft_s: float, decode_tps: float, tokens: int) -> None:
+    def record(self, ttft_s: float, decode_tps: float, tokens: int, prior: bool = False) -> None:
         with self._lock:
-            self.ttft_ms.add(ttft_s * 1000)
+            self.ttft_ms.add(ttft_s * 1000, prior)
             if decode_tps > 0:
-                self.decode_tps.add(decode_tps)
+                self.decode_tps.add(decode_tps, prior)
             self.window.add(tokens)
 
     def energy_j_per_token(self) -> float:

@@ -75,6 +75,35 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     return coordinator.run()
 
 
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from broker.config import load
+    from cloud_bridge.bridge import Bridge
+    from cloud_bridge.settings import BridgeSettings
+
+    settings = load(BridgeSettings, "bridge", args.config, broker=args.broker, site=args.site,
+                    endpoint_url=args.endpoint_url, outbox=args.outbox, log_level=args.log_level,
+                    log_format=args.log_format)
+    logs.setup(settings.log_level, settings.log_format, "bridge")
+    bridge = Bridge(settings)
+    _on_signals(bridge.request_stop)
+    return bridge.run()
+
+
+def cmd_cloud_worker(args: argparse.Namespace) -> int:
+    from broker.config import load
+    from cloud_bridge.settings import WorkerSettings
+    from cloud_bridge.worker import Worker, make_backend
+
+    settings = load(WorkerSettings, "cloud-worker", args.config, endpoint_url=args.endpoint_url,
+                    backend=args.backend, model=args.model, worker_id=args.worker_id,
+                    visibility_s=args.visibility_s, threads=args.threads,
+                    log_level=args.log_level, log_format=args.log_format)
+    logs.setup(settings.log_level, settings.log_format, f"cloud-worker/{settings.worker_id}")
+    worker = Worker(settings, make_backend(settings))
+    _on_signals(worker.request_stop)
+    return worker.run()
+
+
 # ---------------------------------------------------------------------- the site
 
 
@@ -82,7 +111,8 @@ def _plan(args: argparse.Namespace) -> Any:
     from broker.site import SitePlan
 
     return SitePlan(site=args.site or "site", agents=args.agents, port=args.port, broker=args.broker,
-                    model=args.model or "", slots=args.slots, policy=args.policy, log_format=args.log_format)
+                    model=args.model or "", slots=args.slots, policy=args.policy, log_format=args.log_format,
+                    local_cloud=args.local_cloud)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -261,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--slots", type=int, default=1, help="slots per agent")
         sp.add_argument("--model", help="a GGUF file (default: the bundled Gemma 3 270M)")
         sp.add_argument("--policy", default="deadline")
+        sp.add_argument("--local-cloud", action="store_true",
+                        help="also run a local SQS-compatible server, a bridge and a cloud worker")
 
     def ask_flags(sp: argparse.ArgumentParser, standalone: bool = True) -> None:
         sp.add_argument("prompt", nargs=None if standalone else "?", default="MQTT is a protocol that")
@@ -291,6 +323,25 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy")
     sp.add_argument("--ledger", help="SQLite ledger path")
     sp.set_defaults(fn=cmd_coordinator)
+
+    sp = sub.add_parser("bridge", help="run the MQTT <-> SQS bridge for a site")
+    common(sp)
+    sp.add_argument("--config")
+    sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
+    sp.add_argument("--outbox", help="SQLite outbox path")
+    sp.set_defaults(fn=cmd_bridge)
+
+    sp = sub.add_parser("cloud-worker", help="answer the cloud request queue with a larger model")
+    sp.add_argument("--config")
+    sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
+    sp.add_argument("--backend", choices=("local", "openai"))
+    sp.add_argument("--model", help="local: a GGUF path; openai: the model name")
+    sp.add_argument("--worker-id")
+    sp.add_argument("--visibility-s", type=int)
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--log-level", default=None)
+    sp.add_argument("--log-format", choices=("kv", "json"), default=None)
+    sp.set_defaults(fn=cmd_cloud_worker)
 
     sp = sub.add_parser("up", help="start a whole site: broker, coordinator, agents")
     common(sp)

@@ -30,12 +30,14 @@ from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, cloud_cost
 from broker.session import BrokerAddress, Message, Session
 from broker.settings import CoordinatorSettings
 from broker.views import Registry
+from cloud_bridge.messages import CloudRequest, CloudResult
 from schemas import DecodeError, decode, encode
 from schemas.codec import convert
 from schemas.messages import (
     AgentEvent,
     AgentStatus,
     Assignment,
+    BridgeStatus,
     Cancel,
     Control,
     CoordinatorStatus,
@@ -68,7 +70,7 @@ class Job:
     deadline_at: float | None = None  # wall clock
     response_topic: str | None = None
     correlation: str | None = None
-    state: str = "queued"  # queued | assigned | running
+    state: str = "queued"  # queued | assigned | running | offloaded
     agent: str | None = None
     agent_epoch: int = 0
     attempt: int = 0
@@ -101,9 +103,7 @@ class Coordinator:
         self._effects: list[Callable[[], None]] = []
         self._unconfirmed: list[tuple[str, Any]] = []
         self._stop = False
-        # The cloud tier, when a bridge is attached (cloud_bridge sets both).
-        self.cloud = CloudTier()
-        self.offload: Callable[[Job, Decision], None] | None = None
+        self.cloud = CloudTier()  # enabled while a bridge's retained status says it is online
         self._last_mesh: MeshStatus | None = None
         self._last_mesh_at = 0.0
         will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
@@ -123,7 +123,8 @@ class Coordinator:
         self._recover()
         self.session.start()
         t = self.topics
-        for topic in (t.prompts(), t.cancel(), t.events(), t.agent_status(), t.explain):
+        for topic in (t.prompts(), t.cancel(), t.events(), t.agent_status(), t.explain, t.bridge_status,
+                      t.cloud_events):
             self.session.subscribe(topic, qos=1)
         self._publish_status("online")
         log.info(kv("coordinator_online", broker=self.session.address.url, site=self.settings.site,
@@ -156,7 +157,7 @@ class Coordinator:
                       deadline_at=row["deadline_at"], response_topic=req.get("response_topic"),
                       correlation=req.get("correlation"), state=row["state"], agent=row["agent"],
                       attempt=row["attempt"], assigned_mono=now_mono, accepted=row["state"] == "running")
-            if job.state not in ("assigned", "running"):
+            if job.state not in ("assigned", "running", "offloaded"):
                 job.state, job.agent = "queued", None
             self.jobs[job.key] = job
         for row in self.ledger.undelivered():
@@ -200,6 +201,10 @@ class Coordinator:
                 self._on_event(msg)
             elif kind == "coordinator" and rest == ["explain"]:
                 self._on_explain(msg)
+            elif kind == "bridge" and rest == ["status"]:
+                self._on_bridge_status(msg)
+            elif kind == "cloud" and rest == ["events"]:
+                self._on_cloud_event(msg)
         except Exception:  # one bad message must never stop the coordinator
             log.exception(kv("message_failed", topic=msg.topic))
         self._effects.append(lambda: self.session.ack(msg))
@@ -299,6 +304,54 @@ class Coordinator:
             log.info(kv("cancel_unknown", job=f"{device}/{cancel.id}"))
             return
         self._finish(job, "cancelled", error=ErrorInfo(code="cancelled", message="cancelled by the device"))
+
+    def _on_bridge_status(self, msg: Message) -> None:
+        if not msg.payload:
+            return
+        try:
+            st = decode(msg.payload, BridgeStatus)
+        except DecodeError as exc:
+            log.warning(kv("bridge_status_invalid", code=exc.code, detail=exc.message))
+            return
+        was = self.cloud
+        self.cloud = CloudTier(enabled=st.state == "online", reachable=st.reachable, latency_s=st.latency_s,
+                               decode_tps=st.decode_tps, price_in_per_1k=st.price_in_per_1k,
+                               price_out_per_1k=st.price_out_per_1k)
+        if (was.enabled, was.reachable) != (self.cloud.enabled, self.cloud.reachable):
+            log.info(kv("cloud_tier", enabled=self.cloud.enabled, reachable=self.cloud.reachable))
+
+    def _on_cloud_event(self, msg: Message) -> None:
+        try:
+            res = decode(msg.payload, CloudResult)
+        except DecodeError as exc:
+            log.warning(kv("cloud_event_invalid", code=exc.code, detail=exc.message))
+            return
+        job = self.jobs.get(res.key)
+        if job is None or job.state != "offloaded" or job.attempt != res.attempt:
+            self.counters["duplicates"] += 1
+            log.info(kv("cloud_result_dropped", job=res.key, kind=res.kind, reason="job no longer waits for it"))
+            return
+        if res.kind == "done":
+            self._finish(job, "done", text=res.text, usage=res.usage, agent_timings=res.timings,
+                         served_by=ServedBy(tier="cloud", node=res.node))
+        elif res.kind == "expired":
+            self._finish(job, "expired", error=res.error)
+        elif res.kind == "failed":
+            self._finish(job, "error", error=res.error or ErrorInfo(code="cloud_error", message="cloud failed"))
+
+    def _offload(self, job: Job, decision: Decision) -> None:
+        job.attempt += 1
+        job.state, job.agent, job.decision = "offloaded", None, _explain(decision)
+        self.counters["offloaded"] = self.counters.get("offloaded", 0) + 1
+        self.ledger.update(job.key, "offloaded", job.decision, agent=None, attempt=job.attempt, tier="cloud")
+        req = CloudRequest(key=job.key, site=self.settings.site, device=job.device, job=job.job, attempt=job.attempt,
+                           prompt=job.req.prompt, max_tokens=job.req.max_tokens, priority=job.req.priority,
+                           model=job.req.model, deadline_at=job.deadline_at, offline_ok=job.req.offline_ok,
+                           created_at=job.created_at)
+        payload, topic = encode(req), self.topics.cloud_requests
+        self._effects.append(lambda: self.session.publish(topic, payload, qos=1))
+        log.info(kv("job_offloaded", job=job.key, attempt=job.attempt, reason=decision.reason,
+                    predicted_ms=decision.predicted_s * 1000))
 
     def _on_explain(self, msg: Message) -> None:
         """Answer ``fogmesh explain``: a job's transitions and decisions, to the request's Response Topic."""
@@ -459,18 +512,19 @@ class Coordinator:
 
     def _dispatch(self, now: float, mono: float) -> None:
         waiting = [j for j in self.jobs.values() if j.state == "queued"]
-        if not waiting or not any(k.accepting for k in self.registry.agents.values()):
+        cloud_usable = self.cloud.enabled
+        if not waiting or not (cloud_usable or any(k.accepting for k in self.registry.agents.values())):
             return
         specs = {j.key: self._spec(j) for j in waiting}
         created = {j.key: j.created_at for j in waiting}
         views = self._views()
         for spec in order(list(specs.values()), created, now, self.settings.aging_s):
-            if not any(v.online and v.has_room for v in views):
+            if not cloud_usable and not any(v.online and v.has_room for v in views):
                 break
             job = self.jobs[spec.key]
             decision = decide(spec, views, now, self.settings.policy, cloud=self.cloud, rng=self.rng)  # type: ignore[arg-type]
-            if decision.target == "cloud" and self.offload is not None:
-                self.offload(job, decision)
+            if decision.target == "cloud":
+                self._offload(job, decision)
             elif decision.target == "agent" and decision.agent is not None:
                 self._assign(job, decision, mono)
                 views = self._views()
@@ -478,7 +532,8 @@ class Coordinator:
     def _spec(self, job: Job) -> JobSpec:
         return JobSpec(key=job.key, max_tokens=job.req.max_tokens, prompt_tokens=len(job.req.prompt) // 4,
                        model=job.req.model or self.settings.default_model or None, priority=job.req.priority,
-                       deadline_at=job.deadline_at, privacy=job.req.privacy, exclude=frozenset(job.exclude))
+                       deadline_at=job.deadline_at, privacy=job.req.privacy, offline_ok=job.req.offline_ok,
+                       exclude=frozenset(job.exclude))
 
     def _assign(self, job: Job, decision: Decision, mono: float) -> None:
         agent = decision.agent

@@ -47,6 +47,8 @@ def setup(level: str = "info", fmt: str = "kv", name: str = "fogmesh") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if name in ("up", "demo", "ask", "status", "explain"):
         # Client commands connect short-lived sessions; their connects are not news.
         logging.getLogger("fogmesh.mqtt").setLevel(max(root.level, logging.WARNING))

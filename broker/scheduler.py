@@ -54,7 +54,8 @@ class AgentView:
 class CloudTier:
     """The cloud path as the scheduler sees it."""
 
-    enabled: bool = False
+    enabled: bool = False  # a bridge is online
+    reachable: bool = True  # the bridge can reach the queue now (else only offline_ok jobs may go)
     latency_s: float = 1.0  # WAN + queueing before the first token
     decode_tps: float = 50.0
     price_in_per_1k: float = 0.0
@@ -70,6 +71,7 @@ class JobSpec:
     priority: int = 5
     deadline_at: float | None = None  # same clock as ``now``
     privacy: str = "cloud-ok"
+    offline_ok: bool = False  # may wait in the bridge's outbox while the cloud is unreachable
     exclude: frozenset[str] = frozenset()  # agents that already failed this job
 
 
@@ -151,7 +153,8 @@ def decide(
     cands = tuple(assess(v, job, now) for v in agents)
     eligible = [c for c in cands if c.eligible]
     by_name = {v.agent: v for v in agents}
-    cloud_ok = cloud.enabled and job.privacy != "edge-only"
+    cloud_allowed = cloud.enabled and job.privacy != "edge-only"
+    cloud_ok = cloud_allowed and (cloud.reachable or job.offline_ok)
     cloud_s = cloud.latency_s + job.max_tokens / (cloud.decode_tps or 1.0)
     c_cost = cloud_cost(cloud, job.prompt_tokens, job.max_tokens)
 
@@ -164,7 +167,9 @@ def decide(
         return Decision("cloud", policy, None, cloud_s, c_cost, False, reason, cands)
 
     if not eligible:
-        if cloud_ok:
+        # No edge agent can take it at all: the cloud, even while unreachable (the bridge
+        # holds offline_ok jobs and fails the others after its send timeout).
+        if cloud_allowed:
             return to_cloud("no eligible edge agent")
         # Over budget, offline or missing the model: the job waits until an agent can take it.
         return Decision("wait", policy, reason="no eligible edge agent", candidates=cands)

@@ -20,6 +20,7 @@ from broker.logs import kv
 from broker.mosquitto import Mosquitto, free_port
 from broker.session import BrokerAddress
 from broker.settings import state_dir
+from cloud_bridge.local import LocalSqs, local_env
 
 log = logging.getLogger("fogmesh.site")
 CURRENT = "current-site.json"
@@ -37,6 +38,7 @@ class SitePlan:
     data_dir: Path | None = None
     log_format: str = "kv"
     log_to_files: bool = False  # daemons' logs to <data dir>/logs/<name>.log instead of the console
+    local_cloud: bool = False  # a local SQS-compatible server, a bridge and a cloud worker
 
 
 def record_current(broker: str, site: str) -> Path:
@@ -59,18 +61,19 @@ class Site:
         self.plan = plan
         self.data_dir = plan.data_dir or state_dir() / plan.site
         self.broker: Mosquitto | None = None
+        self.sqs: LocalSqs | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.url = plan.broker or ""
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "broker.cli", *args]
         if self.plan.log_to_files:
             log_dir = self.data_dir / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
             with (log_dir / f"{name}.log").open("ab") as out:
-                self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+                self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
         else:
-            self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+            self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
         log.info(kv("process_started", name=name, pid=self.procs[name].pid))
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
@@ -89,6 +92,15 @@ class Site:
             if p.model:
                 args += ["--model", p.model]
             self._spawn(f"agent-{i}", args)
+        if p.local_cloud:
+            self.sqs = LocalSqs(free_port(), self.data_dir / "cloud")
+            self.sqs.start()
+            env = local_env()
+            self._spawn("bridge", ["bridge", *common, "--endpoint-url", self.sqs.url,
+                                   "--outbox", str(self.data_dir / "outbox.db")], env)
+            self._spawn("cloud-worker", ["cloud-worker", "--endpoint-url", self.sqs.url, "--threads", str(threads),
+                                         "--log-format", p.log_format, *(["--model", p.model] if p.model else [])],
+                        env)
         record_current(self.url, p.site)
         self.wait_ready(ready_timeout_s)
 
@@ -102,7 +114,8 @@ class Site:
             snap = snapshot(address, self.plan.site, settle_s=0.3)
             online = [a for a in snap["agents"].values() if a.get("state") == "online"]
             coordinator = snap["coordinator"] or {}
-            if len(online) >= self.plan.agents and coordinator.get("state") == "online":
+            bridge_ok = not self.plan.local_cloud or (snap["bridge"] or {}).get("reachable")
+            if len(online) >= self.plan.agents and coordinator.get("state") == "online" and bridge_ok:
                 return
             time.sleep(0.2)
         raise SiteError(f"the site was not ready within {timeout_s:.0f} s; see the logs above")
@@ -114,6 +127,8 @@ class Site:
         for name, proc in self.procs.items():
             where = f"  log {self.data_dir / 'logs' / (name + '.log')}" if self.plan.log_to_files else ""
             lines.append(f"  {name:<12} pid {proc.pid}{where}")
+        if self.sqs:
+            lines.append(f"  local SQS    {self.sqs.url}  (moto server mode)")
         lines += [f"  prompts      fogmesh/{self.plan.site}/prompts/<device_id>",
                   f"  results      fogmesh/{self.plan.site}/results/<device_id>/<job_id>",
                   "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status"]
@@ -129,7 +144,7 @@ class Site:
         return 0
 
     def stop(self, timeout_s: float = 40.0) -> None:
-        """Agents first (they drain and hand work back), then the coordinator, then the broker."""
+        """Agents and the cloud path first (they drain), then the coordinator, then the brokers."""
         agents = [n for n in self.procs if n != "coordinator"]
         deadline = time.monotonic() + timeout_s
         for group in (agents, [n for n in self.procs if n == "coordinator"]):
@@ -146,4 +161,6 @@ class Site:
                     proc.wait()
         if self.broker:
             self.broker.stop()
+        if self.sqs:
+            self.sqs.stop()
         log.info(kv("site_stopped", site=self.plan.site))

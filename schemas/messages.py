@@ -165,6 +165,11 @@ class BridgeStatus(_Message):
     outbox_depth: NonNegative = 0
     oldest_age_s: float = 0.0
     dlq_depth: NonNegative = 0
+    # The cloud tier as the scheduler sees it (configured on the bridge).
+    latency_s: float = 1.0
+    decode_tps: float = 50.0
+    price_in_per_1k: float = 0.0
+    price_out_per_1k: float = 0.0
     host: str = ""
     pid: NonNegative = 0
     ts: float = 0.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,3 +73,41 @@ def wait_online(broker_url: str, site: str, agents: int, timeout_s: float = 60.0
         return len(online) >= agents and mesh.get("agents_online", 0) >= agents
 
     wait_for(ready, timeout_s, what=f"{agents} agents online")
+
+
+def docker_answers() -> bool:
+    """True where a Docker daemon answers, so testcontainers can start LocalStack."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://") or not os.path.exists(host[len("unix://"):]):
+        return host.startswith("tcp://")  # a remote daemon: let testcontainers find out
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(3)
+        try:
+            s.connect(host[len("unix://"):])
+            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return b"200 OK" in s.recv(256)
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def sqs_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real SQS-compatible server: LocalStack through testcontainers where Docker answers, else moto's server mode.
+
+    Function-scoped: the cloud tests stop and restart it.
+    """
+    from cloud_bridge.local import LOCAL_CREDENTIALS, LocalSqs
+
+    for key, value in LOCAL_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    if os.environ.get("FOGMESH_TEST_SQS") != "moto" and docker_answers():
+        from testcontainers.localstack import LocalStackContainer
+
+        image = os.environ.get("LOCALSTACK_IMAGE", "localstack/localstack:4.14.0")
+        with LocalStackContainer(image).with_services("sqs", "s3") as stack:
+            yield stack.get_url()
+        return
+    server = LocalSqs(free_port(), tmp_path / "moto")
+    server.start()
+    yield server.url
+    server.stop()

@@ -1,0 +1,1 @@
+"""The cloud path: an MQTT <-> SQS bridge with a durable outbox, and the cloud worker behind the queue."""

@@ -1,0 +1,13 @@
+"""Errors of the cloud path."""
+
+
+class CloudError(Exception):
+    """Base class of the cloud path's errors."""
+
+
+class CloudUnreachable(CloudError):
+    """The queue service could not be reached (network, endpoint down, throttled)."""
+
+
+class BadCloudMessage(CloudError):
+    """An SQS message that is not a fogmesh request or result; it is left for the dead-letter queue."""

@@ -1,0 +1,65 @@
+"""Settings of the bridge (``[bridge]``) and the cloud worker (``[cloud-worker]``)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from broker.settings import state_dir
+
+
+@dataclass
+class CloudSettings:
+    """What the bridge and the worker share: where the queues are and what they are called."""
+
+    endpoint_url: str = ""  # empty: AWS itself (boto3's standard chain decides region and credentials)
+    region: str = ""
+    queue_prefix: str = "fogmesh"
+    fifo: bool = False  # FIFO queues, one message group per device
+    bucket: str = ""  # S3 bucket for claim checks (payloads over max_message_bytes)
+    max_message_bytes: int = 262_144
+    max_receives: int = 3  # deliveries before a message moves to the dead-letter queue
+    visibility_s: int = 60
+    wait_s: int = 20  # long polling
+
+    def request_queue(self) -> str:
+        return f"{self.queue_prefix}-requests"
+
+    def result_queue(self, site: str) -> str:
+        return f"{self.queue_prefix}-results-{site}"
+
+
+@dataclass
+class BridgeSettings(CloudSettings):
+    broker: str = "mqtt://127.0.0.1:1883"
+    site: str = "site"
+    outbox: str = ""  # default: <state dir>/<site>/outbox.db
+    outbox_max_jobs: int = 10_000  # offline_ok jobs held while the cloud is unreachable
+    outbox_max_age_s: float = 3600.0  # ... and for how long, at most
+    send_timeout_s: float = 10.0  # a job that is not offline_ok and cannot be sent by then fails
+    result_visibility_s: int = 30  # a result not handed over in time is received again after this
+    status_interval_s: float = 5.0
+    cloud_latency_s: float = 1.0  # what the scheduler assumes of the cloud tier
+    cloud_tps: float = 60.0
+    price_in_per_1k: float = 0.00015
+    price_out_per_1k: float = 0.0006
+    keepalive_s: int = 10
+    log_level: str = "info"
+    log_format: str = "kv"
+
+    def __post_init__(self) -> None:
+        if not self.outbox:
+            self.outbox = str(state_dir() / self.site / "outbox.db")
+
+
+@dataclass
+class WorkerSettings(CloudSettings):
+    worker_id: str = field(default_factory=lambda: f"cloud-{socket.gethostname().split('.')[0]}")
+    backend: str = "local"  # "local": a GGUF through llama-cpp-python; "openai": an OpenAI-compatible server
+    model: str = ""  # local: GGUF path (empty: the bundled model); openai: the model name
+    openai_url: str = "http://127.0.0.1:8000"
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the API key, never the key itself
+    threads: int = 0
+    n_ctx: int = 4096
+    log_level: str = "info"
+    log_format: str = "kv"

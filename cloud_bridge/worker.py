@@ -1,0 +1,166 @@
+"""The cloud worker: answers the request queue with a larger model.
+
+Backends: a local GGUF through llama-cpp-python, or any OpenAI-compatible
+completions endpoint (vLLM, llama.cpp's server, Ollama, a hosted API). While a
+generation runs, a heartbeat extends the message's visibility timeout so SQS
+does not hand the job to a second worker (the classic duplicate-work failure of
+long jobs on SQS). A job that keeps failing is redelivered by SQS and, after
+``max_receives``, lands in the dead-letter queue; the last attempt also sends
+the reason back so the device gets an error rather than silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import orjson
+
+from agents.backend import Backend, Generation
+from agents.errors import BackendError
+from broker.logs import kv
+from cloud_bridge.errors import CloudError, CloudUnreachable
+from cloud_bridge.messages import CloudRequest, CloudResult
+from cloud_bridge.queue import Outgoing, Received, SqsQueue
+from cloud_bridge.settings import WorkerSettings
+from schemas import DecodeError, decode, encode
+from schemas.messages import ErrorInfo, ModelInfo, Usage
+
+log = logging.getLogger("fogmesh.cloud-worker")
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible ``/v1/completions`` endpoint (text completion, not chat)."""
+
+    def __init__(self, url: str, model: str, api_key: str = "", timeout_s: float = 120.0) -> None:
+        self.url = url.rstrip("/") + "/v1/completions"
+        self.model = model
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.info = ModelInfo(name=model or "openai")
+
+    def generate(self, prompt: str, max_tokens: int, on_text: Callable[[str], None],
+                 cancelled: Callable[[], bool]) -> Generation:
+        start = time.perf_counter()
+        body = orjson.dumps({"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": False})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                data = orjson.loads(resp.read())
+        except (urllib.error.URLError, TimeoutError, orjson.JSONDecodeError) as exc:
+            raise BackendError("cloud_backend_failed", f"{self.url}: {exc}") from exc
+        text = data["choices"][0].get("text", "")
+        usage = data.get("usage") or {}
+        total = time.perf_counter() - start
+        on_text(text)
+        return Generation(text=text, prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                          completion_tokens=int(usage.get("completion_tokens", 0)), ttft_s=total, total_s=total,
+                          stopped="length")
+
+    def close(self) -> None:
+        pass
+
+
+def make_backend(s: WorkerSettings) -> Backend:
+    if s.backend == "openai":
+        return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""))
+    from agents.llama import LlamaBackend
+    from agents.model import resolve
+
+    return LlamaBackend(resolve(s.model), "", s.n_ctx, s.threads or os.cpu_count() or 1)
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, backend: Backend, queue: SqsQueue | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.queue = queue or SqsQueue(settings.endpoint_url or None, settings.region or None, settings.bucket,
+                                       settings.max_message_bytes)
+        self._stop = threading.Event()
+        self._url = ""
+        self.counters = {"done": 0, "failed": 0, "expired": 0, "bad_messages": 0}
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        s = self.settings
+        log.info(kv("worker_online", worker=s.worker_id, endpoint=s.endpoint_url or "aws", backend=s.backend))
+        while not self._stop.is_set():
+            try:
+                if not self._url:
+                    self._url = self.queue.ensure(s.request_queue(), s.request_queue() + "-dlq", s.max_receives,
+                                                  s.visibility_s, s.fifo)
+                for m in self.queue.receive(self._url, 1, min(s.wait_s, 5)):
+                    self.handle(m)
+            except CloudUnreachable as exc:
+                log.warning(kv("cloud_unreachable", reason=str(exc)[:200]))
+                self._url = ""
+                self._stop.wait(1.0)
+            except CloudError as exc:
+                log.error(kv("worker_error", reason=str(exc)[:200]))
+                self._stop.wait(1.0)
+        log.info(kv("worker_stopped", worker=s.worker_id, **self.counters))
+        return 0
+
+    def handle(self, m: Received) -> None:
+        try:
+            req = decode(self.queue.unwrap(m.body), CloudRequest)
+        except (DecodeError, CloudError) as exc:
+            self.counters["bad_messages"] += 1
+            log.error(kv("request_invalid", message_id=m.message_id, receives=m.receive_count, reason=str(exc)[:200]))
+            return  # left for the dead-letter queue
+        if req.deadline_at is not None and time.time() >= req.deadline_at:
+            self.counters["expired"] += 1
+            log.info(kv("job_expired", job=req.key))
+            self.queue.delete(self._url, m.receipt)
+            return
+        log.info(kv("job_started", job=req.key, attempt=req.attempt, receives=m.receive_count))
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(m.receipt, done), daemon=True)
+        beat.start()
+        start = time.time()
+        try:
+            gen = self.backend.generate(req.prompt, req.max_tokens, lambda _t: None, lambda: False)
+        except BackendError as exc:
+            done.set()
+            self.counters["failed"] += 1
+            log.warning(kv("job_failed", job=req.key, code=exc.code, receives=m.receive_count, detail=exc.message))
+            if m.receive_count >= self.settings.max_receives:
+                self._reply(req, CloudResult(key=req.key, attempt=req.attempt, kind="failed",
+                                             node=self.settings.worker_id,
+                                             error=ErrorInfo(code=exc.code, message=exc.message)))
+            return  # not deleted: SQS retries it, then dead-letters it
+        finally:
+            done.set()
+        result = CloudResult(
+            key=req.key, attempt=req.attempt, kind="done", node=self.settings.worker_id, text=gen.text,
+            usage=Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens),
+            timings={"ttft_ms": round(gen.ttft_s * 1000, 2), "decode_tps": round(gen.decode_tps, 2),
+                     "generate_ms": round(gen.total_s * 1000, 2),
+                     "cloud_queue_ms": round(max(0.0, start - req.created_at) * 1000, 2) if req.created_at else 0.0})
+        self._reply(req, result)
+        self.queue.delete(self._url, m.receipt)
+        self.counters["done"] += 1
+        log.info(kv("job_done", job=req.key, tokens=gen.completion_tokens, decode_tps=gen.decode_tps))
+
+    def _reply(self, req: CloudRequest, result: CloudResult) -> None:
+        key = f"{self.settings.queue_prefix}/{req.site}/{req.key}/{req.attempt}.result.json"
+        body = self.queue.wrap(encode(result), key)
+        self.queue.send(req.reply_queue, [Outgoing(id="r", body=body, attributes={"site": req.site, "job": req.key})])
+
+    def _heartbeat(self, receipt: str, done: threading.Event) -> None:
+        every = max(1.0, self.settings.visibility_s / 3)
+        while not done.wait(every):
+            try:
+                self.queue.extend(self._url, receipt, self.settings.visibility_s)
+            except CloudError as exc:
+                log.warning(kv("visibility_extend_failed", reason=str(exc)[:200]))
