@@ -1,4 +1,4 @@
-"""A device-side client for the command line: ``fogmesh ask`` and ``fogmesh status``.
+"""Client side: a device (``fogmesh ask``), the retained statuses (``fogmesh status``), requests.
 
 It speaks the same device contract as any MQTT client would, nothing more.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import queue
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,69 @@ import orjson
 
 from broker.session import BrokerAddress, Message, Session
 from schemas.topics import Topics
+
+
+class DeviceClient:
+    """A device on the broker: publishes prompts and cancels, collects its result topics.
+
+    Every message is kept with its arrival time (``time.monotonic()``), so the
+    same client serves ``fogmesh ask``, the tests and the benchmarks.
+    """
+
+    def __init__(self, address: BrokerAddress, site: str, device_id: str = "",
+                 on_chunk: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.topics = Topics(site)
+        self.device_id = device_id or f"dev-{secrets.token_hex(3)}"
+        self.finals: dict[str, list[dict[str, Any]]] = {}
+        self.chunks: dict[str, list[dict[str, Any]]] = {}
+        self.arrivals: dict[str, list[float]] = {}  # job -> arrival time of each message, chunks then final
+        self.sent_at: dict[str, float] = {}
+        self._on_chunk = on_chunk
+        self._changed = threading.Condition()
+        self.session = Session(address, f"fogmesh-dev-{self.device_id}-{secrets.token_hex(3)}", self._collect,
+                               persistent=False)
+        self.session.start()
+        self.session.subscribe(self.topics.results(self.device_id), qos=1)
+        time.sleep(0.05)  # let the SUBACK land before an answer can
+
+    def _collect(self, msg: Message) -> None:
+        now = time.monotonic()
+        data = orjson.loads(msg.payload)
+        job = msg.topic.rsplit("/", 1)[-1]
+        with self._changed:
+            (self.finals if data.get("final") else self.chunks).setdefault(job, []).append(data)
+            self.arrivals.setdefault(job, []).append(now)
+            self._changed.notify_all()
+        if self._on_chunk and not data.get("final"):
+            self._on_chunk(job, data)
+
+    def send(self, payload: dict[str, Any] | bytes, **props: Any) -> str:
+        """Publish a prompt (QoS 1, waiting for the PUBACK); returns its id when it has one."""
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        job = payload.get("id", "") if isinstance(payload, dict) else ""
+        if job:
+            self.sent_at[job] = time.monotonic()
+        self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props).wait_for_publish(5)
+        return str(job)
+
+    def cancel(self, job_id: str) -> None:
+        self.session.publish(self.topics.cancel(self.device_id), orjson.dumps({"id": job_id}), qos=1)
+
+    def wait_final(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while job_id not in self.finals:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
+            return self.finals[job_id][0]
+
+    def all_finals(self) -> list[dict[str, Any]]:
+        return [f for finals in self.finals.values() for f in finals]
+
+    def close(self) -> None:
+        self.session.stop()
 
 
 @dataclass
@@ -26,38 +91,20 @@ class Answer:
 
 
 def ask(address: BrokerAddress, site: str, prompt: dict[str, Any], device: str,
-        timeout_s: float = 60.0, on_chunk: Any = None) -> Answer:
+        timeout_s: float = 60.0, on_chunk: Callable[[dict[str, Any]], None] | None = None) -> Answer:
     """Publish ``prompt`` as ``device`` and collect the stream and the final message."""
-    topics = Topics(site)
     job_id = prompt.setdefault("id", f"ask-{secrets.token_hex(4)}")
-    inbox: queue.Queue[Message] = queue.Queue()
-    session = Session(address, f"fogmesh-ask-{secrets.token_hex(4)}", inbox.put, persistent=False)
-    session.start()
-    answer = Answer()
+    client = DeviceClient(address, site, device, (lambda _job, chunk: on_chunk(chunk)) if on_chunk else None)
     try:
-        session.subscribe(topics.results(device, job_id), qos=1)
-        time.sleep(0.05)  # let the SUBACK land before the answer can
-        start = time.monotonic()
-        session.publish_wait(topics.prompts(device), orjson.dumps(prompt))
-        deadline = start + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                msg = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            data = orjson.loads(msg.payload)
-            if data.get("final"):
-                answer.final = data
-                break
-            if answer.first_chunk_s is None:
-                answer.first_chunk_s = time.monotonic() - start
-            answer.chunks.append(data)
-            if on_chunk:
-                on_chunk(data)
-        answer.elapsed_s = time.monotonic() - start
+        client.send(prompt)
+        final = client.wait_final(job_id, timeout_s)
+        arrivals = client.arrivals.get(job_id, [])
+        start = client.sent_at[job_id]
+        chunks = client.chunks.get(job_id, [])
+        return Answer(final=final, chunks=chunks, first_chunk_s=arrivals[0] - start if chunks else None,
+                      elapsed_s=(arrivals[-1] if arrivals else time.monotonic()) - start)
     finally:
-        session.stop()
-    return answer
+        client.close()
 
 
 def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[str, Any]:

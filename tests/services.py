@@ -8,7 +8,6 @@ swap the broker for testcontainers' Mosquitto; here the local package is used.
 from __future__ import annotations
 
 import os
-import queue
 import secrets
 import signal
 import subprocess
@@ -20,8 +19,8 @@ from typing import Any
 
 import orjson
 
+from broker.client import DeviceClient
 from broker.session import BrokerAddress, Message, Session
-from schemas.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,39 +100,10 @@ class Listener:
         self.session.stop()
 
 
-class Device:
-    """A device on the real broker: publishes prompts, collects what comes back on its result topics."""
-
-    def __init__(self, address: BrokerAddress, site: str, device_id: str = "") -> None:
-        self.topics = Topics(site)
-        self.device_id = device_id or f"dev-{secrets.token_hex(3)}"
-        self.messages: queue.Queue[Message] = queue.Queue()
-        self.finals: dict[str, list[dict[str, Any]]] = {}
-        self.chunks: dict[str, list[dict[str, Any]]] = {}
-        client_id = f"test-{self.device_id}-{secrets.token_hex(3)}"
-        self.session = Session(address, client_id, self._collect, persistent=False)
-        self.session.start()
-        self.session.subscribe(self.topics.results(self.device_id), qos=1)
-        time.sleep(0.05)
-
-    def _collect(self, msg: Message) -> None:
-        data = orjson.loads(msg.payload)
-        job = msg.topic.rsplit("/", 1)[-1]
-        (self.finals if data.get("final") else self.chunks).setdefault(job, []).append(data)
-
-    def send(self, payload: dict[str, Any] | bytes, **props: Any) -> None:
-        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props).wait_for_publish(5)
-
-    def cancel(self, job_id: str) -> None:
-        self.session.publish(self.topics.cancel(self.device_id), orjson.dumps({"id": job_id}), qos=1)
+class Device(DeviceClient):
+    """The device client, with waits that fail the test instead of returning None."""
 
     def final(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        wait_for(lambda: self.finals.get(job_id), timeout_s, what=f"final message of {job_id}")
-        return self.finals[job_id][0]
-
-    def all_finals(self) -> list[dict[str, Any]]:
-        return [f for finals in self.finals.values() for f in finals]
-
-    def close(self) -> None:
-        self.session.stop()
+        final = self.wait_final(job_id, timeout_s)
+        assert final is not None, f"timed out after {timeout_s:.0f} s waiting for the final message of {job_id}"
+        return final
