@@ -65,6 +65,7 @@ class Agent:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._dirty = threading.Event()  # the status changed and should be republished
         self._draining = False
         self._workers: list[threading.Thread] = []
         self.counters = {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0}
@@ -105,10 +106,28 @@ class Agent:
     def run(self) -> int:
         """Serve until :meth:`request_stop`, then drain; returns the exit status."""
         self.start()
-        while not self._stop.wait(self.settings.heartbeat_s):
-            self.publish_status()
+        status = threading.Thread(target=self._status_loop, name="status", daemon=True)
+        status.start()
+        self._stop.wait()
         self.drain()
         return 0
+
+    def _status_loop(self) -> None:
+        """Republish the status when it changed (at most every 100 ms) and on every heartbeat.
+
+        Off the job path on purpose: a job's start and end only mark the status dirty.
+        """
+        while not self._stop.is_set():
+            changed = self._dirty.wait(self.settings.heartbeat_s)
+            self._dirty.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.publish_status()
+            except Exception:
+                log.exception(kv("status_publish_failed"))
+            if changed:
+                self._stop.wait(0.1)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -183,7 +202,7 @@ class Agent:
         self.counters["accepted"] += 1
         self._event(spec, "accepted")
         self._queue.put(job)
-        self.publish_status()
+        self._dirty.set()
         log.info(kv("job_accepted", job=spec.key, attempt=spec.attempt))
 
     def _on_control(self, msg: Message) -> None:
@@ -242,7 +261,7 @@ class Agent:
             self.board.jobs[spec.key] = "running"
         queue_s = time.monotonic() - job.accepted_at
         self._event(spec, "started")
-        self.publish_status()
+        self._dirty.set()
         stream = _Stream(self, spec) if spec.stream else None
         try:
             gen = backend.generate(
@@ -281,7 +300,7 @@ class Agent:
             if self._jobs.get(job.spec.key) is job:
                 del self._jobs[job.spec.key]
                 self.board.jobs.pop(job.spec.key, None)
-        self.publish_status()
+        self._dirty.set()
 
     def _hand_back(self, job: _Job, why: str) -> None:
         self.counters["refused"] += 1

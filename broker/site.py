@@ -34,6 +34,7 @@ class SitePlan:
     broker: str | None = None  # an existing broker; None starts a private mosquitto
     model: str = ""
     slots: int = 1
+    threads: int = 0  # per agent; 0: the cores shared out (cores / agents)
     policy: str = "deadline"
     data_dir: Path | None = None
     log_format: str = "kv"
@@ -85,7 +86,7 @@ class Site:
         common = ["--broker", self.url, "--site", p.site, "--log-format", p.log_format]
         self._spawn("coordinator", ["coordinator", *common, "--policy", p.policy,
                                     "--ledger", str(self.data_dir / "ledger.db")])
-        threads = max(1, (os.cpu_count() or 1) // max(p.agents, 1))
+        threads = p.threads or max(1, (os.cpu_count() or 1) // max(p.agents, 1))
         for i in range(1, p.agents + 1):
             args = ["agent", *common, "--agent-id", f"agent-{i}", "--threads", str(threads),
                     "--slots", str(p.slots)]
