@@ -49,9 +49,8 @@ def server(port: int, max_tokens: int) -> tuple[float, float, int]:
     resp = conn.getresponse()
     stamps = []
     for line in resp:
-        if line.startswith(b"data: {"):
-            if json.loads(line[6:])["choices"][0].get("text"):
-                stamps.append(time.perf_counter())
+        if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0].get("text"):
+            stamps.append(time.perf_counter())
     conn.close()
     return _figures(start, stamps)
 

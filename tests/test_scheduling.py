@@ -15,13 +15,15 @@ from tests.services import Listener, wait_for
 
 pytestmark = pytest.mark.slow
 LONG_PROMPT = "Write a long report about the sensors on the factory floor, one paragraph per machine:"
+# A base model rarely stops counting: generations that must outlast a cancel or a deadline use this.
+ENDLESS = "Count from one to one thousand in words: one, two, three, four, five, six,"
 
 
 def test_cancel_stops_a_running_generation(daemons, broker_url, site_id, device):
     daemons("coordinator")
     agent = daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
-    device.send({"id": "c1", "prompt": LONG_PROMPT, "max_tokens": 400})
+    device.send({"id": "c1", "prompt": ENDLESS, "max_tokens": 400})
     wait_for(lambda: len(device.chunks.get("c1", [])) >= 3, 30, what="generation")
     device.cancel("c1")
     final = device.final("c1")
@@ -37,7 +39,7 @@ def test_cancel_removes_a_queued_job_before_it_runs(daemons, broker_url, site_id
     daemons("coordinator", env={"FOGMESH_COORDINATOR_PREFETCH": "0"})
     agent = daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
-    device.send({"id": "busy", "prompt": LONG_PROMPT, "max_tokens": 120})
+    device.send({"id": "busy", "prompt": ENDLESS, "max_tokens": 120})
     device.send({"id": "queued", "prompt": "never run", "max_tokens": 8})
     wait_for(lambda: device.chunks.get("busy"), 30, what="the first job to run")
     device.cancel("queued")
@@ -50,7 +52,7 @@ def test_a_job_past_its_deadline_is_stopped_and_expired(daemons, broker_url, sit
     daemons("coordinator")
     agent = daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
-    device.send({"id": "late", "prompt": LONG_PROMPT, "max_tokens": 400, "deadline_ms": 1500})
+    device.send({"id": "late", "prompt": ENDLESS, "max_tokens": 400, "deadline_ms": 1500})
     final = device.final("late")
     assert final["status"] == "expired"
     assert final["error"]["code"] == "deadline"
@@ -61,7 +63,7 @@ def test_mqtt5_message_expiry_counts_as_a_deadline(daemons, broker_url, site_id,
     daemons("coordinator")
     daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
-    device.send({"id": "exp", "prompt": LONG_PROMPT, "max_tokens": 400}, expiry_s=1)
+    device.send({"id": "exp", "prompt": ENDLESS, "max_tokens": 400}, expiry_s=1)
     assert device.final("exp")["status"] == "expired"
 
 
@@ -69,7 +71,7 @@ def test_higher_priority_jumps_the_queue_but_nothing_starves(daemons, broker_url
     daemons("coordinator", env={"FOGMESH_COORDINATOR_PREFETCH": "0"})
     daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
-    device.send({"id": "first", "prompt": LONG_PROMPT, "max_tokens": 60})
+    device.send({"id": "first", "prompt": ENDLESS, "max_tokens": 60})
     wait_for(lambda: device.chunks.get("first"), 30, what="the first job to run")
     for i in range(3):
         device.send({"id": f"low{i}", "prompt": f"Low {i}:", "max_tokens": 8, "priority": 1})

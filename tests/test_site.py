@@ -74,7 +74,8 @@ def test_agent_killed_mid_generation_its_job_completes_elsewhere(daemons, broker
     agents = {"a1": daemons("agent", *agent_args("a1"), name="a1"),
               "a2": daemons("agent", *agent_args("a2"), name="a2")}
     wait_online(broker_url, site_id, 2)
-    device.send({"id": "long", "prompt": "The history of the Internet of Things", "max_tokens": 160})
+    device.send({"id": "long", "prompt": "Count from one to one thousand in words: one, two, three, four,",
+                 "max_tokens": 160})
     wait_for(lambda: len(device.chunks.get("long", [])) >= 2, 30, what="the job to be generating")
     first_node = wait_for(lambda: next((n for n, d in agents.items() if "job_accepted job=" in d.log()), None))
     agents[first_node].kill()
