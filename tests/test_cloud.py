@@ -55,7 +55,8 @@ def test_overflow_the_edge_saturated_the_cloud_answers(daemons, broker_url, site
     cloud(daemons, sqs_endpoint, tmp_path, bridge_env={"FOGMESH_BRIDGE_CLOUD_LATENCY_S": "0.5"})
     wait_online(broker_url, site_id, 1)
     wait_cloud(broker_url, site_id)
-    device.send({"id": "busy", "prompt": "Count from one to one thousand in words: one, two, three,", "max_tokens": 300})
+    device.send({"id": "busy", "prompt": "Count from one to one thousand in words: one, two, three,",
+                 "max_tokens": 300})
     wait_for(lambda: device.chunks.get("busy"), 30, what="the edge to be busy")
     device.send({"id": "over", "prompt": "Overflow:", "max_tokens": 12, "deadline_ms": 5000})
     final = device.final("over", timeout_s=60)
