@@ -10,6 +10,7 @@ ledger and the broker's persistent session.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -26,7 +27,7 @@ import orjson
 from broker import __version__
 from broker.ledger import Ledger
 from broker.logs import kv
-from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, cloud_cost, decide, edge_cost, order
+from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, WaitQueue, cloud_cost, decide, edge_cost
 from broker.session import BrokerAddress, Message, Session
 from broker.settings import CoordinatorSettings
 from broker.views import Registry
@@ -103,6 +104,8 @@ class Coordinator:
         self._effects: list[Callable[[], None]] = []
         self._unconfirmed: list[tuple[str, Any]] = []
         self._stop = False
+        self._last_scan = 0.0
+        self.waiting = WaitQueue(settings.aging_s)  # keys of the jobs in state "queued"
         self.cloud = CloudTier()  # enabled while a bridge's retained status says it is online
         self._last_mesh: MeshStatus | None = None
         self._last_mesh_at = 0.0
@@ -159,6 +162,7 @@ class Coordinator:
                       attempt=row["attempt"], assigned_mono=now_mono, accepted=row["state"] == "running")
             if job.state not in ("assigned", "running", "offloaded"):
                 job.state, job.agent = "queued", None
+                self.waiting.push(job.key, job.req.priority, job.created_at)
             self.jobs[job.key] = job
         for row in self.ledger.undelivered():
             final = orjson.loads(row["final"])
@@ -255,7 +259,7 @@ class Coordinator:
             final = orjson.loads(done["final"] or "{}")
             self._effects.append(self._publish_final_fn(key, device, job_id, final, msg.response_topic, corr))
             return
-        queued = sum(1 for j in self.jobs.values() if j.state == "queued")
+        queued = len(self.waiting)
         if queued >= self.settings.max_queue:
             self._reject(device, job_id, "overloaded",
                          f"the site's queue is full ({queued} jobs waiting); retry later", msg)
@@ -269,6 +273,7 @@ class Coordinator:
                   response_topic=msg.response_topic,
                   correlation=msg.correlation.hex() if msg.correlation else None)
         self.jobs[key] = job
+        self.waiting.push(key, req.priority, now)
         self.ledger.insert({"key": key, "device": device, "job": job_id, "state": "queued",
                             "priority": req.priority, "request": job.request_row(), "created_at": now,
                             "deadline_at": deadline})
@@ -462,6 +467,7 @@ class Coordinator:
             self._send_cancel(job)
         log.info(kv("job_requeued", job=job.key, agent=job.agent, attempt=job.attempt, reason=why))
         job.state, job.agent, job.accepted, job.started_at = "queued", None, False, None
+        self.waiting.push(job.key, job.req.priority, job.created_at)
         self.counters["reassigned"] += 1
         self.ledger.update(job.key, "queued", {"reason": why}, agent=None)
 
@@ -474,6 +480,13 @@ class Coordinator:
 
     def _tick(self) -> None:
         now, mono = self.clock(), time.monotonic()
+        if mono - self._last_scan >= 0.1:  # the scan of every live job runs at most 10 times a second
+            self._last_scan = mono
+            self._scan(now, mono)
+        self._dispatch(now, mono)
+
+    def _scan(self, now: float, mono: float) -> None:
+        """Agents whose heartbeat lapsed, deadlines passed, assignments never accepted."""
         for agent in self.registry.sweep(mono):
             log.warning(kv("agent_lapsed", agent=agent, reason="no heartbeat"))
             self._requeue_agent(agent, "agent heartbeat lapsed")
@@ -487,7 +500,6 @@ class Coordinator:
             elif (job.agent and not self.registry.is_online(job.agent)
                   and mono - job.assigned_mono > timeout):
                 self._requeue(job, "agent is not online")
-        self._dispatch(now, mono)
 
     def _views(self) -> list[AgentView]:
         load: dict[str, list[int]] = {}
@@ -511,23 +523,36 @@ class Coordinator:
         return views
 
     def _dispatch(self, now: float, mono: float) -> None:
-        waiting = [j for j in self.jobs.values() if j.state == "queued"]
+        """Place waiting jobs, most urgent first, while some agent has room (or the cloud is there)."""
         cloud_usable = self.cloud.enabled
-        if not waiting or not (cloud_usable or any(k.accepting for k in self.registry.agents.values())):
+        if not self.waiting or not (cloud_usable or any(k.accepting for k in self.registry.agents.values())):
             return
-        specs = {j.key: self._spec(j) for j in waiting}
-        created = {j.key: j.created_at for j in waiting}
         views = self._views()
-        for spec in order(list(specs.values()), created, now, self.settings.aging_s):
-            if not cloud_usable and not any(v.online and v.has_room for v in views):
+        index = {v.agent: i for i, v in enumerate(views)}
+        room = sum(max(0, v.slots + v.prefetch - v.outstanding) for v in views if v.online)
+        held: list[Job] = []  # jobs that must wait this round (their agents are full, say)
+        while (room > 0 or cloud_usable) and len(held) < 256:
+            key = self.waiting.pop(now)
+            if key is None:
                 break
-            job = self.jobs[spec.key]
+            job = self.jobs[key]
+            spec = self._spec(job)
             decision = decide(spec, views, now, self.settings.policy, cloud=self.cloud, rng=self.rng)  # type: ignore[arg-type]
             if decision.target == "cloud":
                 self._offload(job, decision)
             elif decision.target == "agent" and decision.agent is not None:
                 self._assign(job, decision, mono)
-                views = self._views()
+                # only the chosen agent's load changed: update its view, not all of them
+                i = index[decision.agent]
+                v = views[i]
+                views[i] = dataclasses.replace(v, outstanding=v.outstanding + 1,
+                                               outstanding_tokens=v.outstanding_tokens + spec.max_tokens,
+                                               budget_used=v.budget_used + spec.max_tokens)
+                room -= 1
+            else:
+                held.append(job)
+        for job in held:
+            self.waiting.push(job.key, job.req.priority, job.created_at)
 
     def _spec(self, job: Job) -> JobSpec:
         return JobSpec(key=job.key, max_tokens=job.req.max_tokens, prompt_tokens=len(job.req.prompt) // 4,
@@ -575,6 +600,7 @@ class Coordinator:
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
                       timings=timings, error=error, cost=cost)
         del self.jobs[job.key]
+        self.waiting.discard(job.key)
         body = encode(final)
         self.ledger.update(job.key, status, {"error": error.code} if error else None,
                            final=body.decode(), delivered=0)

@@ -82,15 +82,22 @@ class Ledger:
             conn.execute("ROLLBACK")
             raise
 
+    # The per-job writes below are plain parameterised SQL: they run several times for
+    # every job, and sqlite-utils' table helpers re-read the schema on each call.
+
     def insert(self, row: dict[str, Any], detail: dict[str, Any] | None = None) -> None:
         now = time.time()
         row = {**row, "updated_at": now}
-        self.db["jobs"].insert(row, pk="key", replace=True)
+        cols = ", ".join(row)
+        self.db.conn.execute(f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({', '.join('?' * len(row))})",
+                             list(row.values()))
         self._transition(row["key"], row["state"], detail, now)
 
     def update(self, key: str, state: str, detail: dict[str, Any] | None = None, **fields: Any) -> None:
         now = time.time()
-        self.db["jobs"].update(key, {"state": state, "updated_at": now, **fields})
+        values = {"state": state, "updated_at": now, **fields}
+        sets = ", ".join(f"{col} = ?" for col in values)
+        self.db.conn.execute(f"UPDATE jobs SET {sets} WHERE key = ?", [*values.values(), key])
         self._transition(key, state, detail, now)
 
     def note(self, key: str, state: str, detail: dict[str, Any] | None = None) -> None:

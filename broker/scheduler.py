@@ -16,6 +16,7 @@ Eligible means online, fresh, holding the model, and inside its token budget.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,7 +216,64 @@ def urgency(priority: int, waited_s: float, aging_s: float) -> float:
     return priority + max(waited_s, 0.0) / aging_s
 
 
+class WaitQueue:
+    """Waiting jobs by urgency, without sorting them all on every pass.
+
+    One heap per priority level, oldest first. Within a level the oldest job is the
+    most urgent (it has aged the most), so the most urgent job overall is the most
+    urgent of at most ten heads: O(levels + log n) a pick however long the queue.
+    Removal is lazy: a job that left the queue (assigned, cancelled, expired) is
+    skipped when it reaches a head.
+    """
+
+    def __init__(self, aging_s: float) -> None:
+        self.aging_s = aging_s
+        self._levels: dict[int, list[tuple[float, str]]] = {}
+        self._live: dict[str, tuple[int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._live
+
+    def push(self, key: str, priority: int, created_at: float) -> None:
+        self._live[key] = (priority, created_at)
+        heapq.heappush(self._levels.setdefault(priority, []), (created_at, key))
+
+    def discard(self, key: str) -> None:
+        self._live.pop(key, None)
+
+    def _head(self, level: int) -> tuple[float, str] | None:
+        heap = self._levels[level]
+        while heap and self._live.get(heap[0][1]) != (level, heap[0][0]):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def pop(self, now: float) -> str | None:
+        """Remove and return the most urgent job; equal urgency goes to the oldest."""
+        best: tuple[float, float, str] | None = None
+        for level in list(self._levels):
+            head = self._head(level)
+            if head is None:
+                continue
+            rank = (-urgency(level, now - head[0], self.aging_s), head[0], head[1])
+            if best is None or rank < best:
+                best = rank
+        if best is None:
+            return None
+        key = best[2]
+        del self._live[key]
+        return key
+
+
 def order(waiting: Sequence[JobSpec], created_at: dict[str, float], now: float, aging_s: float) -> list[JobSpec]:
-    """Waiting jobs, most urgent first; equal urgency goes to the oldest."""
-    return sorted(waiting, key=lambda j: (-urgency(j.priority, now - created_at[j.key], aging_s),
-                                          created_at[j.key], j.key))
+    """Waiting jobs, most urgent first, as the coordinator's :class:`WaitQueue` gives them out."""
+    q = WaitQueue(aging_s)
+    by_key = {j.key: j for j in waiting}
+    for j in waiting:
+        q.push(j.key, j.priority, created_at[j.key])
+    out = []
+    while (key := q.pop(now)) is not None:
+        out.append(by_key[key])
+    return out
