@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo up test test-fast test-faults lint schemas bench clean
+.PHONY: setup demo up test test-fast test-faults lint schemas bench bench-report clean
 
 $(BIN)/python:
 	./deploy/install-deps.sh
@@ -39,6 +39,13 @@ test-faults: setup
 lint: setup
 	$(BIN)/ruff check agents broker cloud_bridge schemas tests
 	$(BIN)/python -m schemas.generate --check
+
+bench: setup
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench
+
+bench-report: setup
+	$(BIN)/python -m bench.report
 
 schemas: setup
 	$(BIN)/python -m schemas.generate

@@ -28,7 +28,7 @@ from bench.harness import broker, summary, write
 from broker.scheduler import AgentView, JobSpec, decide
 from broker.session import BrokerAddress, Message, Session
 from schemas import encode
-from schemas.messages import AgentEvent, AgentStatus, Assignment, ModelInfo, Usage
+from schemas.messages import AgentEvent, AgentStatus, ModelInfo, Usage
 from schemas.topics import Topics
 
 PER_PROCESS = 250

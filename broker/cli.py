@@ -334,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("cloud-worker", help="answer the cloud request queue with a larger model")
     sp.add_argument("--config")
     sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
-    sp.add_argument("--backend", choices=("local", "openai"))
+    sp.add_argument("--backend", choices=("local", "openai", "synthetic"))
     sp.add_argument("--model", help="local: a GGUF path; openai: the model name")
     sp.add_argument("--worker-id")
     sp.add_argument("--visibility-s", type=int)

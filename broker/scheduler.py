@@ -25,6 +25,7 @@ from typing import Literal
 POLICIES = ("random", "weighted", "load-aware", "deadline")
 Policy = Literal["random", "weighted", "load-aware", "deadline"]
 J_PER_KWH = 3_600_000.0
+DEADLINE_SLACK = 0.25  # `deadline` trades at most 25% (+50 ms) of predicted completion for a lower cost
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,11 @@ def decide(
     if policy == "deadline":
         meeting = [c for c in eligible if c.meets_deadline]
         if meeting:
-            best = min(meeting, key=lambda c: (round(c.cost, 12), c.completion_s, c.agent))
+            # The cheapest of the agents that meet the deadline and are nearly as quick as
+            # the quickest: cost decides between near-equals, never at the price of queueing.
+            quickest = min(c.completion_s for c in meeting)
+            near = [c for c in meeting if c.completion_s <= quickest * (1 + DEADLINE_SLACK) + 0.05]
+            best = min(near, key=lambda c: (round(c.cost, 12), c.completion_s, c.agent))
             return to_agent(best, "cheapest agent that meets the deadline")
         if cloud_ok and (job.deadline_at is None or now + cloud_s <= job.deadline_at):
             return to_cloud("no edge agent meets the deadline; the cloud does")

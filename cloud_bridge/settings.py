@@ -55,11 +55,15 @@ class BridgeSettings(CloudSettings):
 @dataclass
 class WorkerSettings(CloudSettings):
     worker_id: str = field(default_factory=lambda: f"cloud-{socket.gethostname().split('.')[0]}")
-    backend: str = "local"  # "local": a GGUF through llama-cpp-python; "openai": an OpenAI-compatible server
+    # "local": a GGUF through llama-cpp-python; "openai": an OpenAI-compatible server;
+    # "synthetic": a stand-in with a set first-token delay and rate, for experiments on one machine
+    backend: str = "local"
     model: str = ""  # local: GGUF path (empty: the bundled model); openai: the model name
     openai_url: str = "http://127.0.0.1:8000"
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the API key, never the key itself
     threads: int = 0
     n_ctx: int = 4096
+    synthetic_ttft_s: float = 0.8
+    synthetic_tps: float = 80.0
     log_level: str = "info"
     log_format: str = "kv"

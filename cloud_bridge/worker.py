@@ -72,6 +72,10 @@ class OpenAIBackend:
 def make_backend(s: WorkerSettings) -> Backend:
     if s.backend == "openai":
         return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""))
+    if s.backend == "synthetic":
+        from agents.backend import SyntheticBackend
+
+        return SyntheticBackend(tokens_per_s=s.synthetic_tps, ttft_s=s.synthetic_ttft_s, name="cloud-synthetic")
     from agents.llama import LlamaBackend
     from agents.model import resolve
 

@@ -31,3 +31,16 @@ def test_a_wrong_type_is_named(tmp_path):
     cfg.write_text("[coordinator]\nmax_queue = 'lots'\n")
     with pytest.raises(ConfigError, match="max_queue"):
         load(CoordinatorSettings, "coordinator", cfg)
+
+
+def test_the_example_in_deploy_is_valid_for_every_daemon():
+    from pathlib import Path
+
+    from cloud_bridge.settings import BridgeSettings, WorkerSettings
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "fogmesh.toml"
+    agent = load(AgentSettings, "agent", example)
+    assert agent.agent_id == "edge-01" and agent.models
+    assert load(CoordinatorSettings, "coordinator", example).policy == "deadline"
+    assert load(BridgeSettings, "bridge", example).queue_prefix == "fogmesh"
+    assert load(WorkerSettings, "cloud-worker", example).backend == "local"

@@ -1,0 +1,151 @@
+"""Turn bench/results/*.json into the tables and plots of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.harness import RESULTS
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+IMG = DOCS / "img"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def table(head: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 0.01 and v else f"{v:,.2f}"
+        return str(v)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def overhead() -> str:
+    parts = []
+    for threads in (1, 2):
+        r = load(f"overhead-threads{threads}")
+        if not r:
+            continue
+        rows = [[p, r[p]["ttft_ms"]["p50"], r[p]["decode_tps"]["p50"], r[p]["tokens"]["p50"]]
+                for p in ("direct", "mesh", "server")]
+        head = ["path", "TTFT p50 ms", "decode tok/s p50", "tokens p50"]
+        parts.append(f"**{threads} thread(s)** for the model, {r['rounds']} interleaved rounds of {r['max_tokens']} "
+                     f"tokens ({r['meta']['when']}):\n\n" + table(head, rows)
+                     + f"\n\nmesh/direct decode ratio **{r['mesh_over_direct_tps']:.3f}**, mesh added TTFT "
+                       f"**{r['mesh_added_ttft_ms']:.1f} ms** (llama-cpp-python's server: "
+                       f"{r['server_added_ttft_ms']:.1f} ms, decode ratio {r['mesh_over_server_tps']:.2f} mesh/server).")
+    return "\n\n".join(parts)
+
+
+def dispatch() -> str:
+    r = load("dispatch")
+    if not r:
+        return ""
+    rows = [[x["rate"], x["jobs"], x["dispatch_ms"]["p50"], x["dispatch_ms"]["p99"], x["finish_ms"]["p50"],
+             x["finish_ms"]["p99"]] for x in r["results"]]
+    return table(["jobs/s", "jobs", "publish->start p50 ms", "p99 ms", "last token->final p50 ms", "p99 ms"], rows)
+
+
+def scale() -> str:
+    r = load("scale")
+    if not r:
+        return ""
+    rows = [[x["agents"], x["fogmesh"]["jobs_per_s"], x["fogmesh"]["decision_ms"]["p50"],
+             x["fogmesh"]["decision_ms"]["p99"], x["fogmesh"]["coordinator_rss_mb"],
+             x["fogmesh"]["balance_max_over_mean"],
+             x["shared_subscription"]["jobs_per_s"], x["shared_subscription"]["balance_max_over_mean"],
+             x["throughput_ratio"]] for x in r["results"]]
+    return table(["agents", "fogmesh jobs/s", "decision p50 ms", "decision p99 ms", "coordinator RSS MB",
+                  "balance max/mean", "shared-sub jobs/s", "shared-sub balance", "fogmesh/shared-sub"], rows)
+
+
+def cluster() -> str:
+    r = load("cluster")
+    if not r:
+        return ""
+    rows = [[x["pattern"], x["policy"], x["latency_mean_ms"], x["latency_p95_ms"], x["deadline_hit_rate"],
+             x["cloud_token_share"], x["cost_per_response"], x["load_balance"]] for x in r["runs"]]
+    out = table(["arrivals", "policy", "mean ms", "p95 ms", "deadline hit", "cloud token share", "cost/response",
+                 "balance"], rows)
+    by = {(x["pattern"], x["policy"]): x for x in r["runs"]}
+    lines = []
+    for pattern in ("steady", "bursty"):
+        d, la, co = by.get((pattern, "deadline")), by.get((pattern, "load-aware")), by.get((pattern, "cloud-only"))
+        if d and la:
+            fewer = 1 - d["cloud_token_share"] / la["cloud_token_share"] if la["cloud_token_share"] else float("nan")
+            lines.append(f"- {pattern}: deadline vs load-aware: cloud tokens {d['cloud_token_share']:.2f} vs "
+                         f"{la['cloud_token_share']:.2f} ({fewer * 100:.0f}% fewer), p95 {d['latency_p95_ms']:.0f} vs "
+                         f"{la['latency_p95_ms']:.0f} ms.")
+        if d and co:
+            lines.append(f"- {pattern}: edge-first (deadline) vs cloud-only: mean latency "
+                         f"{(1 - d['latency_mean_ms'] / co['latency_mean_ms']) * 100:.0f}% lower, cost per response "
+                         f"{(1 - d['cost_per_response'] / co['cost_per_response']) * 100:.0f}% lower.")
+    _plot_cluster(r["runs"])
+    return out + "\n\n" + "\n".join(lines) + "\n\n![cluster](img/cluster.png)"
+
+
+def _plot_cluster(runs: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, label) in zip(axes, (("latency_p95_ms", "p95 latency (ms)"), ("cloud_token_share",
+                                                                              "share of tokens in the cloud"),
+                                        ("cost_per_response", "cost per response")), strict=True):
+        for i, pattern in enumerate(("steady", "bursty")):
+            sel = [x for x in runs if x["pattern"] == pattern]
+            ax.bar([j + i * 0.4 for j in range(len(sel))], [x[key] for x in sel], width=0.4, label=pattern)
+            ax.set_xticks([j + 0.2 for j in range(len(sel))], [x["policy"] for x in sel], rotation=30, fontsize=8)
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(IMG / "cluster.png", dpi=110)
+
+
+def simulate() -> str:
+    r = load("simulate")
+    if not r:
+        return ""
+    out = ""
+    if r.get("validation"):
+        rows = [[x["pattern"], x["policy"], x["measured_mean_ms"], x["simulated_mean_ms"], f"{x['error'] * 100:+.1f}%"]
+                for x in r["validation"]]
+        out += "Validation against benchmark 4 (same traces, agents and cloud):\n\n" + table(
+            ["arrivals", "policy", "measured mean ms", "simulated mean ms", "error"], rows) + "\n\n"
+    rows = [[x["pattern"], x["policy"], x["agents"], x["jobs"], x["latency_mean_ms"], x["latency_p95_ms"],
+             x["deadline_hit_rate"], x["cloud_token_share"], x["cost_per_response"], x["sim_seconds"]]
+            for x in r["large"]]
+    return out + "At scale:\n\n" + table(["arrivals", "policy", "agents", "jobs", "mean ms", "p95 ms", "deadline hit",
+                                          "cloud token share", "cost/response", "simulated in s"], rows)
+
+
+SECTIONS = {"OVERHEAD": overhead, "DISPATCH": dispatch, "SCALE": scale, "CLUSTER": cluster, "SIMULATE": simulate}
+
+
+def main() -> int:
+    path = DOCS / "benchmarks.md"
+    text = path.read_text()
+    for name, fn in SECTIONS.items():
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if start in text and end in text:
+            body = fn() or "_not run yet_"
+            text = text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
+    path.write_text(text)
+    print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Each benchmark at a tiny size, so none rots. The figures themselves come from `make bench`."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from bench import cluster, dispatch, harness, overhead, scale, simulate
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def results_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_overhead_runs(results_in_tmp):
+    assert overhead.main(["--rounds", "1", "--max-tokens", "8", "--threads", "1"]) == 0
+    r = orjson.loads((results_in_tmp / "overhead-threads1.json").read_bytes())
+    assert r["mesh"]["decode_tps"]["p50"] > 0 and r["direct"]["ttft_ms"]["p50"] > 0
+
+
+def test_dispatch_runs(results_in_tmp):
+    assert dispatch.main(["--rates", "20", "--seconds", "1", "--agents", "1", "--slots", "2"]) == 0
+    r = orjson.loads((results_in_tmp / "dispatch.json").read_bytes())
+    assert r["results"][0]["dispatch_ms"]["n"] == 20
+
+
+def test_scale_runs(results_in_tmp):
+    assert scale.main(["--agents", "3", "--jobs", "50", "--devices", "10"]) == 0
+    r = orjson.loads((results_in_tmp / "scale.json").read_bytes())
+    assert r["results"][0]["fogmesh"]["jobs_per_s"] > 0
+
+
+def test_cluster_and_simulator_run(results_in_tmp):
+    assert cluster.main(["--jobs", "4", "--seconds", "2", "--patterns", "bursty", "--policies", "deadline",
+                         "--budget-window-s", "1", "--cloud-workers", "1"]) == 0
+    r = orjson.loads((results_in_tmp / "cluster.json").read_bytes())
+    assert {run["policy"] for run in r["runs"]} == {"deadline", "cloud-only"}
+    assert simulate.main(["--agents", "5", "--jobs", "200", "--cluster", str(results_in_tmp / "cluster.json")]) == 0
+    s = orjson.loads((results_in_tmp / "simulate.json").read_bytes())
+    assert len(s["validation"]) == 2 and s["large"]
