@@ -36,6 +36,7 @@ class _Job:
     spec: Assignment
     accepted_at: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled_at: float = 0.0  # monotonic time the cancel arrived
     handback: bool = False
 
 
@@ -214,6 +215,7 @@ class Agent:
         with self._lock:
             job = self._jobs.get(ctl.cancel)
         if job and job.spec.attempt == ctl.attempt:
+            job.cancelled_at = time.monotonic()
             job.cancel.set()
             log.info(kv("job_cancel", job=ctl.cancel))
 
@@ -291,8 +293,9 @@ class Agent:
         usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
         self._event(spec, "done", text=gen.text, usage=usage, timings=timings)
         self.counters["cancelled" if gen.stopped == "cancelled" else "done"] += 1
+        stop_ms = (time.monotonic() - job.cancelled_at) * 1000 if job.cancelled_at else None
         log.info(kv("job_done", job=spec.key, stopped=gen.stopped, tokens=gen.completion_tokens,
-                    ttft_ms=timings["ttft_ms"], decode_tps=timings["decode_tps"]))
+                    ttft_ms=timings["ttft_ms"], decode_tps=timings["decode_tps"], cancel_to_stop_ms=stop_ms))
         self._finish(job)
 
     def _finish(self, job: _Job) -> None:

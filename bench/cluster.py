@@ -49,8 +49,9 @@ def trace(pattern: str, jobs: int, seconds: float) -> list[float]:
     return [(i // 8) * seconds / bursts + (i % 8) * 0.01 for i in range(jobs)]
 
 
-def run_trace(url: str, site: str, offsets: list[float], max_tokens: int, deadline_ms: int) -> list[dict[str, Any]]:
-    client = DeviceClient(BrokerAddress.parse(url), site, f"dev-{site}")
+def run_trace(url: str, site: str, offsets: list[float], max_tokens: int, deadline_ms: int,
+              tag: str) -> list[dict[str, Any]]:
+    client = DeviceClient(BrokerAddress.parse(url), site, f"dev-{tag}")  # a device per run: job ids repeat
     t0 = time.monotonic()
     ids = []
     for i, off in enumerate(offsets):
@@ -103,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-tokens", type=int, default=480)
     ap.add_argument("--budget-window-s", type=float, default=20.0)
     ap.add_argument("--cloud-workers", type=int, default=4)
+    ap.add_argument("--workdir", help="keep the daemons' logs and ledgers here (default: a temporary folder)")
     args = ap.parse_args(argv)
 
     env = {**local_env(), **CLOUD}
     results: dict[str, Any] = {"config": vars(args), "runs": []}
     with broker() as m, tempfile.TemporaryDirectory(prefix="fogmesh-cluster-") as tmpdir:
-        tmp = Path(tmpdir)
+        tmp = Path(args.workdir or tmpdir)
+        tmp.mkdir(parents=True, exist_ok=True)
         sqs = LocalSqs(free_port(), tmp)
         sqs.start()
         procs: list[subprocess.Popen[bytes]] = []
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                        str(tmp / f"ledger-{pattern}-{policy}.db")], tmp / f"coord-{policy}.log", env)
                     _wait_ready(m.url, site, 0 if policy == "cloud-only" else 2)
                     time.sleep(args.budget_window_s)  # let the agents' budget windows empty between runs
-                    rows = run_trace(m.url, site, offsets, args.max_tokens, args.deadline_ms)
+                    rows = run_trace(m.url, site, offsets, args.max_tokens, args.deadline_ms, f"{pattern}-{policy}")
                     res = {"pattern": pattern, "policy": policy, **metrics(rows, args.deadline_ms, agents),
                            "rows": rows}
                     results["runs"].append(res)

@@ -42,7 +42,8 @@ def overhead() -> str:
                      f"tokens ({r['meta']['when']}):\n\n" + table(head, rows)
                      + f"\n\nmesh/direct decode ratio **{r['mesh_over_direct_tps']:.3f}**, mesh added TTFT "
                        f"**{r['mesh_added_ttft_ms']:.1f} ms** (llama-cpp-python's server: "
-                       f"{r['server_added_ttft_ms']:.1f} ms, decode ratio {r['mesh_over_server_tps']:.2f} mesh/server).")
+                       f"{r['server_added_ttft_ms']:.1f} ms, decode ratio {r['mesh_over_server_tps']:.2f} "
+                       "mesh/server).")
     return "\n\n".join(parts)
 
 

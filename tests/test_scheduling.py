@@ -29,6 +29,7 @@ def test_cancel_stops_a_running_generation(daemons, broker_url, site_id, device)
     final = device.final("c1")
     assert final["status"] == "cancelled"
     wait_for(lambda: "stopped=cancelled" in agent.log(), 10, what="the agent to stop the generation")
+    assert "cancel_to_stop_ms=" in agent.log()  # how long the generation ran on after the cancel arrived
     settled = len(device.chunks["c1"])
     time.sleep(1.0)
     assert len(device.chunks["c1"]) == settled, "chunks kept coming after the cancel"
@@ -159,3 +160,19 @@ def test_an_agents_token_budget_holds_work_back(daemons, broker_url, site_id, de
     assert one["status"] == two["status"] == "done"
     # the second waited for the first's tokens to leave the 4 s window
     assert two["timings"]["queue_ms"] - one["timings"]["total_ms"] > 2000
+
+
+def test_a_full_queue_rejects_with_overloaded_and_says_so_on_mesh_status(daemons, broker_url, site_id, device):
+    from broker.client import snapshot
+
+    daemons("coordinator", env={"FOGMESH_COORDINATOR_MAX_QUEUE": "3"})  # no agent: nothing drains the queue
+    wait_for(lambda: (snapshot(BrokerAddress.parse(broker_url), site_id, 0.2)["coordinator"] or {}).get("state")
+             == "online", 30, what="the coordinator")
+    for i in range(5):
+        device.send({"id": f"q{i}", "prompt": "Waiting:", "max_tokens": 4})
+    assert device.final("q3")["error"]["code"] == "overloaded"
+    assert device.final("q4")["error"]["code"] == "overloaded"
+    assert "q0" not in device.finals
+    mesh = wait_for(lambda: (snapshot(BrokerAddress.parse(broker_url), site_id, 0.3)["mesh"] or {}).get("overloaded")
+                    and snapshot(BrokerAddress.parse(broker_url), site_id, 0.3)["mesh"], 10, what="overloaded")
+    assert mesh["queue_depth"] == 3
