@@ -67,6 +67,8 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._dirty = threading.Event()  # the status changed and should be republished
+        self._closed = threading.Event()  # drained: no more status publishing
+        self._status_thread: threading.Thread | None = None
         self._draining = False
         self._workers: list[threading.Thread] = []
         self.counters = {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0}
@@ -107,8 +109,8 @@ class Agent:
     def run(self) -> int:
         """Serve until :meth:`request_stop`, then drain; returns the exit status."""
         self.start()
-        status = threading.Thread(target=self._status_loop, name="status", daemon=True)
-        status.start()
+        self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
+        self._status_thread.start()
         self._stop.wait()
         self.drain()
         return 0
@@ -118,17 +120,19 @@ class Agent:
 
         Off the job path on purpose: a job's start and end only mark the status dirty.
         """
-        while not self._stop.is_set():
+        # Runs through the drain too: a draining agent that fell silent would look dead
+        # and have the jobs it is finishing taken away.
+        while not self._closed.is_set():
             changed = self._dirty.wait(self.settings.heartbeat_s)
             self._dirty.clear()
-            if self._stop.is_set():
+            if self._closed.is_set():
                 return
             try:
                 self.publish_status()
             except Exception:
                 log.exception(kv("status_publish_failed"))
             if changed:
-                self._stop.wait(0.1)
+                self._closed.wait(0.1)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -137,6 +141,7 @@ class Agent:
         """Stop taking work, hand back what has not started, finish the rest, go offline."""
         self._draining = True
         self.board.state = "draining"
+        self._dirty.set()
         self.publish_status()
         while True:
             try:
@@ -157,6 +162,10 @@ class Agent:
             self._queue.put(None)
         for t in self._workers:
             t.join(timeout=5)
+        self._closed.set()
+        self._dirty.set()
+        if self._status_thread:  # its last status must not land after the offline one
+            self._status_thread.join(timeout=5)
         self.board.state = "offline"
         self.session.publish_wait(
             self.topics.agent_status(self.settings.agent_id), encode(self.board.snapshot("offline")), retain=True

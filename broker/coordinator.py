@@ -96,6 +96,7 @@ class Coordinator:
         self.ledger = Ledger(settings.ledger, settings.ledger_sync)
         self.registry = Registry(settings.agent_timeout_factor)
         self.jobs: dict[str, Job] = {}
+        self.by_agent: dict[str, set[str]] = {}  # agent -> keys of the live jobs placed on it
         self.rng = random.Random()
         self.counters: dict[str, int] = {"accepted": 0, "assigned": 0, "reassigned": 0, "done": 0,
                                           "rejected": 0, "cancelled": 0, "expired": 0, "error": 0,
@@ -164,6 +165,7 @@ class Coordinator:
                 job.state, job.agent = "queued", None
                 self.waiting.push(job.key, job.req.priority, job.created_at)
             self.jobs[job.key] = job
+            self._place(job, job.agent)
         for row in self.ledger.undelivered():
             final = orjson.loads(row["final"])
             req = orjson.loads(row["request"])
@@ -399,7 +401,7 @@ class Coordinator:
         held = set(status.jobs)
         grace = self.settings.accept_timeout_s
         now = time.monotonic()
-        for job in list(self.jobs.values()):
+        for job in [self.jobs[k] for k in self.by_agent.get(status.agent, ())]:
             if (job.agent == status.agent and job.accepted and job.key not in held
                     and now - job.assigned_mono > grace):
                 self._requeue(job, "agent no longer holds the job")
@@ -458,15 +460,23 @@ class Coordinator:
         self._requeue(job, f"attempt failed: {error.code}")
 
     def _requeue_agent(self, agent: str, why: str) -> None:
-        for job in list(self.jobs.values()):
-            if job.agent == agent:
-                self._requeue(job, why)
+        for key in list(self.by_agent.get(agent, ())):
+            self._requeue(self.jobs[key], why)
+
+    def _place(self, job: Job, agent: str | None) -> None:
+        """Set the agent a job is on, keeping the per-agent index in step."""
+        if job.agent and job.agent != agent:
+            self.by_agent.get(job.agent, set()).discard(job.key)
+        job.agent = agent
+        if agent:
+            self.by_agent.setdefault(agent, set()).add(job.key)
 
     def _requeue(self, job: Job, why: str) -> None:
         if job.agent:
             self._send_cancel(job)
         log.info(kv("job_requeued", job=job.key, agent=job.agent, attempt=job.attempt, reason=why))
-        job.state, job.agent, job.accepted, job.started_at = "queued", None, False, None
+        self._place(job, None)
+        job.state, job.accepted, job.started_at = "queued", False, None
         self.waiting.push(job.key, job.req.priority, job.created_at)
         self.counters["reassigned"] += 1
         self.ledger.update(job.key, "queued", {"reason": why}, agent=None)
@@ -502,12 +512,8 @@ class Coordinator:
                 self._requeue(job, "agent is not online")
 
     def _views(self) -> list[AgentView]:
-        load: dict[str, list[int]] = {}
-        for job in self.jobs.values():
-            if job.agent:
-                entry = load.setdefault(job.agent, [0, 0])
-                entry[0] += 1
-                entry[1] += job.req.max_tokens
+        load = {agent: (len(keys), sum(self.jobs[k].req.max_tokens for k in keys))
+                for agent, keys in self.by_agent.items() if keys}
         views = []
         for k in self.registry.agents.values():
             st = k.status
@@ -564,7 +570,8 @@ class Coordinator:
         agent = decision.agent
         assert agent is not None
         job.attempt += 1
-        job.state, job.agent, job.accepted, job.assigned_mono = "assigned", agent, False, mono
+        self._place(job, agent)
+        job.state, job.accepted, job.assigned_mono = "assigned", False, mono
         job.agent_epoch = self.registry.agents[agent].status.epoch
         job.decision = _explain(decision)
         self.counters["assigned"] += 1
@@ -600,6 +607,7 @@ class Coordinator:
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
                       timings=timings, error=error, cost=cost)
         del self.jobs[job.key]
+        self._place(job, None)
         self.waiting.discard(job.key)
         body = encode(final)
         self.ledger.update(job.key, status, {"error": error.code} if error else None,
