@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from bench.harness import RESULTS, pct, write
+from broker.coordinator import LOOK_PAST
 from broker.scheduler import AgentView, CloudTier, JobSpec, WaitQueue, decide, edge_cost
 from broker.views import TokenWindow
 
@@ -112,8 +113,8 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 del pending[key]
             else:
                 held.append(key)
-            if not any(a.busy < a.slots for a in agents) and not cloud.enabled:
-                break
+                if len(held) >= LOOK_PAST:  # as the coordinator: a bounded look past jobs that must wait
+                    break
         for key in held:
             j = pending[key]
             waiting.push(key, j.priority, j.arrival)

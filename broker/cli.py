@@ -264,6 +264,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     print(f"      {mark} {c['agent']:<14} {'eligible' if c['eligible'] else c['reason']:<14}"
                           f" wait {c['wait_ms']:>7.1f} ms  completion {c['completion_ms']:>8.1f} ms"
                           f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}")
+                if d.get("other_candidates"):
+                    print("        and " + ", ".join(f"{n} more {why}" for why, n in d["other_candidates"].items()))
                 continue
             if d:
                 line += " " + " ".join(f"{k}={v}" for k, v in d.items())

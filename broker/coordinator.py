@@ -54,6 +54,7 @@ from schemas.topics import Topics, is_valid_id
 
 log = logging.getLogger("fogmesh.coordinator")
 NOT_RETRYABLE = {"cancelled"}
+LOOK_PAST = 8  # waiting jobs a dispatch pass looks past when the most urgent must wait
 
 
 def new_job_id() -> str:
@@ -388,7 +389,10 @@ class Coordinator:
         except DecodeError as exc:
             log.warning(kv("status_invalid", topic=msg.topic, code=exc.code, detail=exc.message))
             return
-        change = self.registry.update(status, time.monotonic())
+        # Liveness counts from when the status arrived, not from when this loop got to it:
+        # a coordinator behind on its inbox must not declare live agents dead.
+        arrived = time.monotonic() - max(0.0, time.time() - msg.received_at)
+        change = self.registry.update(status, arrived)
         if change == "ignored":
             return
         if change in ("new", "restarted", "draining", "offline"):
@@ -537,7 +541,7 @@ class Coordinator:
         index = {v.agent: i for i, v in enumerate(views)}
         room = sum(max(0, v.slots + v.prefetch - v.outstanding) for v in views if v.online)
         held: list[Job] = []  # jobs that must wait this round (their agents are full, say)
-        while (room > 0 or cloud_usable) and len(held) < 256:
+        while (room > 0 or cloud_usable) and len(held) < LOOK_PAST:
             key = self.waiting.pop(now)
             if key is None:
                 break
@@ -717,7 +721,17 @@ def _peek_id(raw: bytes) -> str | None:
     return value if isinstance(value, str) and is_valid_id(value) else None
 
 
+EXPLAIN_CANDIDATES = 8  # candidates kept per decision; the rest are counted by reason
+
+
 def _explain(d: Decision) -> dict[str, Any]:
+    """The decision as the ledger keeps it for `fogmesh explain`: the chosen agent and the best
+    few candidates in full, the others counted by why they lost (a site may have 1,000 agents)."""
+    ranked = sorted(d.candidates, key=lambda c: (c.agent != d.agent, not c.eligible, c.completion_s, c.agent))
+    shown, rest = ranked[:EXPLAIN_CANDIDATES], ranked[EXPLAIN_CANDIDATES:]
+    others: dict[str, int] = {}
+    for c in rest:
+        others[c.reason] = others.get(c.reason, 0) + 1
     return {
         "policy": d.policy, "target": d.target, "agent": d.agent, "reason": d.reason,
         "predicted_ms": round(d.predicted_s * 1000, 1), "at_risk": d.at_risk,
@@ -726,6 +740,7 @@ def _explain(d: Decision) -> dict[str, Any]:
             {"agent": c.agent, "eligible": c.eligible, "reason": c.reason, "wait_ms": round(c.wait_s * 1000, 1),
              "completion_ms": round(c.completion_s * 1000, 1), "cost": round(c.cost, 9),
              "meets_deadline": c.meets_deadline, "has_room": c.has_room}
-            for c in d.candidates
+            for c in shown
         ],
+        "other_candidates": others,
     }

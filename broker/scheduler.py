@@ -178,11 +178,14 @@ def decide(
 
     if policy == "deadline":
         meeting = [c for c in eligible if c.meets_deadline]
-        if meeting:
+        # An agent that can start now is preferred; waiting for a busy one only when no free
+        # agent meets the deadline (its prediction already counts the queue wait).
+        pool = [c for c in meeting if c.has_room] or meeting
+        if pool:
             # The cheapest of the agents that meet the deadline and are nearly as quick as
             # the quickest: cost decides between near-equals, never at the price of queueing.
-            quickest = min(c.completion_s for c in meeting)
-            near = [c for c in meeting if c.completion_s <= quickest * (1 + DEADLINE_SLACK) + 0.05]
+            quickest = min(c.completion_s for c in pool)
+            near = [c for c in pool if c.completion_s <= quickest * (1 + DEADLINE_SLACK) + 0.05]
             best = min(near, key=lambda c: (round(c.cost, 12), c.completion_s, c.agent))
             return to_agent(best, "cheapest agent that meets the deadline")
         if cloud_ok and (job.deadline_at is None or now + cloud_s <= job.deadline_at):
