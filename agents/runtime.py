@@ -286,7 +286,7 @@ class Agent:
             self._event(spec, "failed", error=ErrorInfo(code=exc.code, message=exc.message))
             self._finish(job)
             return
-        if stream:
+        if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
         self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
         if job.handback:
