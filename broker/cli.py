@@ -216,11 +216,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"mesh         agents {mesh['agents_online']} · slots {mesh['slots_free']}/{mesh['slots_total']} free"
               f" · queue {mesh['queue_depth']} · running {mesh['running']}"
               f" · wait {mesh.get('predicted_wait_ms', 0):.0f} ms{' · OVERLOADED' if mesh.get('overloaded') else ''}")
+    bridge = snap["bridge"] or {}
+    if bridge:
+        reach = "reachable" if bridge.get("reachable") else "UNREACHABLE"
+        print(f"bridge       {bridge.get('state', '?'):<8} cloud {reach}"
+              f" · outbox {bridge.get('outbox_depth', 0)} (oldest {bridge.get('oldest_age_s', 0):.0f} s)"
+              f" · dead letters {bridge.get('dlq_depth', 0)}")
     print(f"{'agent':<16}{'state':<10}{'host':<14}{'pid':>8}{'slots':>8}{'queue':>7}{'tok/s':>8}{'TTFT ms':>9}  model")
     for name, a in sorted(snap["agents"].items()):
         models = ",".join(m["name"] for m in a.get("models", []))
+        slots = f"{a.get('slots_free', 0)}/{a.get('slots_total', 0)}"
         print(f"{name:<16}{a.get('state', '?'):<10}{a.get('host', '')[:13]:<14}{a.get('pid', 0):>8}"
-              f"{a.get('slots_free', 0)}/{a.get('slots_total', 0):<5}{a.get('queue_depth', 0):>6}"
+              f"{slots:>8}{a.get('queue_depth', 0):>7}"
               f"{a.get('decode_tps', 0):>8.1f}{a.get('ttft_ms', 0):>9.1f}  {models}")
     return 0
 
