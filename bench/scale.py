@@ -108,14 +108,21 @@ def start_sims(url: str, n: int, mode: str) -> tuple[list[mp.Process], Any, Any]
     return procs, stop, counts
 
 
-def submit(url: str, jobs: int, devices: int, topic_for: Any, result_filter: str) -> float:
+def final_topic(msg: Message) -> str | None:
+    """fogmesh: one final message per job, on the job's own result topic."""
+    return msg.topic if b'"final":true' in msg.payload else None
+
+
+def submit(url: str, jobs: int, devices: int, topic_for: Any, result_filter: str,
+           result_key: Any = final_topic) -> float:
     """Publish ``jobs`` prompts from ``devices`` device ids; return seconds until every result arrived."""
     got = threading.Semaphore(0)
-    seen: set[str] = set()
+    seen: set[Any] = set()
 
     def on_result(msg: Message) -> None:
-        if msg.topic not in seen and (not msg.payload.startswith(b"{") or b'"final":true' in msg.payload):
-            seen.add(msg.topic)
+        key = result_key(msg)
+        if key is not None and key not in seen:
+            seen.add(key)
             got.release()
 
     collector = Session(BrokerAddress.parse(url), f"bench-collect-{secrets.token_hex(3)}", on_result, persistent=False)
@@ -186,36 +193,14 @@ def run_shared(url: str, agents: int, jobs: int, devices: int) -> dict[str, Any]
     def topic_for(i: int, device: str) -> tuple[str, bytes]:
         return f"fogmesh/{SITE}/sharejobs", orjson.dumps({"id": f"j{i}", "device": device})
 
-    seen_topics = f"fogmesh/{SITE}/shareresults/#"
-    elapsed = submit_shared(url, jobs, topic_for, seen_topics)
+    # shared subscription: each answer echoes its job, on the answering agent's topic
+    elapsed = submit(url, jobs, devices, topic_for, f"fogmesh/{SITE}/shareresults/#", lambda msg: msg.payload)
     stop.set()
     for p in procs:
         p.join(60)
     served = list(counts.values()) or [0]
     return {"agents": agents, "jobs": jobs, "elapsed_s": elapsed, "jobs_per_s": jobs / elapsed,
             "balance_max_over_mean": max(served) / (sum(served) / agents)}
-
-
-def submit_shared(url: str, jobs: int, topic_for: Any, result_filter: str) -> float:
-    got = threading.Semaphore(0)
-    collector = Session(BrokerAddress.parse(url), f"bench-c-{secrets.token_hex(3)}", lambda m: got.release(),
-                        persistent=False)
-    collector.start()
-    collector.subscribe(result_filter, qos=1)
-    publisher = Session(BrokerAddress.parse(url), f"bench-p-{secrets.token_hex(3)}", lambda m: None, persistent=False)
-    publisher.start()
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    for i in range(jobs):
-        topic, body = topic_for(i, "")
-        publisher.publish(topic, body, qos=1)
-    for _ in range(jobs):
-        if not got.acquire(timeout=300):
-            break
-    elapsed = time.monotonic() - t0
-    publisher.stop()
-    collector.stop()
-    return elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
