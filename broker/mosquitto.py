@@ -110,10 +110,15 @@ class Mosquitto:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, so mosquitto saves its persistence file (kill -9 would lose it)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM a child and wait for it; SIGKILL if it has not exited within ``timeout_s``."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from broker.errors import SiteError
 from broker.logs import kv
+from broker.mosquitto import terminate
 
 log = logging.getLogger("fogmesh.local-cloud")
 # moto accepts any credentials; boto3 still insists on having some.
@@ -56,10 +57,4 @@ class LocalSqs:
         raise SiteError(f"the local SQS server did not answer on {self.url} within {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
