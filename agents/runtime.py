@@ -141,7 +141,6 @@ class Agent:
         """Stop taking work, hand back what has not started, finish the rest, go offline."""
         self._draining = True
         self.board.state = "draining"
-        self._dirty.set()
         self.publish_status()
         while True:
             try:

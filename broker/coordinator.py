@@ -406,8 +406,7 @@ class Coordinator:
         grace = self.settings.accept_timeout_s
         now = time.monotonic()
         for job in [self.jobs[k] for k in self.by_agent.get(status.agent, ())]:
-            if (job.agent == status.agent and job.accepted and job.key not in held
-                    and now - job.assigned_mono > grace):
+            if job.accepted and job.key not in held and now - job.assigned_mono > grace:
                 self._requeue(job, "agent no longer holds the job")
 
     def _on_event(self, msg: Message) -> None:
@@ -703,8 +702,7 @@ class Coordinator:
             return
         self._last_mesh, self._last_mesh_at = mesh, mono
         self.session.publish(self.topics.mesh_status, encode(mesh), qos=1, retain=True)
-        if not same or mono - self._last_mesh_at >= self.settings.status_interval_s:
-            self._publish_status("online")
+        self._publish_status("online")  # its counters and timestamp are the coordinator's heartbeat
 
 
 def _strip_ts(m: MeshStatus) -> tuple[Any, ...]:

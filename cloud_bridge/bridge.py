@@ -17,6 +17,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+
+import msgspec
 
 from broker.logs import kv
 from broker.session import BrokerAddress, Message, Session
@@ -82,12 +85,13 @@ class Bridge:
         self._stop.set()
         self._wake.set()
 
-    def _guard(self, loop: object) -> None:
+    def _guard(self, loop: Callable[[], None]) -> None:
+        """Run one pass of ``loop`` after another until stopped; a failing pass is logged, not fatal."""
         while not self._stop.is_set():
             try:
-                loop()  # type: ignore[operator]
+                loop()
             except Exception:
-                log.exception(kv("bridge_loop_failed", loop=getattr(loop, "__name__", "?")))
+                log.exception(kv("bridge_loop_failed", loop=loop.__name__))
                 self._stop.wait(1.0)
 
     # ------------------------------------------------------------------ MQTT -> outbox
@@ -253,6 +257,4 @@ class Bridge:
 
 
 def _with_reply(req: CloudRequest, reply_queue: str) -> CloudRequest:
-    import msgspec
-
     return msgspec.structs.replace(req, reply_queue=reply_queue)

@@ -38,8 +38,10 @@ def daemons(tmp_path: Path, broker_url: str, site_id: str) -> Iterator[Callable[
     """Start fogmesh daemons for this test's site; all are stopped (or killed) at the end."""
     started: list[Daemon] = []
 
-    def start(kind: str, *extra: str, name: str | None = None, env: dict[str, str] | None = None) -> Daemon:
-        args = [kind, "--broker", broker_url, "--site", site_id, *extra]
+    def start(kind: str, *extra: str, name: str | None = None, env: dict[str, str] | None = None,
+              on_site: bool = True) -> Daemon:
+        """``on_site=False`` for a daemon that never talks MQTT (the cloud worker)."""
+        args = [kind, *(["--broker", broker_url, "--site", site_id] if on_site else []), *extra]
         if kind == "coordinator" and "--ledger" not in extra:
             args += ["--ledger", str(tmp_path / "ledger.db")]
         d = Daemon(name or kind, args, tmp_path, env).start()

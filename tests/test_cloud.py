@@ -21,21 +21,19 @@ FAST = {"FOGMESH_BRIDGE_WAIT_S": "1", "FOGMESH_BRIDGE_STATUS_INTERVAL_S": "0.5",
         "FOGMESH_BRIDGE_RESULT_VISIBILITY_S": "3", "FOGMESH_CLOUD_WORKER_WAIT_S": "1"}
 
 
-def cloud(daemons, endpoint, tmp_path, bridge_env=None, worker_env=None, worker=True):
-    bridge = daemons("bridge", "--endpoint-url", endpoint, "--outbox", str(tmp_path / "outbox.db"),
-                     env={**FAST, **(bridge_env or {})})
-    w = None
-    if worker:
-        w = daemons_worker(daemons, endpoint, worker_env)
-    return bridge, w
+def cloud(daemons, endpoint, tmp_path, bridge_env=None, worker_env=None):
+    return start_bridge(daemons, endpoint, tmp_path, bridge_env), start_worker(daemons, endpoint, worker_env)
 
 
-def daemons_worker(daemons, endpoint, env=None, name="cloud-worker"):
-    # the worker has no --broker/--site: it only talks to SQS
-    d = daemons("cloud-worker", name=name, env={**FAST, **(env or {})})
-    d.args = ["cloud-worker", "--endpoint-url", endpoint, *WORKER]
-    d.kill()
-    return d.start()
+def start_bridge(daemons, endpoint, tmp_path, env=None, name="bridge"):
+    """A bridge on this test's site; a restarted one (another name) reuses the same outbox."""
+    return daemons("bridge", "--endpoint-url", endpoint, "--outbox", str(tmp_path / "outbox.db"), name=name,
+                   env={**FAST, **(env or {})})
+
+
+def start_worker(daemons, endpoint, env=None, name="cloud-worker"):
+    return daemons("cloud-worker", "--endpoint-url", endpoint, *WORKER, name=name, env={**FAST, **(env or {})},
+                   on_site=False)
 
 
 def wait_cloud(broker_url, site_id, reachable=True, timeout_s=30):
@@ -119,8 +117,7 @@ def test_bridge_killed_between_receive_and_publish_still_answers_once(daemons, b
     assert bridge.proc is not None
     bridge.proc.wait(60)
     assert bridge.proc.returncode == -signal.SIGKILL
-    daemons("bridge", "--endpoint-url", sqs_endpoint, "--outbox", str(tmp_path / "outbox.db"), name="bridge-2",
-            env=FAST)
+    start_bridge(daemons, sqs_endpoint, tmp_path, name="bridge-2")
     final = device.final("k1", timeout_s=60)
     assert final["status"] == "done" and final["served_by"]["tier"] == "cloud"
     time.sleep(4)  # past the result's visibility timeout: a second delivery would show now
@@ -136,8 +133,7 @@ def test_bridge_killed_between_publish_and_delete_drops_the_redelivery(daemons, 
     device.send({"id": "k2", "prompt": "Once:", "max_tokens": 8})
     assert device.final("k2", timeout_s=60)["status"] == "done"
     assert bridge.proc is not None and bridge.proc.wait(30) == -signal.SIGKILL
-    b2 = daemons("bridge", "--endpoint-url", sqs_endpoint, "--outbox", str(tmp_path / "outbox.db"), name="bridge-2",
-                 env=FAST)
+    b2 = start_bridge(daemons, sqs_endpoint, tmp_path, name="bridge-2")
     wait_for(lambda: "result_duplicate" in b2.log(), 30, what="the redelivered result to be dropped")
     assert len(device.finals["k2"]) == 1
 
@@ -153,7 +149,7 @@ def test_cloud_worker_killed_mid_job_sqs_redelivers_one_answer(daemons, broker_u
     wait_for(lambda: "job_started" in worker.log(), 30, what="the worker to start the job")
     time.sleep(1.0)  # mid-generation
     worker.kill()
-    second = daemons_worker(daemons, sqs_endpoint, name="cloud-worker-2")
+    second = start_worker(daemons, sqs_endpoint, name="cloud-worker-2")
     final = device.final("w1", timeout_s=120)
     assert final["status"] == "done" and final["served_by"]["tier"] == "cloud"
     assert "receives=2" in second.log()  # SQS handed the unfinished job to the next worker
