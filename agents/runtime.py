@@ -21,7 +21,7 @@ from agents.errors import AgentError, BackendError
 from agents.settings import AgentSettings
 from agents.status import StatusBoard
 from broker.logs import kv
-from broker.session import BrokerAddress, Message, Session
+from broker.session import Message, Session
 from schemas import DecodeError, decode, encode
 from schemas.messages import AgentEvent, Assignment, Chunk, Control, ErrorInfo, EventKind, Usage
 from schemas.topics import Topics
@@ -56,7 +56,7 @@ class Agent:
         self.topics = Topics(settings.site)
         self.board = StatusBoard(settings, [])
         self.session = Session(
-            BrokerAddress.parse(settings.broker),
+            settings.address(),
             client_id=f"fogmesh-agent-{settings.agent_id}",
             on_message=self._on_message,
             will=(self.topics.agent_status(settings.agent_id), encode(self.board.will())),

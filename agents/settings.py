@@ -6,11 +6,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from broker.settings import Connection
+
 
 @dataclass
-class AgentSettings:
-    broker: str = "mqtt://127.0.0.1:1883"
-    site: str = "site"
+class AgentSettings(Connection):
     agent_id: str = ""  # default: the host name
     # GGUF files this agent serves, each "path" or "name=path" (the name jobs ask for;
     # default: the file's stem). Empty: the bundled Gemma 3 270M. The first is the default.
@@ -19,7 +19,6 @@ class AgentSettings:
     threads: int = 0  # 0: all cores
     slots: int = 1
     heartbeat_s: float = 5.0
-    keepalive_s: int = 10
     drain_timeout_s: float = 30.0
     chunk_interval_ms: float = 50.0
     temperature: float = 0.7
@@ -32,8 +31,6 @@ class AgentSettings:
     energy_j_per_token: float = 0.0
     power_w: float = 0.0  # when set, energy per token = power / measured decode rate
     price_per_kwh: float = 0.30
-    log_level: str = "info"
-    log_format: str = "kv"
 
     def __post_init__(self) -> None:
         if not self.agent_id:

@@ -31,14 +31,26 @@ def _on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _site_defaults(args: argparse.Namespace) -> tuple[str, str]:
-    """The broker and site for a client command: flags, then FOGMESH_*, then the site `fogmesh up` started."""
+def _conn(args: argparse.Namespace) -> dict[str, Any]:
+    """The connection flags every command shares, as settings overrides."""
+    return {"broker": args.broker, "site": args.site, "username": args.username,
+            "password_file": args.password_file, "ca_file": args.ca_file,
+            "log_level": args.log_level, "log_format": args.log_format}
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A client command's connection: flags, then FOGMESH_*, then ``[client]`` of the config file,
+    then the site `fogmesh up` started."""
+    from broker.config import config_path, load
+    from broker.settings import Connection
     from broker.site import current
 
-    cur = current()
-    broker = args.broker or os.environ.get("FOGMESH_BROKER") or cur.get("broker") or "mqtt://127.0.0.1:1883"
-    site = args.site or os.environ.get("FOGMESH_SITE") or cur.get("site") or "site"
-    return broker, site
+    overrides = _conn(args)
+    if not (args.broker or os.environ.get("FOGMESH_BROKER") or config_path(args.config)):
+        cur = current()
+        overrides["broker"] = cur.get("broker")
+        overrides["site"] = args.site or os.environ.get("FOGMESH_SITE") or cur.get("site")
+    return load(Connection, "client", args.config, **overrides)
 
 
 # ---------------------------------------------------------------------- daemons
@@ -49,10 +61,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agents.settings import AgentSettings
     from broker.config import load
 
-    settings = load(AgentSettings, "agent", args.config, broker=args.broker, site=args.site,
+    settings = load(AgentSettings, "agent", args.config, **_conn(args),
                     agent_id=args.agent_id, models=args.model, threads=args.threads, slots=args.slots,
-                    n_ctx=args.n_ctx, budget_tokens=args.budget_tokens,
-                    log_level=args.log_level, log_format=args.log_format)
+                    n_ctx=args.n_ctx, budget_tokens=args.budget_tokens)
     logs.setup(settings.log_level, settings.log_format, f"agent/{settings.agent_id}")
     agent = build(settings)
     _on_signals(agent.request_stop)
@@ -65,8 +76,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     from broker.scheduler import POLICIES
     from broker.settings import CoordinatorSettings
 
-    settings = load(CoordinatorSettings, "coordinator", args.config, broker=args.broker, site=args.site,
-                    policy=args.policy, ledger=args.ledger, log_level=args.log_level, log_format=args.log_format)
+    settings = load(CoordinatorSettings, "coordinator", args.config, **_conn(args),
+                    policy=args.policy, ledger=args.ledger)
     logs.setup(settings.log_level, settings.log_format, "coordinator")
     if settings.policy not in POLICIES:
         raise FogmeshError(f"unknown policy {settings.policy!r}; choose one of {', '.join(POLICIES)}")
@@ -80,9 +91,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from cloud_bridge.bridge import Bridge
     from cloud_bridge.settings import BridgeSettings
 
-    settings = load(BridgeSettings, "bridge", args.config, broker=args.broker, site=args.site,
-                    endpoint_url=args.endpoint_url, outbox=args.outbox, log_level=args.log_level,
-                    log_format=args.log_format)
+    settings = load(BridgeSettings, "bridge", args.config, **_conn(args),
+                    endpoint_url=args.endpoint_url, outbox=args.outbox)
     logs.setup(settings.log_level, settings.log_format, "bridge")
     bridge = Bridge(settings)
     _on_signals(bridge.request_stop)
@@ -152,9 +162,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from broker.client import ask
-    from broker.session import BrokerAddress
 
-    broker, site = _site_defaults(args)
+    conn = _client(args)
     prompt: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens}
     asks_model = args.command == "ask"
     for key in ("deadline_ms", "priority", "model", "privacy"):
@@ -168,7 +177,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             sys.stdout.write(chunk.get("text", ""))
             sys.stdout.flush()
 
-    answer = ask(BrokerAddress.parse(broker), site, prompt, args.device, args.timeout, show)
+    answer = ask(conn.address(), conn.site, prompt, args.device, args.timeout, show)
     final = answer.final
     if args.json:
         print(orjson.dumps(final).decode() if final else "null")
@@ -200,10 +209,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from broker.client import snapshot
-    from broker.session import BrokerAddress
 
-    broker, site = _site_defaults(args)
-    snap = snapshot(BrokerAddress.parse(broker), site)
+    conn = _client(args)
+    broker, site = conn.broker, conn.site
+    snap = snapshot(conn.address(), site)
     if args.json:
         print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -236,16 +245,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Ask the coordinator (over MQTT) or read a ledger file (--ledger) for a job's history."""
     from broker.client import request
     from broker.ledger import Ledger
-    from broker.session import BrokerAddress
     from schemas.topics import Topics
 
-    broker, site = _site_defaults(args)
+    conn = _client(args)
+    broker, site = conn.broker, conn.site
     if args.ledger:
         ledger = Ledger(args.ledger)
         jobs = [{**row, "history": ledger.history(row["key"])} for row in ledger.find(args.job)]
         reply: dict[str, Any] | None = {"job": args.job, "jobs": jobs}
     else:
-        reply = request(BrokerAddress.parse(broker), Topics(site).explain, {"job": args.job})
+        reply = request(conn.address(), Topics(site).explain, {"job": args.job})
         if reply is None:
             print(f"no answer from the coordinator of site {site!r} on {broker}", file=sys.stderr)
             return 3
@@ -280,6 +289,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- the broker
+
+
+def cmd_broker_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker.security import default_hosts, make_certs
+
+    hosts = args.host or default_hosts()
+    paths = make_certs(Path(args.out), hosts, args.days, args.client or [])
+    print(f"site CA      {paths['ca']}   (give this file to every client: ca_file)")
+    print(f"server cert  {paths['cert']}  for {', '.join(hosts)}")
+    for client in args.client or []:
+        print(f"client cert  {Path(args.out) / f'client-{client}.crt'}")
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from broker.config import load
+    from broker.security import BrokerSettings, write_config
+
+    users = None
+    if args.user:
+        users = dict(u.split("=", 1) if "=" in u else (u, "device") for u in args.user)
+    settings = load(BrokerSettings, "broker", args.config, site=args.site, out_dir=args.out,
+                    data_dir=args.data_dir, tls_port=args.tls_port, ws_port=args.ws_port, bind=args.bind,
+                    users=users)
+    paths = write_config(settings)
+    print(f"mosquitto config  {paths['config']}   run: mosquitto -c {paths['config']}")
+    print(f"ACL               {paths['acl']}  ({len(settings.users)} users)")
+    print(f"passwords         {paths['passwd']}; each user's own in {paths['credentials']}/<user>.password")
+    print(f"clients connect   mqtts://<this host>:{settings.tls_port} with ca_file = {paths['ca']}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -293,6 +337,10 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--site", help="site id (default: site)")
         sp.add_argument("--log-level", default=None)
         sp.add_argument("--log-format", choices=("kv", "json"), default=None)
+        sp.add_argument("--config", help="a fogmesh.toml (default: $FOGMESH_CONFIG, else /etc/fogmesh/fogmesh.toml)")
+        sp.add_argument("--username", help="MQTT user name (the role's, see docs/security.md)")
+        sp.add_argument("--password-file", help="a file holding the MQTT password")
+        sp.add_argument("--ca-file", help="the site CA for mqtts:// brokers")
 
     def site_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--port", type=int, help="broker port (default: 1883, or a free one)")
@@ -317,7 +365,6 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("agent", help="run an edge agent")
     common(sp)
-    sp.add_argument("--config")
     sp.add_argument("--agent-id")
     sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models")
     sp.add_argument("--threads", type=int)
@@ -328,14 +375,12 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("coordinator", help="run the site coordinator")
     common(sp)
-    sp.add_argument("--config")
     sp.add_argument("--policy")
     sp.add_argument("--ledger", help="SQLite ledger path")
     sp.set_defaults(fn=cmd_coordinator)
 
     sp = sub.add_parser("bridge", help="run the MQTT <-> SQS bridge for a site")
     common(sp)
-    sp.add_argument("--config")
     sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
     sp.add_argument("--outbox", help="SQLite outbox path")
     sp.set_defaults(fn=cmd_bridge)
@@ -362,6 +407,27 @@ def parser() -> argparse.ArgumentParser:
     site_flags(sp)
     ask_flags(sp, standalone=False)
     sp.set_defaults(fn=cmd_demo)
+
+    broker = sub.add_parser("broker", help="a production broker for the site: certificates, config, ACL")
+    bsub = broker.add_subparsers(dest="broker_command", required=True)
+    sp = bsub.add_parser("certs", help="make a site CA and a server certificate (and client ones)")
+    sp.add_argument("--out", default="/etc/fogmesh/broker/certs")
+    sp.add_argument("--host", action="append", help="a name or IP clients use for the broker; repeat "
+                                                    "(default: this host name, localhost, 127.0.0.1)")
+    sp.add_argument("--client", action="append", help="also a client certificate for this name; repeat")
+    sp.add_argument("--days", type=int, default=825)
+    sp.set_defaults(fn=cmd_broker_certs)
+    sp = bsub.add_parser("config", help="write mosquitto.conf, the ACL and the password file from [broker]")
+    sp.add_argument("--config", help="a fogmesh.toml with a [broker] table (users by role)")
+    sp.add_argument("--site")
+    sp.add_argument("--out", help="output folder (default: /etc/fogmesh/broker)")
+    sp.add_argument("--data-dir", help="mosquitto's persistence folder")
+    sp.add_argument("--bind")
+    sp.add_argument("--tls-port", type=int)
+    sp.add_argument("--ws-port", type=int, help="also MQTT over secure WebSockets on this port")
+    sp.add_argument("--user", action="append", help="name=role (device, agent, coordinator, bridge, "
+                                                    "dashboard, operator); repeat; replaces [broker.users]")
+    sp.set_defaults(fn=cmd_broker_config)
 
     sp = sub.add_parser("ask", help="publish a prompt as a device and print the answer")
     common(sp)

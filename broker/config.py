@@ -19,7 +19,7 @@ from broker.errors import ConfigError
 
 T = TypeVar("T")
 DEFAULT_CONFIG = Path("/etc/fogmesh/fogmesh.toml")
-SHARED_KEYS = ("broker", "site", "log_level", "log_format")
+SHARED_KEYS = ("broker", "site", "ca_file", "log_level", "log_format")
 
 
 def config_path(explicit: str | Path | None = None) -> Path | None:

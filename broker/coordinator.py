@@ -28,7 +28,7 @@ from broker import __version__
 from broker.ledger import Ledger
 from broker.logs import kv
 from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, WaitQueue, cloud_cost, decide, edge_cost
-from broker.session import BrokerAddress, Message, Session
+from broker.session import Message, Session
 from broker.settings import CoordinatorSettings
 from broker.views import Registry
 from cloud_bridge.messages import CloudRequest, CloudResult
@@ -114,7 +114,7 @@ class Coordinator:
         will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
                                  policy=settings.policy, version=__version__)
         self.session = Session(
-            BrokerAddress.parse(settings.broker),
+            settings.address(),
             client_id=f"fogmesh-coordinator-{settings.site}",
             on_message=self._inbox.put,
             will=(self.topics.coordinator_status, encode(will)),
@@ -222,6 +222,11 @@ class Coordinator:
         if not is_valid_id(device):
             log.warning(kv("prompt_bad_device", device=device[:64], reason="device id cannot be answered"))
             return
+        problem = self._response_topic_problem(device, msg.response_topic)
+        if problem:
+            self._reject(device, _peek_id(msg.payload), "bad_response_topic", problem,
+                         dataclasses.replace(msg, response_topic=None))
+            return
         if len(msg.payload) > self.settings.max_prompt_bytes:
             self._reject(device, None, "too_large",
                          f"prompt payload is {len(msg.payload)} bytes; this site accepts at most "
@@ -282,6 +287,22 @@ class Coordinator:
                             "deadline_at": deadline})
         self.counters["accepted"] += 1
         log.info(kv("job_accepted", job=key, max_tokens=req.max_tokens, priority=req.priority))
+
+    def _response_topic_problem(self, device: str, topic: str | None) -> str | None:
+        """Why a prompt's MQTT 5 Response Topic cannot be honoured, if it cannot.
+
+        The coordinator and the agents may write to assignments, statuses and
+        other devices' results, so a Response Topic there would let a device
+        write where its own ACL does not let it.
+        """
+        if topic is None:
+            return None
+        own = self.topics.results(device, "")
+        if not topic or "+" in topic or "#" in topic or topic.startswith("$"):
+            return f"response topic {topic[:128]!r} must be a plain topic name without wildcards or '$'"
+        if topic.startswith(self.topics.prefix + "/") and not topic.startswith(own):
+            return f"response topic {topic[:128]!r} is inside fogmesh's tree; use one under {own} or outside it"
+        return None
 
     def _reject(self, device: str, job_id: str | None, code: str, message: str, msg: Message) -> None:
         job_id = job_id if job_id and is_valid_id(job_id) else new_job_id()
@@ -363,7 +384,9 @@ class Coordinator:
 
     def _on_explain(self, msg: Message) -> None:
         """Answer ``fogmesh explain``: a job's transitions and decisions, to the request's Response Topic."""
-        if not msg.response_topic:
+        if not (msg.response_topic or "").startswith(f"{self.topics.explain}/reply/"):
+            log.warning(kv("explain_bad_reply_topic", topic=(msg.response_topic or "")[:128],
+                           expected=f"{self.topics.explain}/reply/<token>"))
             return
         try:
             wanted = str(orjson.loads(msg.payload).get("job", ""))

@@ -85,22 +85,28 @@ def wait_port(host: str, port: int, timeout_s: float) -> bool:
 
 
 class Mosquitto:
-    """A private mosquitto with a generated config under ``data_dir``."""
+    """A private mosquitto: a development config generated under ``data_dir``, or a given one.
 
-    def __init__(self, port: int, data_dir: Path, bind: str = "127.0.0.1") -> None:
+    ``config`` is a file ``fogmesh broker config`` wrote (TLS, passwords, ACL); then
+    ``port`` and ``bind`` must be its listener's and the URL is ``mqtts://``.
+    """
+
+    def __init__(self, port: int, data_dir: Path, bind: str = "127.0.0.1", config: Path | None = None) -> None:
         self.port = port
         self.bind = bind
         self.data_dir = data_dir
-        self.config = data_dir / "mosquitto.conf"
+        self.generated = config is None
+        self.config = config or data_dir / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.bind}:{self.port}"
+        return f"{'mqtt' if self.generated else 'mqtts'}://{self.bind}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(render_config(self.port, self.data_dir, self.bind))
+        if self.generated:
+            self.config.write_text(render_config(self.port, self.data_dir, self.bind))
         with (self.data_dir / "mosquitto.log").open("ab") as log_file:
             self.proc = subprocess.Popen([find_binary(), "-c", str(self.config)], stdout=log_file, stderr=log_file)
         if not wait_port(self.bind, self.port, timeout_s):

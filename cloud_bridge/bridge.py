@@ -22,7 +22,7 @@ from collections.abc import Callable
 import msgspec
 
 from broker.logs import kv
-from broker.session import BrokerAddress, Message, Session
+from broker.session import Message, Session
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.messages import CloudRequest, CloudResult
 from cloud_bridge.outbox import Outbox
@@ -57,7 +57,7 @@ class Bridge:
         self.counters = {"received": 0, "sent": 0, "answered": 0, "duplicates": 0, "expired": 0, "failed": 0,
                          "bad_messages": 0}
         will = BridgeStatus(state="offline", host=socket.gethostname(), pid=os.getpid())
-        self.session = Session(BrokerAddress.parse(settings.broker), f"fogmesh-bridge-{settings.site}",
+        self.session = Session(settings.address(), f"fogmesh-bridge-{settings.site}",
                                self._on_message, will=(self.topics.bridge_status, encode(will)),
                                keepalive_s=settings.keepalive_s, manual_ack=True)
 

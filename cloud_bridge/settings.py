@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from broker.settings import state_dir
+from broker.settings import Connection, state_dir
 
 
 @dataclass
@@ -30,9 +30,7 @@ class CloudSettings:
 
 
 @dataclass
-class BridgeSettings(CloudSettings):
-    broker: str = "mqtt://127.0.0.1:1883"
-    site: str = "site"
+class BridgeSettings(Connection, CloudSettings):
     outbox: str = ""  # default: <state dir>/<site>/outbox.db
     outbox_max_jobs: int = 10_000  # offline_ok jobs held while the cloud is unreachable
     outbox_max_age_s: float = 3600.0  # ... and for how long, at most
@@ -43,9 +41,6 @@ class BridgeSettings(CloudSettings):
     cloud_tps: float = 60.0
     price_in_per_1k: float = 0.00015
     price_out_per_1k: float = 0.0006
-    keepalive_s: int = 10
-    log_level: str = "info"
-    log_format: str = "kv"
 
     def __post_init__(self) -> None:
         if not self.outbox:

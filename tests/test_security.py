@@ -1,0 +1,181 @@
+"""A site broker from `fogmesh broker certs` + `fogmesh broker config`: TLS, passwords, an ACL by role."""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from broker.errors import BrokerUnavailable
+from broker.mosquitto import Mosquitto, free_port
+from broker.security import acl_rules, render_acl
+from broker.session import BrokerAddress, Message, Session
+from schemas.topics import Topics
+from tests.services import ROOT, Daemon, Device, wait_for
+
+SITE = "secure"
+USERS = {"coordinator": "coordinator", "agent-1": "agent", "bridge": "bridge", "sensor-1": "device",
+         "sensor-2": "device", "dash": "dashboard", "ops": "operator"}
+
+
+class SecureSite:
+    def __init__(self, out: Path, broker: Mosquitto) -> None:
+        self.out = out
+        self.broker = broker
+        self.ca = str(out / "certs" / "ca.crt")
+
+    def password_file(self, user: str) -> str:
+        return str(self.out / "credentials" / f"{user}.password")
+
+    def address(self, user: str | None, tls: bool = True, password: str | None = None) -> BrokerAddress:
+        pw = password if password is not None else (Path(self.password_file(user)).read_text().strip()
+                                                    if user else None)
+        return BrokerAddress(host="127.0.0.1", port=self.broker.port, tls=tls, username=user, password=pw,
+                             ca_file=self.ca if tls else None)
+
+    def flags(self, user: str) -> list[str]:
+        return ["--broker", self.broker.url, "--site", SITE, "--username", user,
+                "--password-file", self.password_file(user), "--ca-file", self.ca]
+
+    def pub(self, user: str, topic: str, payload: str, retain: bool = False) -> str:
+        """mosquitto_pub as ``user``; its debug output (the PUBACK's reason code)."""
+        cmd = ["mosquitto_pub", "-d", "-V", "mqttv5", "-q", "1", "-h", "127.0.0.1", "-p", str(self.broker.port),
+               "--cafile", self.ca, "-u", user, "-P", Path(self.password_file(user)).read_text().strip(),
+               "-t", topic, "-m", payload, *(["-r"] if retain else [])]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSite]:
+    out = tmp_path_factory.mktemp("broker")
+    port = free_port()
+    run = [str(ROOT / ".venv" / "bin" / "fogmesh") if (ROOT / ".venv" / "bin" / "fogmesh").exists() else "fogmesh"]
+    subprocess.run([*run, "broker", "certs", "--out", str(out / "certs"), "--host", "localhost",
+                    "--host", "127.0.0.1"], check=True, capture_output=True)
+    users = [f"--user={name}={role}" for name, role in USERS.items()]
+    subprocess.run([*run, "broker", "config", "--site", SITE, "--out", str(out), "--data-dir", str(out / "data"),
+                    "--bind", "127.0.0.1", "--tls-port", str(port), *users], check=True, capture_output=True)
+    broker = Mosquitto(port, out / "data", config=out / "mosquitto.conf")
+    broker.start()
+    yield SecureSite(out, broker)
+    broker.stop()
+
+
+class Inbox:
+    """A session that collects what it is allowed to read."""
+
+    def __init__(self, address: BrokerAddress, *topics: str) -> None:
+        self.q: queue.Queue[Message] = queue.Queue()
+        self.session = Session(address, f"test-{secrets.token_hex(4)}", self.q.put, persistent=False)
+        self.session.start()
+        for topic in topics:
+            self.session.subscribe(topic)
+        time.sleep(0.2)
+
+    def topics(self, wait_s: float = 0.5) -> list[str]:
+        time.sleep(wait_s)
+        out = []
+        while not self.q.empty():
+            out.append(self.q.get().topic)
+        return out
+
+    def close(self) -> None:
+        self.session.stop()
+
+
+def test_every_role_gets_only_its_own_topics():
+    t = Topics("s")
+    device = acl_rules(t, "d1", "device")
+    assert device == [("write", "fogmesh/s/prompts/d1"), ("write", "fogmesh/s/cancel/d1"),
+                      ("read", "fogmesh/s/results/d1/#")]
+    assert all(access == "read" for access, _ in acl_rules(t, "x", "dashboard"))
+    assert not any("cloud" in topic for role in ("device", "agent", "dashboard", "operator")
+                   for _, topic in acl_rules(t, "x", role))
+    assert not any(topic.endswith("/assign") and access == "write" for role in ("device", "agent", "bridge")
+                   for access, topic in acl_rules(t, "x", role))
+    acl = render_acl("s", {"d1": "device", "gw": "coordinator"})
+    assert "pattern" not in acl and "user d1\n" in acl and "user gw\n" in acl
+
+
+def test_anonymous_plaintext_and_wrong_passwords_are_refused(secure):
+    for address in (secure.address(None), secure.address("sensor-1", password="wrong"),
+                    secure.address("sensor-1", tls=False)):
+        session = Session(address, f"test-{secrets.token_hex(3)}", lambda m: None, persistent=False)
+        with pytest.raises(BrokerUnavailable):
+            session.start(timeout_s=3)
+    # the right password over TLS connects
+    ok = Session(secure.address("sensor-1"), "test-ok", lambda m: None, persistent=False)
+    ok.start(timeout_s=5)
+    ok.stop()
+
+
+def test_a_device_reads_only_its_own_results(secure):
+    t = Topics(SITE)
+    snoop = Inbox(secure.address("sensor-1"), f"{t.prefix}/results/#", t.results("sensor-2"))
+    owner = Inbox(secure.address("sensor-2"), t.results("sensor-2"))
+    try:
+        assert "RC:135" not in secure.pub("coordinator", f"{t.prefix}/results/sensor-2/j1", '{"final": true}')
+        assert owner.topics() == [f"{t.prefix}/results/sensor-2/j1"]
+        assert snoop.topics(0) == []
+    finally:
+        snoop.close()
+        owner.close()
+
+
+def test_a_device_cannot_assign_overwrite_status_or_use_another_devices_topics(secure):
+    t = Topics(SITE)
+    agent = Inbox(secure.address("agent-1"), t.assign("agent-1"))
+    dash = Inbox(secure.address("dash"), t.agent_status())
+    coordinator = Inbox(secure.address("coordinator"), t.prompts())
+    try:
+        assert "RC:135" in secure.pub("sensor-1", t.assign("agent-1"), '{"job": "x"}')
+        assert "RC:135" in secure.pub("sensor-1", t.agent_status("agent-1"), '{"state": "online"}', retain=True)
+        assert "RC:135" in secure.pub("sensor-1", t.prompts("sensor-2"), '{"prompt": "as someone else"}')
+        assert "RC:135" in secure.pub("sensor-1", t.cloud_requests, "{}")
+        assert "RC:135" in secure.pub("dash", t.prompts("dash"), '{"prompt": "a dashboard may only read"}')
+        assert "RC:135" in secure.pub("agent-1", t.assign("agent-1"), "{}")
+        assert "RC:135" not in secure.pub("sensor-1", t.prompts("sensor-1"), '{"prompt": "mine"}')
+        assert agent.topics() == [] and dash.topics(0) == []
+        assert coordinator.topics(0) == [t.prompts("sensor-1")]
+    finally:
+        for inbox in (agent, dash, coordinator):
+            inbox.close()
+
+
+@pytest.mark.slow
+def test_the_mesh_works_end_to_end_over_tls_with_credentials(secure, tmp_path):
+    daemons = [Daemon("coordinator", ["coordinator", *secure.flags("coordinator"),
+                                      "--ledger", str(tmp_path / "ledger.db")], tmp_path).start(),
+               Daemon("agent-1", ["agent", *secure.flags("agent-1"), "--agent-id", "agent-1", "--threads", "2"],
+                      tmp_path).start()]
+    device = Device(secure.address("sensor-1"), SITE, "sensor-1")
+    try:
+        def online() -> bool:
+            out = subprocess.run([str(ROOT / ".venv" / "bin" / "fogmesh"), "status", "--json", *secure.flags("dash")],
+                                 capture_output=True, text=True, timeout=20)
+            snap = orjson.loads(out.stdout) if out.returncode == 0 else {}
+            return (snap.get("agents", {}).get("agent-1", {}).get("state") == "online"
+                    and (snap.get("mesh") or {}).get("agents_online") == 1)
+
+        wait_for(online, 60, every_s=0.5, what="agent-1 online, seen by the dashboard user")
+        job = device.send({"id": "tls1", "prompt": "MQTT is a protocol that", "max_tokens": 16})
+        final = device.final(job)
+        assert final["status"] == "done" and final["served_by"] == {"tier": "edge", "node": "agent-1"}
+        assert final["text"] and "".join(c["text"] for c in device.chunks[job]) == final["text"]
+        # a Response Topic inside the mesh's tree would make the coordinator write where the device may not
+        bad = device.send({"id": "rt1", "prompt": "x"}, response_topic=f"fogmesh/{SITE}/agents/agent-1/assign")
+        assert device.final(bad)["error"]["code"] == "bad_response_topic"
+        explain = subprocess.run([str(ROOT / ".venv" / "bin" / "fogmesh"), "explain", "--json", job,
+                                  *secure.flags("ops")], capture_output=True, text=True, timeout=20)
+        assert explain.returncode == 0, explain.stderr
+        assert orjson.loads(explain.stdout)["jobs"][0]["state"] == "done"
+    finally:
+        device.close()
+        for d in daemons:
+            assert d.stop() == 0, d.log()[-2000:]
