@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo up test test-fast test-faults lint schemas bench bench-report clean
+.PHONY: setup demo up test test-fast test-faults reliability lint schemas bench bench-report clean
 
 $(BIN)/python:
 	./deploy/install-deps.sh
@@ -35,6 +35,12 @@ test-fast: setup
 
 test-faults: setup
 	$(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
+
+# Runs the fault tests and fills docs/reliability.md's table from their own counts.
+reliability: setup
+	mkdir -p build && rm -f build/reliability.jsonl
+	FOGMESH_RELIABILITY_OUT=$(CURDIR)/build/reliability.jsonl $(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
+	$(BIN)/python -m tests.reliability build/reliability.jsonl
 
 lint: setup
 	$(BIN)/ruff check agents broker cloud_bridge schemas tests

@@ -27,7 +27,8 @@ class DeviceClient:
     """
 
     def __init__(self, address: BrokerAddress, site: str, device_id: str = "",
-                 on_chunk: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_chunk: Callable[[str, dict[str, Any]], None] | None = None, persistent: bool = False) -> None:
+        """``persistent``: a session the broker keeps (and queues results for) while the device is away."""
         self.topics = Topics(site)
         self.device_id = device_id or f"dev-{secrets.token_hex(3)}"
         self.finals: dict[str, list[dict[str, Any]]] = {}
@@ -36,8 +37,8 @@ class DeviceClient:
         self.sent_at: dict[str, float] = {}
         self._on_chunk = on_chunk
         self._changed = threading.Condition()
-        self.session = Session(address, f"fogmesh-dev-{self.device_id}-{secrets.token_hex(3)}", self._collect,
-                               persistent=False)
+        client_id = f"fogmesh-dev-{self.device_id}" + ("" if persistent else f"-{secrets.token_hex(3)}")
+        self.session = Session(address, client_id, self._collect, persistent=persistent)
         self.session.start()
         self.session.subscribe(self.topics.results(self.device_id), qos=1)
         time.sleep(0.05)  # let the SUBACK land before an answer can
@@ -53,13 +54,18 @@ class DeviceClient:
         if self._on_chunk and not data.get("final"):
             self._on_chunk(job, data)
 
-    def send(self, payload: dict[str, Any] | bytes, **props: Any) -> str:
-        """Publish a prompt (QoS 1, waiting for the PUBACK); returns its id when it has one."""
+    def send(self, payload: dict[str, Any] | bytes, wait: bool = True, **props: Any) -> str:
+        """Publish a prompt at QoS 1 (``wait``: until the PUBACK); returns its id when it has one.
+
+        Without ``wait`` a prompt sent while the broker is away is queued and sent on reconnect.
+        """
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         job = payload.get("id", "") if isinstance(payload, dict) else ""
         if job:
             self.sent_at[job] = time.monotonic()
-        self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props).wait_for_publish(5)
+        info = self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props)
+        if wait:
+            info.wait_for_publish(5)
         return str(job)
 
     def cancel(self, job_id: str) -> None:

@@ -307,7 +307,8 @@ class Coordinator:
     def _reject(self, device: str, job_id: str | None, code: str, message: str, msg: Message) -> None:
         job_id = job_id if job_id and is_valid_id(job_id) else new_job_id()
         key = f"{device}/{job_id}"
-        if key in self.jobs:  # never clobber a live job with a rejection of a re-sent copy
+        if key in self.jobs or self.ledger.get(key) is not None:
+            # never clobber a live or answered job (whose answer a re-send gets) with a bad copy's rejection
             key = f"{device}/{new_job_id()}"
         final = Final(job=job_id, status="rejected", error=ErrorInfo(code=code, message=message))
         now = self.clock()

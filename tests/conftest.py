@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -15,12 +16,21 @@ from broker.session import BrokerAddress
 from tests.services import Daemon, Device, wait_for
 
 
+@contextlib.contextmanager
+def private_broker(data_dir: Path) -> Iterator[Mosquitto]:
+    """A mosquitto with the development configuration on a free port, stopped at the end."""
+    broker = Mosquitto(free_port(), data_dir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    broker = Mosquitto(free_port(), tmp_path_factory.mktemp("mosquitto"))
-    broker.start()
-    yield broker
-    broker.stop()
+    with private_broker(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -7,11 +7,14 @@ swap the broker for testcontainers' Mosquitto; here the local package is used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,3 +110,95 @@ class Device(DeviceClient):
         final = self.wait_final(job_id, timeout_s)
         assert final is not None, f"timed out after {timeout_s:.0f} s waiting for the final message of {job_id}"
         return final
+
+    def tally(self, fault: str, action: str, ids: list[str]) -> dict[str, Any]:
+        """One row of docs/reliability.md: of the jobs this device had accepted, how many were
+        answered (exactly one final), lost (none) or answered twice; written to
+        ``$FOGMESH_RELIABILITY_OUT`` (JSON lines) when it is set."""
+        finals = {job: self.finals.get(job, []) for job in ids}
+        statuses: dict[str, int] = {}
+        for got in finals.values():
+            if got:
+                statuses[got[0]["status"]] = statuses.get(got[0]["status"], 0) + 1
+        row = {"fault": fault, "action": action, "accepted": len(ids),
+               "answered": sum(1 for got in finals.values() if len(got) == 1),
+               "lost": sum(1 for got in finals.values() if not got),
+               "twice": sum(1 for got in finals.values() if len(got) > 1), "statuses": statuses}
+        out = os.environ.get("FOGMESH_RELIABILITY_OUT")
+        if out:
+            with open(out, "ab") as fh:
+                fh.write(orjson.dumps(row) + b"\n")
+        return row
+
+
+class TcpProxy:
+    """A TCP forwarder between a daemon and the broker, to cut one daemon off the network and back.
+
+    ``cut()`` drops every open connection and refuses new ones until ``restore()``.
+    """
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.target = (host, target_port)
+        self._server = socket.create_server((host, 0))
+        self.port = self._server.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.cut_off = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.target[0]}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self.cut_off:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._open += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        self._drop([src, dst])
+
+    @staticmethod
+    def _drop(conns: list[socket.socket]) -> None:
+        # shutdown() first: a close() alone neither sends FIN nor wakes the other pump's recv()
+        # while that recv() holds the socket, so the broker would only notice at keepalive expiry.
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def cut(self) -> None:
+        self.cut_off = True
+        with self._lock:
+            conns, self._open = self._open, []
+        self._drop(conns)
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    def close(self) -> None:
+        self.cut()
+        self._server.close()

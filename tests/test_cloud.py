@@ -100,7 +100,9 @@ def test_offline_ok_jobs_wait_for_the_cloud_and_drain_in_order(daemons, broker_u
         order = sorted(ids, key=lambda j: device.finals[j][0]["timings"]["total_ms"] -
                        device.finals[j][0]["timings"].get("generate_ms", 0))
         time.sleep(1)
-        assert {j: len(device.finals[j]) for j in ids} == {j: 1 for j in ids}
+        row = device.tally("cloud endpoint down", "SQS-compatible server stopped, 4 offline_ok jobs and one "
+                           "not offline_ok sent, server restarted", [*ids, "hurry"])
+        assert row["lost"] == 0 and row["twice"] == 0
         assert [f["served_by"]["tier"] for j in ids for f in device.finals[j]] == ["cloud"] * 4
         assert order == ids
     finally:
@@ -121,7 +123,8 @@ def test_bridge_killed_between_receive_and_publish_still_answers_once(daemons, b
     final = device.final("k1", timeout_s=60)
     assert final["status"] == "done" and final["served_by"]["tier"] == "cloud"
     time.sleep(4)  # past the result's visibility timeout: a second delivery would show now
-    assert len(device.finals["k1"]) == 1
+    row = device.tally("bridge killed", "SIGKILL between receiving a result from SQS and publishing it", ["k1"])
+    assert row["lost"] == 0 and row["twice"] == 0
 
 
 @pytest.mark.fault
@@ -135,7 +138,8 @@ def test_bridge_killed_between_publish_and_delete_drops_the_redelivery(daemons, 
     assert bridge.proc is not None and bridge.proc.wait(30) == -signal.SIGKILL
     b2 = start_bridge(daemons, sqs_endpoint, tmp_path, name="bridge-2")
     wait_for(lambda: "result_duplicate" in b2.log(), 30, what="the redelivered result to be dropped")
-    assert len(device.finals["k2"]) == 1
+    row = device.tally("bridge killed", "SIGKILL between publishing a result and deleting it from SQS", ["k2"])
+    assert row["lost"] == 0 and row["twice"] == 0
 
 
 @pytest.mark.fault
@@ -154,7 +158,8 @@ def test_cloud_worker_killed_mid_job_sqs_redelivers_one_answer(daemons, broker_u
     assert final["status"] == "done" and final["served_by"]["tier"] == "cloud"
     assert "receives=2" in second.log()  # SQS handed the unfinished job to the next worker
     time.sleep(2)
-    assert len(device.finals["w1"]) == 1
+    row = device.tally("cloud worker killed", "SIGKILL mid-generation; SQS redelivers to another worker", ["w1"])
+    assert row["lost"] == 0 and row["twice"] == 0
 
 
 def test_a_prompt_over_the_sqs_limit_travels_by_s3_claim_check(daemons, broker_url, site_id, device,

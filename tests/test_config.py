@@ -44,3 +44,24 @@ def test_the_example_in_deploy_is_valid_for_every_daemon():
     assert load(CoordinatorSettings, "coordinator", example).policy == "deadline"
     assert load(BridgeSettings, "bridge", example).queue_prefix == "fogmesh"
     assert load(WorkerSettings, "cloud-worker", example).backend == "local"
+    from broker.security import BrokerSettings
+
+    broker = load(BrokerSettings, "broker", example)
+    assert broker.users["edge-01"] == "agent" and broker.tls_port == 8883
+
+
+def test_a_user_with_an_unknown_role_is_named(tmp_path):
+    from broker.security import BrokerSettings
+
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text('[broker.users]\nsensor-1 = "admin"\n')
+    with pytest.raises(ConfigError, match=r"broker\.users\.sensor-1: role 'admin'"):
+        load(BrokerSettings, "broker", cfg)
+
+
+def test_tls_files_with_a_plaintext_broker_url_is_an_error(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    s = CoordinatorSettings(broker="mqtt://gw:1883", ca_file=str(ca))
+    with pytest.raises(ConfigError, match="mqtts://"):
+        s.address()
