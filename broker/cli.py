@@ -289,6 +289,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- configuration
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker.config import check, config_path
+
+    path = config_path(args.file)
+    if path is None:
+        print("no config file: give one, set FOGMESH_CONFIG, or create /etc/fogmesh/fogmesh.toml "
+              "(deploy/fogmesh.toml is a commented example)", file=sys.stderr)
+        return 2
+    problems = check(Path(path))
+    for problem in problems:
+        print(f"{path}:{problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {path}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
 # ---------------------------------------------------------------------- the broker
 
 
@@ -407,6 +430,12 @@ def parser() -> argparse.ArgumentParser:
     site_flags(sp)
     ask_flags(sp, standalone=False)
     sp.set_defaults(fn=cmd_demo)
+
+    config = sub.add_parser("config", help="the configuration file")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    sp = csub.add_parser("check", help="validate a config file: every problem with its key and line")
+    sp.add_argument("file", nargs="?", help="default: $FOGMESH_CONFIG, else /etc/fogmesh/fogmesh.toml")
+    sp.set_defaults(fn=cmd_config_check)
 
     broker = sub.add_parser("broker", help="a production broker for the site: certificates, config, ACL")
     bsub = broker.add_subparsers(dest="broker_command", required=True)

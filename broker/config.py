@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,3 +69,120 @@ def load(cls: type[T], section: str, path: str | Path | None = None, **overrides
         return msgspec.convert(data, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"[{section}] {exc}".replace("$.", f"{section}.")) from exc
+
+
+# ---------------------------------------------------------------------- fogmesh config check
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    key: str  # "section.key", or "section" for a whole table
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.key}: {self.message}" if self.line else f"{self.key}: {self.message}"
+
+
+def _sections() -> dict[str, type]:
+    from agents.settings import AgentSettings
+    from broker.security import BrokerSettings
+    from broker.settings import Connection, CoordinatorSettings
+    from cloud_bridge.settings import BridgeSettings, WorkerSettings
+
+    return {"coordinator": CoordinatorSettings, "agent": AgentSettings, "bridge": BridgeSettings,
+            "cloud-worker": WorkerSettings, "broker": BrokerSettings, "client": Connection}
+
+
+def key_line(text: str, section: str, key: str | None = None) -> int | None:
+    """The line of ``[section]`` (or of ``key = ...`` inside it) in a TOML text; None if not found."""
+    current = ""
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("["):
+            current = line.strip("[] ").split("]")[0].strip().strip('"')
+            if key is None and current == section:
+                return number
+            continue
+        if key is not None and current == section and line.split("=", 1)[0].strip().strip('"') == key:
+            return number
+    return None
+
+
+def _semantic(section: str, settings: Any) -> list[tuple[str, str]]:
+    """(key, problem) pairs a type check cannot see: files that must exist, names that must be known."""
+    from agents.errors import AgentError
+    from agents.model import parse_models
+    from broker.scheduler import POLICIES
+
+    found: list[tuple[str, str]] = []
+    if section == "coordinator" and settings.policy not in POLICIES:
+        found.append(("policy", f"unknown policy {settings.policy!r}; one of {', '.join(POLICIES)}"))
+    if section == "agent" and settings.models:
+        try:
+            parse_models(settings.models)
+        except AgentError as exc:
+            found.append(("models", str(exc)))
+    if hasattr(settings, "address"):
+        try:
+            settings.address()
+        except ConfigError as exc:
+            key = next((k for k in ("password_file", "ca_file", "cert_file", "key_file") if k in str(exc)), "broker")
+            found.append((key, str(exc)))
+    return found
+
+
+def check(path: Path) -> list[Problem]:
+    """Every problem in a config file, each with its key and line, as `fogmesh config check` reports them."""
+    try:
+        text = path.read_text()
+        doc = tomllib.loads(text)
+    except OSError as exc:
+        return [Problem(str(path), None, exc.strerror or str(exc))]
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        line = int(m.group(1)) if m else (len(text.splitlines()) if "end of document" in str(exc) else None)
+        return [Problem("syntax", line, str(exc))]
+    sections = _sections()
+    problems: list[Problem] = []
+    for name, value in doc.items():
+        if name not in sections and name != "site":
+            problems.append(Problem(name, key_line(text, name), f"unknown table [{name}]; known: "
+                                    f"{', '.join(['site', *sections])}"))
+        elif not isinstance(value, dict):
+            problems.append(Problem(name, key_line(text, name), f"[{name}] must be a table"))
+    for key in sorted(set(doc.get("site", {})) - set(SHARED_KEYS)):
+        problems.append(Problem(f"site.{key}", key_line(text, "site", key),
+                                f"unknown key; [site] holds {', '.join(SHARED_KEYS)}"))
+    for section, cls in sections.items():
+        if section not in doc and section != "client":
+            continue
+        table = doc.get(section, {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in sorted(set(table) - names):
+            problems.append(Problem(f"{section}.{key}", key_line(text, section, key),
+                                    f"unknown key (known: {', '.join(sorted(names))})"))
+        data = {k: v for k, v in doc.get("site", {}).items() if k in SHARED_KEYS and k in names}
+        data.update({k: v for k, v in table.items() if k in names})
+        settings = None
+        for _ in range(len(data) + 1):  # report every bad key, not just the first
+            try:
+                settings = msgspec.convert(data, cls, strict=False)
+                break
+            except (msgspec.ValidationError, ConfigError) as exc:
+                m = (re.search(r"\$\.([A-Za-z_-]+)", str(exc))
+                     or re.search(rf"{re.escape(section)}\.([\w.-]+)", str(exc)))
+                path = f"{section}.{m.group(1)}" if m else section
+                table_name, _, key = path.rpartition(".")
+                message = re.sub(r"\s*- at `\$[^`]*`", "", str(exc)).removeprefix(f"{path}: ")
+                line = key_line(text, table_name, key) if table_name else key_line(text, section)
+                problems.append(Problem(path, line, message))
+                if not m or m.group(1).split(".")[0] not in data:
+                    break
+                del data[m.group(1).split(".")[0]]
+        if settings is None:
+            continue
+        for key, message in _semantic(section, settings):
+            where = section if key in table or key not in doc.get("site", {}) else "site"
+            problems.append(Problem(f"{where}.{key}", key_line(text, where, key), message))
+    return list(dict.fromkeys(problems))  # a [site] key shared by several daemons is reported once

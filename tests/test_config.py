@@ -40,7 +40,7 @@ def test_the_example_in_deploy_is_valid_for_every_daemon():
 
     example = Path(__file__).resolve().parent.parent / "deploy" / "fogmesh.toml"
     agent = load(AgentSettings, "agent", example)
-    assert agent.agent_id == "edge-01" and agent.models
+    assert agent.agent_id == "edge-01" and agent.models == []
     assert load(CoordinatorSettings, "coordinator", example).policy == "deadline"
     assert load(BridgeSettings, "bridge", example).queue_prefix == "fogmesh"
     assert load(WorkerSettings, "cloud-worker", example).backend == "local"
@@ -65,3 +65,31 @@ def test_tls_files_with_a_plaintext_broker_url_is_an_error(tmp_path):
     s = CoordinatorSettings(broker="mqtt://gw:1883", ca_file=str(ca))
     with pytest.raises(ConfigError, match="mqtts://"):
         s.address()
+
+
+def test_config_check_reports_every_problem_with_its_key_and_line(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text('[site]\nbroker = "mqtt://gw:1883"\n\n[coordinator]\npolicy = "fastest"\n'
+                   'max_queue = "lots"\n\n[agent]\nheartbeat = 5\n\n[agnet]\nslots = 1\n')
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "config", "check", str(cfg)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert f"{cfg}:line 5: coordinator.policy: unknown policy 'fastest'" in out.stderr
+    assert f"{cfg}:line 6: coordinator.max_queue: Expected `int`, got `str`" in out.stderr
+    assert f"{cfg}:line 9: agent.heartbeat: unknown key" in out.stderr
+    assert f"{cfg}:line 11: agnet: unknown table" in out.stderr
+    cfg.write_text("[coordinator]\npolicy = 'deadline'\nmax_queue = = 3\n")
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "config", "check", str(cfg)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and ":line 3: syntax:" in out.stderr
+
+
+def test_the_example_in_deploy_passes_config_check():
+    from pathlib import Path
+
+    from broker.config import check
+
+    assert check(Path(__file__).resolve().parent.parent / "deploy" / "fogmesh.toml") == []
