@@ -22,6 +22,7 @@ from agents.settings import AgentSettings
 from agents.status import StatusBoard
 from broker.logs import kv
 from broker.session import Message, Session
+from broker.systemd import Notifier
 from schemas import DecodeError, decode, encode
 from schemas.messages import AgentEvent, Assignment, Chunk, Control, ErrorInfo, EventKind, Usage
 from schemas.topics import Topics
@@ -67,6 +68,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._dirty = threading.Event()  # the status changed and should be republished
+        self.notifier = Notifier()
         self._closed = threading.Event()  # drained: no more status publishing
         self._status_thread: threading.Thread | None = None
         self._draining = False
@@ -111,7 +113,10 @@ class Agent:
         self.start()
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
+        self.notifier.ready(f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
+                            f"models {','.join(m.name for m in self.board.models)}")
         self._stop.wait()
+        self.notifier.stopping("draining: running jobs finish, queued ones go back")
         self.drain()
         return 0
 
@@ -131,6 +136,7 @@ class Agent:
                 self.publish_status()
             except Exception:
                 log.exception(kv("status_publish_failed"))
+            self.notifier.tick()  # the heartbeat loop is what shows the agent alive
             if changed:
                 self._closed.wait(0.1)
 

@@ -312,6 +312,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_units(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker.systemd import default_user, install_units
+
+    user = args.user or default_user()
+    written = install_units(Path(args.dest), args.config, user, args.mosquitto_conf, reload=not args.no_reload)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: fogmesh config check {args.config}; then enable what this host runs, e.g.\n"
+          f"  systemctl enable --now fogmesh-broker fogmesh-coordinator fogmesh-agent\n"
+          f"  journalctl -u fogmesh-coordinator -f")
+    return 0
+
+
 # ---------------------------------------------------------------------- the broker
 
 
@@ -430,6 +445,14 @@ def parser() -> argparse.ArgumentParser:
     site_flags(sp)
     ask_flags(sp, standalone=False)
     sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("install-units", help="install the systemd units (deploy/systemd) for this host's paths")
+    sp.add_argument("--dest", default="/etc/systemd/system")
+    sp.add_argument("--config", default="/etc/fogmesh/fogmesh.toml", help="the config file the units pass")
+    sp.add_argument("--user", help="the service user (default: fogmesh when run as root, created if missing)")
+    sp.add_argument("--mosquitto-conf", default="/etc/fogmesh/broker/mosquitto.conf")
+    sp.add_argument("--no-reload", action="store_true", help="do not run systemctl daemon-reload")
+    sp.set_defaults(fn=cmd_install_units)
 
     config = sub.add_parser("config", help="the configuration file")
     csub = config.add_subparsers(dest="config_command", required=True)

@@ -30,6 +30,7 @@ from broker.logs import kv
 from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, WaitQueue, cloud_cost, decide, edge_cost
 from broker.session import Message, Session
 from broker.settings import CoordinatorSettings
+from broker.systemd import Notifier
 from broker.views import Registry
 from cloud_bridge.messages import CloudRequest, CloudResult
 from schemas import DecodeError, decode, encode
@@ -111,6 +112,7 @@ class Coordinator:
         self.cloud = CloudTier()  # enabled while a bridge's retained status says it is online
         self._last_mesh: MeshStatus | None = None
         self._last_mesh_at = 0.0
+        self.notifier = Notifier()
         will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
                                  policy=settings.policy, version=__version__)
         self.session = Session(
@@ -137,8 +139,11 @@ class Coordinator:
 
     def run(self) -> int:
         self.start()
+        self.notifier.ready(f"coordinator of site {self.settings.site}, policy {self.settings.policy}")
         while not self._stop:
             self.step(timeout_s=0.1)
+            self.notifier.tick()
+        self.notifier.stopping()
         self.stop()
         return 0
 

@@ -23,6 +23,7 @@ import msgspec
 
 from broker.logs import kv
 from broker.session import Message, Session
+from broker.systemd import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.messages import CloudRequest, CloudResult
 from cloud_bridge.outbox import Outbox
@@ -53,6 +54,7 @@ class Bridge:
         self._urls: dict[str, str] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.notifier = Notifier()
         self._dlq_depth = 0
         self.counters = {"received": 0, "sent": 0, "answered": 0, "duplicates": 0, "expired": 0, "failed": 0,
                          "bad_messages": 0}
@@ -72,7 +74,9 @@ class Bridge:
             t.start()
         log.info(kv("bridge_online", broker=self.session.address.url, site=self.settings.site,
                      endpoint=self.settings.endpoint_url or "aws", outbox=self.settings.outbox))
+        self.notifier.ready(f"bridge of site {self.settings.site} to {self.settings.endpoint_url or 'AWS'}")
         self._stop.wait()
+        self.notifier.stopping()
         for t in threads:
             t.join(timeout=self.settings.wait_s + 5)
         self.publish_status("offline", wait=True)
@@ -240,6 +244,7 @@ class Bridge:
         except CloudError as exc:
             log.warning(kv("cloud_probe_failed", reason=str(exc)[:200]))
         self.publish_status("online")
+        self.notifier.tick()
         self._stop.wait(self.settings.status_interval_s)
 
     def publish_status(self, state: str, wait: bool = False) -> None:

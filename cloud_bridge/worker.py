@@ -24,6 +24,7 @@ import orjson
 from agents.backend import Backend, Generation
 from agents.errors import BackendError
 from broker.logs import kv
+from broker.systemd import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.messages import CloudRequest, CloudResult
 from cloud_bridge.queue import Outgoing, Received, SqsQueue
@@ -89,6 +90,7 @@ class Worker:
         self.queue = queue or SqsQueue(settings.endpoint_url or None, settings.region or None, settings.bucket,
                                        settings.max_message_bytes)
         self._stop = threading.Event()
+        self.notifier = Notifier()
         self._url = ""
         self.counters = {"done": 0, "failed": 0, "expired": 0, "bad_messages": 0}
 
@@ -98,7 +100,9 @@ class Worker:
     def run(self) -> int:
         s = self.settings
         log.info(kv("worker_online", worker=s.worker_id, endpoint=s.endpoint_url or "aws", backend=s.backend))
+        self.notifier.ready(f"cloud worker {s.worker_id}, backend {s.backend}")
         while not self._stop.is_set():
+            self.notifier.tick()
             try:
                 if not self._url:
                     self._url = self.queue.ensure(s.request_queue(), s.request_queue() + "-dlq", s.max_receives,
@@ -112,6 +116,7 @@ class Worker:
             except CloudError as exc:
                 log.error(kv("worker_error", reason=str(exc)[:200]))
                 self._stop.wait(1.0)
+        self.notifier.stopping()
         log.info(kv("worker_stopped", worker=s.worker_id, **self.counters))
         return 0
 
