@@ -21,6 +21,7 @@ from agents.errors import AgentError, BackendError
 from agents.settings import AgentSettings
 from agents.status import StatusBoard
 from broker.logs import kv
+from broker.metrics import Metrics
 from broker.session import Message, Session
 from broker.systemd import Notifier
 from schemas import DecodeError, decode, encode
@@ -74,6 +75,16 @@ class Agent:
         self._draining = False
         self._workers: list[threading.Thread] = []
         self.counters = {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0}
+        self.metrics = Metrics("agent", self.counters)
+        m = self.metrics
+        self.m_ttft = m.histogram("agent_ttft_seconds", "Time to first token on this agent")
+        self.m_tokens = m.counter("agent_tokens_total", "Tokens generated")
+        m.gauge("agent_slots_total", "Slots (concurrent generations)", lambda: self.settings.slots)
+        m.gauge("agent_slots_busy", "Slots generating now",
+                lambda: sum(1 for v in list(self.board.jobs.values()) if v == "running"))
+        m.gauge("agent_queue_depth", "Assignments waiting for a slot", lambda: self._queue.qsize())
+        m.gauge("agent_decode_tokens_per_second", "Decode rate (moving average)", lambda: self.board.decode_tps.value)
+        m.gauge("mqtt_reconnects", "Reconnections to the broker since start", lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,6 +122,7 @@ class Agent:
     def run(self) -> int:
         """Serve until :meth:`request_stop`, then drain; returns the exit status."""
         self.start()
+        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
         self.notifier.ready(f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
@@ -294,6 +306,9 @@ class Agent:
         if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
         self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
+        self.m_tokens.inc(gen.completion_tokens)
+        if gen.completion_tokens:
+            self.m_ttft.observe(gen.ttft_s)
         if job.handback:
             self._hand_back(job, "agent stopped before the job finished")
             self._finish(job)

@@ -35,7 +35,8 @@ def _conn(args: argparse.Namespace) -> dict[str, Any]:
     """The connection flags every command shares, as settings overrides."""
     return {"broker": args.broker, "site": args.site, "username": args.username,
             "password_file": args.password_file, "ca_file": args.ca_file,
-            "log_level": args.log_level, "log_format": args.log_format}
+            "log_level": args.log_level, "log_format": args.log_format,
+            "metrics_port": getattr(args, "metrics_port", None)}
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -105,6 +106,7 @@ def cmd_cloud_worker(args: argparse.Namespace) -> int:
     from cloud_bridge.worker import Worker, make_backend
 
     settings = load(WorkerSettings, "cloud-worker", args.config, endpoint_url=args.endpoint_url,
+                    metrics_port=args.metrics_port,
                     backend=args.backend, model=args.model, worker_id=args.worker_id,
                     visibility_s=args.visibility_s, threads=args.threads,
                     log_level=args.log_level, log_format=args.log_format)
@@ -402,6 +404,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print the final message as JSON")
 
     sp = sub.add_parser("agent", help="run an edge agent")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
     common(sp)
     sp.add_argument("--agent-id")
     sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models")
@@ -412,18 +415,21 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_agent)
 
     sp = sub.add_parser("coordinator", help="run the site coordinator")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
     common(sp)
     sp.add_argument("--policy")
     sp.add_argument("--ledger", help="SQLite ledger path")
     sp.set_defaults(fn=cmd_coordinator)
 
     sp = sub.add_parser("bridge", help="run the MQTT <-> SQS bridge for a site")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
     common(sp)
     sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
     sp.add_argument("--outbox", help="SQLite outbox path")
     sp.set_defaults(fn=cmd_bridge)
 
     sp = sub.add_parser("cloud-worker", help="answer the cloud request queue with a larger model")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
     sp.add_argument("--config")
     sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
     sp.add_argument("--backend", choices=("local", "openai", "synthetic"))

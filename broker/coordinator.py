@@ -27,6 +27,7 @@ import orjson
 from broker import __version__
 from broker.ledger import Ledger
 from broker.logs import kv
+from broker.metrics import TOKENS_PER_S, Metrics
 from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, WaitQueue, cloud_cost, decide, edge_cost
 from broker.session import Message, Session
 from broker.settings import CoordinatorSettings
@@ -113,6 +114,22 @@ class Coordinator:
         self._last_mesh: MeshStatus | None = None
         self._last_mesh_at = 0.0
         self.notifier = Notifier()
+        self.metrics = Metrics("coordinator", self.counters)
+        m = self.metrics
+        self.m_finals = m.counter("jobs_total", "Jobs finished, by final status and the tier that served them",
+                                  ("status", "tier"))
+        self.m_rejections = m.counter("rejections_total", "Prompts rejected, by error code", ("code",))
+        self.m_queue_wait = m.histogram("queue_wait_seconds", "From accepted to started on an agent or the cloud")
+        self.m_ttft = m.histogram("ttft_seconds", "Time to first token of finished jobs", labels=("tier",))
+        self.m_latency = m.histogram("latency_seconds", "From accepted to the final message, done jobs",
+                                     labels=("tier",))
+        self.m_tps = m.histogram("decode_tokens_per_second", "Decode rate of done jobs", TOKENS_PER_S, ("tier",))
+        m.gauge("queue_depth", "Jobs waiting for an agent", lambda: len(self.waiting))
+        m.gauge("jobs_in_flight", "Jobs accepted and not yet finished", lambda: len(self.jobs))
+        m.gauge("agents_online", "Agents online", lambda: len(self.registry.online()))
+        m.gauge("slots_free", "Free slots across online agents",
+                lambda: self._last_mesh.slots_free if self._last_mesh else 0)
+        m.gauge("mqtt_reconnects", "Reconnections to the broker since start", lambda: self.session.reconnects)
         will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
                                  policy=settings.policy, version=__version__)
         self.session = Session(
@@ -139,6 +156,7 @@ class Coordinator:
 
     def run(self) -> int:
         self.start()
+        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         self.notifier.ready(f"coordinator of site {self.settings.site}, policy {self.settings.policy}")
         while not self._stop:
             self.step(timeout_s=0.1)
@@ -324,6 +342,8 @@ class Coordinator:
                             "request": request, "created_at": now, "final": encode(final).decode()},
                            {"code": code, "message": message})
         self.counters["rejected"] += 1
+        self.m_finals.labels("rejected", "none").inc()
+        self.m_rejections.labels(code).inc()
         log.info(kv("job_rejected", job=key, code=code, detail=message))
         self._effects.append(self._publish_final_fn(key, device, job_id, orjson.loads(encode(final)),
                                                     msg.response_topic, corr))
@@ -455,6 +475,7 @@ class Coordinator:
             job.accepted = True
             job.state = "running"
             job.started_at = self.clock()
+            self.m_queue_wait.observe(job.started_at - job.created_at)
             self.ledger.update(job.key, "running", {"agent": ev.agent, "attempt": ev.attempt})
         elif ev.kind == "done":
             known = self.registry.agents.get(ev.agent)
@@ -645,6 +666,14 @@ class Coordinator:
         self.ledger.update(job.key, status, {"error": error.code} if error else None,
                            final=body.decode(), delivered=0)
         self.counters[status] = self.counters.get(status, 0) + 1
+        tier = served_by.tier if served_by else "none"
+        self.m_finals.labels(status, tier).inc()
+        if status == "done":
+            self.m_latency.labels(tier).observe(timings["total_ms"] / 1000)
+            if "ttft_ms" in timings:
+                self.m_ttft.labels(tier).observe(timings["ttft_ms"] / 1000)
+            if timings.get("decode_tps"):
+                self.m_tps.labels(tier).observe(timings["decode_tps"])
         log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
                     total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,
                     code=error.code if error else None))

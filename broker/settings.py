@@ -36,6 +36,8 @@ class Connection:
     keepalive_s: int = 10
     log_level: str = "info"
     log_format: str = "kv"
+    metrics_port: int = 0  # Prometheus /metrics on this port (0 = off)
+    metrics_bind: str = "127.0.0.1"
 
     def address(self) -> BrokerAddress:
         """The broker address with TLS and credentials; ConfigError says which key is wrong."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgspec
 
 from broker.logs import kv
+from broker.metrics import Metrics
 from broker.session import Message, Session
 from broker.systemd import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
@@ -62,10 +63,20 @@ class Bridge:
         self.session = Session(settings.address(), f"fogmesh-bridge-{settings.site}",
                                self._on_message, will=(self.topics.bridge_status, encode(will)),
                                keepalive_s=settings.keepalive_s, manual_ack=True)
+        self.metrics = Metrics("bridge", self.counters)
+        self.metrics.gauge("bridge_outbox_depth", "Jobs waiting in the outbox to be sent",
+                           lambda: self.outbox.depth()[0])
+        self.metrics.gauge("bridge_outbox_oldest_seconds", "Age of the oldest job in the outbox",
+                           lambda: self.outbox.depth()[1])
+        self.metrics.gauge("bridge_cloud_reachable", "1 while the queue service answers", lambda: self.reachable)
+        self.metrics.gauge("bridge_dead_letters", "Messages in the dead-letter queues", lambda: self._dlq_depth)
+        self.metrics.gauge("mqtt_reconnects", "Reconnections to the broker since start",
+                           lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         self.session.start()
         self.session.subscribe(self.topics.cloud_requests, qos=1)
         threads = [threading.Thread(target=self._guard, args=(fn,), name=fn.__name__, daemon=True)

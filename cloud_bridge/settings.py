@@ -62,3 +62,5 @@ class WorkerSettings(CloudSettings):
     synthetic_tps: float = 80.0
     log_level: str = "info"
     log_format: str = "kv"
+    metrics_port: int = 0  # Prometheus /metrics on this port (0 = off)
+    metrics_bind: str = "127.0.0.1"

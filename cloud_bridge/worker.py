@@ -24,6 +24,7 @@ import orjson
 from agents.backend import Backend, Generation
 from agents.errors import BackendError
 from broker.logs import kv
+from broker.metrics import Metrics
 from broker.systemd import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.messages import CloudRequest, CloudResult
@@ -93,12 +94,16 @@ class Worker:
         self.notifier = Notifier()
         self._url = ""
         self.counters = {"done": 0, "failed": 0, "expired": 0, "bad_messages": 0}
+        self.metrics = Metrics("cloud-worker", self.counters)
+        self.m_tokens = self.metrics.counter("worker_tokens_total", "Tokens generated")
+        self.m_latency = self.metrics.histogram("worker_job_seconds", "From receiving a request to sending its result")
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def run(self) -> int:
         s = self.settings
+        self.metrics.serve(s.metrics_port, s.metrics_bind)
         log.info(kv("worker_online", worker=s.worker_id, endpoint=s.endpoint_url or "aws", backend=s.backend))
         self.notifier.ready(f"cloud worker {s.worker_id}, backend {s.backend}")
         while not self._stop.is_set():
@@ -159,6 +164,8 @@ class Worker:
         self._reply(req, result)
         self.queue.delete(self._url, m.receipt)
         self.counters["done"] += 1
+        self.m_tokens.inc(gen.completion_tokens)
+        self.m_latency.observe(time.time() - start)
         log.info(kv("job_done", job=req.key, tokens=gen.completion_tokens, decode_tps=gen.decode_tps))
 
     def _reply(self, req: CloudRequest, result: CloudResult) -> None:
