@@ -27,7 +27,11 @@ demo: setup
 up: setup
 	$(BIN)/fogmesh up
 
-test: setup
+$(VENV)/.test-deps: $(VENV)/.installed deploy/install-deps.sh
+	./deploy/install-deps.sh --test
+	touch $@
+
+test: setup $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

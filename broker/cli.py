@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -210,36 +211,46 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from broker.client import snapshot
+    from broker.client import Fleet, snapshot
+    from broker.console import print_once, watch
 
     conn = _client(args)
-    broker, site = conn.broker, conn.site
-    snap = snapshot(conn.address(), site)
+    if args.watch:
+        fleet = Fleet(conn.address(), conn.site)
+        try:
+            time.sleep(0.3)  # the retained statuses arrive first
+            watch(fleet, args.interval, args.count)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            fleet.close()
+        return 0
+    snap = snapshot(conn.address(), conn.site)
     if args.json:
         print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    print(f"site {site} on {broker}")
-    coord = snap["coordinator"] or {}
-    print(f"coordinator  {coord.get('state', 'unknown'):<8} host {coord.get('host', '-')} pid {coord.get('pid', '-')}"
-          f" policy {coord.get('policy', '-')}")
-    mesh = snap["mesh"] or {}
-    if mesh:
-        print(f"mesh         agents {mesh['agents_online']} · slots {mesh['slots_free']}/{mesh['slots_total']} free"
-              f" · queue {mesh['queue_depth']} · running {mesh['running']}"
-              f" · wait {mesh.get('predicted_wait_ms', 0):.0f} ms{' · OVERLOADED' if mesh.get('overloaded') else ''}")
-    bridge = snap["bridge"] or {}
-    if bridge:
-        reach = "reachable" if bridge.get("reachable") else "UNREACHABLE"
-        print(f"bridge       {bridge.get('state', '?'):<8} cloud {reach}"
-              f" · outbox {bridge.get('outbox_depth', 0)} (oldest {bridge.get('oldest_age_s', 0):.0f} s)"
-              f" · dead letters {bridge.get('dlq_depth', 0)}")
-    print(f"{'agent':<16}{'state':<10}{'host':<14}{'pid':>8}{'slots':>8}{'queue':>7}{'tok/s':>8}{'TTFT ms':>9}  model")
-    for name, a in sorted(snap["agents"].items()):
-        models = ",".join(m["name"] for m in a.get("models", []))
-        slots = f"{a.get('slots_free', 0)}/{a.get('slots_total', 0)}"
-        print(f"{name:<16}{a.get('state', '?'):<10}{a.get('host', '')[:13]:<14}{a.get('pid', 0):>8}"
-              f"{slots:>8}{a.get('queue_depth', 0):>7}"
-              f"{a.get('decode_tps', 0):>8.1f}{a.get('ttft_ms', 0):>9.1f}  {models}")
+    else:
+        print_once(snap)
+    return 0 if snap["coordinator"] else 3
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker.site import current
+    from broker.webui import page_url, serve
+
+    conn = _client(args)
+    ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
+    password = Path(conn.password_file).read_text().strip() if conn.password_file else ""
+    server = serve(args.bind, args.port)
+    print(f"fogmesh dashboard for site {conn.site!r}: open\n  "
+          f"{page_url(args.bind, server.server_address[1], ws, conn.site, conn.username, password)}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -495,7 +506,18 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="the fleet from its retained status topics")
     common(sp)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (--watch)")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many redraws (--watch; 0: never)")
     sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("dashboard", help="serve the web dashboard (live agents, jobs, coordinator, bridge)")
+    common(sp)
+    sp.add_argument("--port", type=int, default=8080)
+    sp.add_argument("--bind", default="127.0.0.1")
+    sp.add_argument("--ws", help="the broker's MQTT-over-WebSockets URL, ws:// or wss:// "
+                                 "(default: the one `fogmesh up` started, else ws://127.0.0.1:9001)")
+    sp.set_defaults(fn=cmd_dashboard)
 
     sp = sub.add_parser("explain", help="why a job went where it went")
     common(sp)

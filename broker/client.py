@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from broker.session import BrokerAddress, Message, Session
+from schemas.errors import TopicError
 from schemas.topics import Topics
 
 
@@ -113,34 +114,57 @@ def ask(address: BrokerAddress, site: str, prompt: dict[str, Any], device: str,
         client.close()
 
 
-def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[str, Any]:
-    """The site as its retained status topics describe it."""
-    topics = Topics(site)
-    inbox: queue.Queue[Message] = queue.Queue()
-    session = Session(address, f"fogmesh-status-{secrets.token_hex(4)}", inbox.put, persistent=False)
-    session.start()
-    for topic in (topics.agent_status(), topics.coordinator_status, topics.mesh_status, topics.bridge_status):
-        session.subscribe(topic, qos=1)
-    out: dict[str, Any] = {"site": site, "broker": address.url, "agents": {}, "coordinator": None,
-                           "mesh": None, "bridge": None}
-    deadline = time.monotonic() + settle_s
-    try:
-        while time.monotonic() < deadline:
-            try:
-                msg = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if not msg.payload:
-                continue
-            data = orjson.loads(msg.payload)
-            level = topics.parse(msg.topic)
+class Fleet:
+    """The site as its retained status topics describe it, kept current while open.
+
+    ``fogmesh status`` opens one for half a second; ``status --watch`` and the
+    tests keep one open and read :meth:`snapshot` as it changes.
+    """
+
+    def __init__(self, address: BrokerAddress, site: str) -> None:
+        self.topics = Topics(site)
+        self.site, self.broker = site, address.url
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"agents": {}, "coordinator": None, "mesh": None, "bridge": None}
+        self.session = Session(address, f"fogmesh-status-{secrets.token_hex(4)}", self._on_message, persistent=False)
+        self.session.start()
+        t = self.topics
+        for topic in (t.agent_status(), t.coordinator_status, t.mesh_status, t.bridge_status):
+            self.session.subscribe(topic, qos=1)
+
+    def _on_message(self, msg: Message) -> None:
+        try:
+            data = orjson.loads(msg.payload) if msg.payload else None
+            level = self.topics.parse(msg.topic)
+        except (orjson.JSONDecodeError, TopicError):
+            return  # somebody else's garbage on a status topic is not ours to crash on
+        with self._lock:
             if level[0] == "agents":
-                out["agents"][level[1]] = data
+                if data is None:
+                    self._state["agents"].pop(level[1], None)
+                else:
+                    self._state["agents"][level[1]] = data
             elif level[0] in ("coordinator", "mesh", "bridge"):
-                out[level[0]] = data
+                self._state[level[0]] = data
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"site": self.site, "broker": self.broker, "agents": dict(self._state["agents"]),
+                    "coordinator": self._state["coordinator"], "mesh": self._state["mesh"],
+                    "bridge": self._state["bridge"]}
+
+    def close(self) -> None:
+        self.session.stop()
+
+
+def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[str, Any]:
+    """The site as its retained status topics describe it, read once."""
+    fleet = Fleet(address, site)
+    try:
+        time.sleep(settle_s)
+        return fleet.snapshot()
     finally:
-        session.stop()
-    return out
+        fleet.close()
 
 
 def request(address: BrokerAddress, topic: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any] | None:

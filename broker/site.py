@@ -42,11 +42,11 @@ class SitePlan:
     local_cloud: bool = False  # a local SQS-compatible server, a bridge and a cloud worker
 
 
-def record_current(broker: str, site: str) -> Path:
-    """Where ``fogmesh ask`` and ``fogmesh status`` find the site by default."""
+def record_current(broker: str, site: str, ws: str | None = None) -> Path:
+    """Where ``fogmesh ask``, ``status`` and ``dashboard`` find the site by default."""
     path = state_dir() / CURRENT
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps({"broker": broker, "site": site, "pid": os.getpid()}))
+    path.write_bytes(orjson.dumps({"broker": broker, "site": site, "ws": ws, "pid": os.getpid()}))
     return path
 
 
@@ -80,7 +80,9 @@ class Site:
     def start(self, ready_timeout_s: float = 120.0) -> None:
         p = self.plan
         if not p.broker:
-            self.broker = Mosquitto(free_port(p.port or 1883), self.data_dir / "mosquitto")
+            port = free_port(p.port or 1883)
+            ws_port = free_port(9001 if port == 1883 else None)
+            self.broker = Mosquitto(port, self.data_dir / "mosquitto", ws_port=ws_port)
             self.broker.start()
             self.url = self.broker.url
         common = ["--broker", self.url, "--site", p.site, "--log-format", p.log_format]
@@ -102,7 +104,7 @@ class Site:
             self._spawn("cloud-worker", ["cloud-worker", "--endpoint-url", self.sqs.url, "--threads", str(threads),
                                          "--log-format", p.log_format, *(["--model", p.model] if p.model else [])],
                         env)
-        record_current(self.url, p.site)
+        record_current(self.url, p.site, self.broker.ws_url if self.broker else None)
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -125,6 +127,8 @@ class Site:
         lines = [f"fogmesh site {self.plan.site!r} is up", f"  broker       {self.url}"
                  + (f"  (mosquitto pid {self.broker.proc.pid}, config {self.broker.config})"
                     if self.broker and self.broker.proc else "  (existing)")]
+        if self.broker and self.broker.ws_url:
+            lines.append(f"  websockets   {self.broker.ws_url}  (for the web dashboard)")
         for name, proc in self.procs.items():
             where = f"  log {self.data_dir / 'logs' / (name + '.log')}" if self.plan.log_to_files else ""
             lines.append(f"  {name:<12} pid {proc.pid}{where}")
@@ -132,7 +136,8 @@ class Site:
             lines.append(f"  local SQS    {self.sqs.url}  (moto server mode)")
         lines += [f"  prompts      fogmesh/{self.plan.site}/prompts/<device_id>",
                   f"  results      fogmesh/{self.plan.site}/results/<device_id>/<job_id>",
-                  "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status"]
+                  "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status --watch"
+                  + ("     fogmesh dashboard" if self.broker and self.broker.ws_url else "")]
         return "\n".join(lines)
 
     def wait(self, stop: threading.Event) -> int:

@@ -2,8 +2,12 @@
 # Installs what fogmesh needs from the distribution when it is missing:
 # mosquitto and its clients, Python's venv module, a C/C++ toolchain and cmake
 # (llama-cpp-python builds from source). Debian and Ubuntu.
+# With --test, also what the tests need: Chromium for the web dashboard's browser test.
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--test" ]; then
+    command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
+fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)

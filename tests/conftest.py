@@ -18,8 +18,8 @@ from tests.services import Daemon, Device, wait_for
 
 @contextlib.contextmanager
 def private_broker(data_dir: Path) -> Iterator[Mosquitto]:
-    """A mosquitto with the development configuration on a free port, stopped at the end."""
-    broker = Mosquitto(free_port(), data_dir)
+    """A mosquitto with the development configuration on free ports (MQTT and WebSockets)."""
+    broker = Mosquitto(free_port(), data_dir, ws_port=free_port())
     broker.start()
     try:
         yield broker

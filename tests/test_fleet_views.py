@@ -1,0 +1,91 @@
+"""What an operator watches: `fogmesh status --watch` and the web dashboard in a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from broker.console import render
+from broker.mosquitto import free_port
+from tests.conftest import agent_args, wait_online
+from tests.services import ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def status_watch(broker_url: str, site: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "status", "--watch", "--count", "1",
+                          "--broker", broker_url, "--site", site], capture_output=True, text=True, timeout=30,
+                         cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def agent_line(text: str, agent: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(agent + " "))
+
+
+def test_status_watch_shows_the_agents_and_one_going_offline(daemons, broker_url, site_id):
+    daemons("coordinator")
+    agents = {n: daemons("agent", *agent_args(n), name=n) for n in ("a1", "a2")}
+    wait_online(broker_url, site_id, 2)
+    first = status_watch(broker_url, site_id)
+    assert "online" in agent_line(first, "a1") and "online" in agent_line(first, "a2")
+    assert "2 agents" in first
+    agents["a2"].kill()
+    wait_for(lambda: "offline" in agent_line(status_watch(broker_url, site_id), "a2"), 20, every_s=0.5,
+             what="a2 offline in status --watch")
+    assert "online" in agent_line(status_watch(broker_url, site_id), "a1")
+
+
+def test_an_agent_that_misses_its_heartbeats_shows_as_stale():
+    now = time.time()
+    snap = {"site": "s", "broker": "mqtt://x", "coordinator": None, "mesh": None, "bridge": None,
+            "agents": {"hung": {"state": "online", "ts": now - 30, "heartbeat_s": 5.0},
+                       "fine": {"state": "online", "ts": now - 1, "heartbeat_s": 5.0}}}
+    console = Console(width=200, record=True)
+    console.print(render(snap, now))
+    text = console.export_text()
+    assert "stale" in agent_line(text, "hung") and "online" in agent_line(text, "fine")
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("FOGMESH_REQUIRE_BROWSER"),
+                    reason="no chromium here (deploy/install-deps.sh --test installs it)")
+def test_the_web_dashboard_lists_live_agents_and_jobs_and_one_going_offline(daemons, broker_url, site_id, mosquitto,
+                                                                          device):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "FOGMESH_REQUIRE_BROWSER is set but chromium is not installed"
+    daemons("coordinator")
+    agents = {n: daemons("agent", *agent_args(n), name=n) for n in ("a1", "a2")}
+    port = free_port()
+    web = daemons("dashboard", "--port", str(port), "--ws", mosquitto.ws_url)
+    wait_online(broker_url, site_id, 2)
+    url = wait_for(lambda: next((line.strip() for line in web.log().splitlines() if "http://" in line), None),
+                   10, what="the dashboard's URL")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            for name in agents:
+                page.wait_for_selector(f'tr[data-agent="{name}"][data-state="online"]', timeout=15_000)
+            assert page.inner_text("#conn").startswith("connected to ws://")
+            assert "2 agents" in page.inner_text("#mesh")
+            assert "online" in page.inner_text("#coordinator")
+            device.send({"id": "watched", "prompt": "Count from one to one thousand in words: one, two,",
+                         "max_tokens": 120})
+            page.wait_for_selector(f'tr[data-job="{device.device_id}/watched"]', timeout=15_000)
+            agents["a2"].kill()
+            page.wait_for_selector('tr[data-agent="a2"][data-state="offline"]', timeout=20_000)
+            assert page.get_attribute('tr[data-agent="a1"]', "data-state") == "online"
+            assert device.final("watched")["status"] == "done"
+        finally:
+            browser.close()
