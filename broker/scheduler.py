@@ -224,6 +224,51 @@ def urgency(priority: int, waited_s: float, aging_s: float) -> float:
     return priority + max(waited_s, 0.0) / aging_s
 
 
+LOOK_PAST = 8  # waiting jobs a dispatch pass decides past when the most urgent must wait
+SKIM = 256  # edge-only jobs a pass may set aside undecided once their model's agents are full
+
+
+class DispatchPass:
+    """One pass over the wait queue: which jobs were set aside, and when to stop looking.
+
+    The pass stops after ``LOOK_PAST`` jobs that had to wait, which bounds the
+    decisions it makes. Edge-only jobs are the exception: once one for a model had
+    to wait, the agents holding that model have no room for the next one either,
+    so later ones are set aside without a decision and without using up the look
+    past. Otherwise a backlog of edge-only jobs would block cloud-ok jobs queued
+    behind it while the cloud sits idle (head-of-line blocking).
+    """
+
+    def __init__(self, look_past: int = LOOK_PAST, skim: int = SKIM) -> None:
+        self.look_past, self.skim = look_past, skim
+        self.held: list[str] = []
+        self.skimmed: list[str] = []
+        self._edge_full: set[str | None] = set()
+
+    @property
+    def done(self) -> bool:
+        return len(self.held) >= self.look_past or len(self.skimmed) >= self.skim
+
+    def set_aside(self, key: str, job: JobSpec) -> bool:
+        """True (and ``key`` set aside) if ``job`` must wait without a decision."""
+        if job.privacy == "edge-only" and job.model in self._edge_full:
+            self.skimmed.append(key)
+            return True
+        return False
+
+    def hold(self, key: str, job: JobSpec) -> None:
+        """``job`` was decided and must wait."""
+        if job.privacy == "edge-only":
+            self._edge_full.add(job.model)
+            self.skimmed.append(key)
+        else:
+            self.held.append(key)
+
+    def waiting(self) -> list[str]:
+        """The keys to put back in the queue."""
+        return self.held + self.skimmed
+
+
 class WaitQueue:
     """Waiting jobs by urgency, without sorting them all on every pass.
 

@@ -136,3 +136,34 @@ def test_no_priority_starves(low_priority, newcomers, aging_s):
     jobs += [job(key=f"n{i}", priority=p) for i, p in enumerate(newcomers)]
     created = {"starving": NOW - waited, **{f"n{i}": NOW for i in range(len(newcomers))}}
     assert order(jobs, created, NOW, aging_s)[0].key == "starving"
+
+
+def test_a_backlog_of_edge_only_jobs_does_not_block_cloud_ok_jobs_behind_it():
+    from broker.simulation import SimAgent, SimJob, simulate
+
+    # one slow agent, 40 edge-only jobs at once, then one cloud-ok job: the cloud-ok job must not
+    # wait behind the backlog while the cloud is free
+    jobs = [SimJob(key=f"e{i}", arrival=0.0, max_tokens=64, tokens=64, prompt_tokens=10, deadline_s=None,
+                   privacy="edge-only") for i in range(40)]
+    jobs.append(SimJob(key="c", arrival=0.01, max_tokens=64, tokens=64, prompt_tokens=10, deadline_s=3.0))
+    agent = SimAgent(name="a", slots=1, tps=20.0, ttft_s=0.05)
+    cloud = CloudTier(enabled=True, latency_s=1.0, decode_tps=60.0)
+    out = simulate(jobs, [agent], cloud, cloud_workers=4, policy="deadline")
+    assert out["c"]["tier"] == "cloud" and out["c"]["latency_s"] < 3.0
+    assert all(out[f"e{i}"]["tier"] == "edge" for i in range(40))
+
+
+def test_a_dispatch_pass_sets_aside_edge_only_jobs_once_their_model_is_full():
+    from broker.scheduler import LOOK_PAST, DispatchPass
+
+    p = DispatchPass()
+    first = job(key="e0", privacy="edge-only", model="m")
+    assert not p.set_aside("e0", first)
+    p.hold("e0", first)
+    for i in range(1, 100):  # undecided and not counted against the look past
+        assert p.set_aside(f"e{i}", job(key=f"e{i}", privacy="edge-only", model="m"))
+    assert not p.done
+    assert not p.set_aside("other", job(key="other", privacy="edge-only", model="bigger"))
+    for i in range(LOOK_PAST):
+        p.hold(f"c{i}", job(key=f"c{i}"))
+    assert p.done and len(p.waiting()) == 100 + LOOK_PAST

@@ -1,0 +1,79 @@
+"""`fogmesh probe` measures this device with the real model; `fogmesh plan` turns that into a recommendation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.services import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def fogmesh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def probe_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = fogmesh("probe", "--json", "--threads", "2", "--prompt-sizes", "16,128", "--decode-tokens", "12")
+    assert out.returncode == 0, out.stderr
+    path = tmp_path_factory.mktemp("probe") / "this.json"
+    path.write_text(out.stdout)
+    return str(path)
+
+
+def test_probe_measures_the_bundled_model_on_this_device(probe_file):
+    report = orjson.loads(Path(probe_file).read_bytes())
+    assert report["cores"] >= 1 and report["mem_available_bytes"] > 0
+    (model,) = report["models"]
+    assert model["name"] == "gemma-3-270m-q4_k_m" and not model["error"]
+    assert model["fits"] and 128 < model["max_context"] <= model["n_ctx_train"]
+    assert model["load_s"] > 0 and model["rss_bytes"] > model["file_bytes"] / 4
+    assert model["kv_bytes_per_token"] > 0
+    assert [r["prompt_tokens"] for r in model["runs"]] == [16, 128]
+    small, large = model["runs"]
+    assert large["ttft_ms"] > small["ttft_ms"]  # a longer prompt takes longer to prefill
+    assert all(r["decode_tps"] > 1 and r["prefill_tps"] > r["decode_tps"] for r in model["runs"])
+    assert model["advertises"]["decode_tps"] > 1 and model["advertises"]["ttft_ms"] > 0
+
+
+def test_probe_prints_a_table():
+    out = fogmesh("probe", "--threads", "2", "--prompt-sizes", "16", "--decode-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    assert "gemma-3-270m-q4_k_m" in out.stdout and "yes" in out.stdout and "advertises" in out.stdout
+
+
+def plan(probe_file: str, *args: str) -> dict:
+    out = fogmesh("plan", "--device", f"{probe_file}:2", "--jobs", "600", "--json", *args)
+    assert out.returncode == 0, out.stderr
+    return orjson.loads(out.stdout)
+
+
+def test_plan_recommends_the_edge_when_it_keeps_up_and_a_mix_when_it_cannot(probe_file):
+    light = plan(probe_file, "--rate", "0.2", "--tokens", "32", "--deadline-ms", "5000")
+    options = {o["option"]: o for o in light["options"]}
+    assert set(options) == {"edge", "cloud", "mix"}
+    assert light["recommendation"] == "edge"
+    assert options["edge"]["cost_per_response"] < options["cloud"]["cost_per_response"]
+    assert options["edge"]["deadline_hit_rate"] >= 0.95
+    for o in options.values():
+        assert 0 < o["utility"] <= 1 and o["pcr"] > 0
+    heavy = plan(probe_file, "--rate", "20", "--tokens", "64", "--deadline-ms", "3000")
+    options = {o["option"]: o for o in heavy["options"]}
+    assert options["edge"]["deadline_hit_rate"] < 0.5  # two small devices cannot keep up alone
+    assert heavy["recommendation"] in ("mix", "cloud")
+    assert options["mix"]["cloud_token_share"] > 0
+
+
+def test_plan_counts_edge_only_jobs_the_cloud_cannot_take(probe_file):
+    out = plan(probe_file, "--rate", "1", "--edge-only", "0.5")
+    cloud = next(o for o in out["options"] if o["option"] == "cloud")
+    assert cloud["unservable"] > 0
+    assert out["recommendation"] != "cloud"
