@@ -50,8 +50,9 @@ def _sim_agents(url: str, names: list[str], mode: str, ready: Any, stop: Any, co
                                   slots_free=4, decode_tps=1000.0, ttft_ms=1.0, heartbeat_s=5.0,
                                   models=[ModelInfo(name="synthetic")]))
 
-    def handler(name: str) -> Any:
+    def handler(name: str, own: list[Session]) -> Any:
         def on_message(msg: Message) -> None:
+            session = own[0]  # this agent's own connection, set once it exists
             served[name] += 1
             if mode == "share":
                 session.publish(f"fogmesh/{SITE}/shareresults/{name}", msg.payload, qos=1)
@@ -66,8 +67,10 @@ def _sim_agents(url: str, names: list[str], mode: str, ready: Any, stop: Any, co
         return on_message
 
     for name in names:
-        session = Session(address, f"sim-{name}-{secrets.token_hex(2)}", handler(name), persistent=False,
+        own: list[Session] = []
+        session = Session(address, f"sim-{name}-{secrets.token_hex(2)}", handler(name, own), persistent=False,
                           keepalive_s=30)
+        own.append(session)
         session.start(30)
         if mode == "share":
             session.subscribe(f"$share/bench/fogmesh/{SITE}/sharejobs", qos=1)

@@ -66,6 +66,10 @@ from schemas.topics import Topics, is_valid_id
 
 log = logging.getLogger("fogmesh.coordinator")
 NOT_RETRYABLE = {"cancelled"}
+# A dispatch pass yields to the inbox after this long: deciding over 1,000 agents costs ~2 ms a
+# job, and a pass over thousands of queued jobs would leave heartbeats unread for seconds.
+DISPATCH_BUDGET_S = 0.05
+BEHIND_S = 1.0  # an inbox this far behind means silence cannot be judged yet
 
 
 def new_job_id() -> str:
@@ -122,6 +126,8 @@ class Coordinator:
         self.cloud = CloudTier()  # enabled while a bridge's retained status says it is online
         self._last_mesh: MeshStatus | None = None
         self._last_mesh_at = 0.0
+        self._dispatch_pending = False
+        self._warned_behind = 0.0
         self.notifier = Notifier()
         self.metrics = Metrics("coordinator", self.counters)
         m = self.metrics
@@ -211,7 +217,8 @@ class Coordinator:
         """Take a batch from the inbox, apply it in one transaction, then act. Returns messages handled."""
         batch: list[Message] = []
         try:
-            batch.append(self._inbox.get(timeout=timeout_s))
+            # a dispatch pass cut short by its time budget goes on at once, not after a wait
+            batch.append(self._inbox.get(timeout=0.0 if self._dispatch_pending else timeout_s))
             while len(batch) < 512:
                 batch.append(self._inbox.get_nowait())
         except queue.Empty:
@@ -557,9 +564,26 @@ class Coordinator:
             self._scan(now, mono)
         self._dispatch(now, mono)
 
+    def _behind_s(self) -> float:
+        """How long the oldest message still in the inbox has waited (0 when the loop keeps up)."""
+        with self._inbox.mutex:
+            oldest = self._inbox.queue[0].received_at if self._inbox.queue else None
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
     def _scan(self, now: float, mono: float) -> None:
-        """Agents whose heartbeat lapsed, deadlines passed, assignments never accepted."""
-        for agent in self.registry.sweep(mono):
+        """Agents whose heartbeat lapsed, deadlines passed, assignments never accepted.
+
+        Silence is judged only while the loop keeps up with its inbox: a heartbeat or an
+        acceptance still waiting there is not missing, and declaring its agent lost would
+        requeue work the agent is doing (with 1,000 agents that fed on itself).
+        """
+        behind = self._behind_s()
+        judge = behind < BEHIND_S
+        if not judge and mono - self._warned_behind > 10:
+            self._warned_behind = mono
+            log.warning(kv("coordinator_behind", behind_s=behind, inbox=self._inbox.qsize(),
+                           detail="heartbeat and acceptance timeouts wait until the inbox is worked off"))
+        for agent in self.registry.sweep(mono) if judge else ():
             log.warning(kv("agent_lapsed", agent=agent, reason="no heartbeat"))
             self._requeue_agent(agent, "agent heartbeat lapsed")
         timeout = self.settings.accept_timeout_s
@@ -567,6 +591,8 @@ class Coordinator:
             if job.deadline_at is not None and now >= job.deadline_at:
                 self._finish(job, "expired", error=ErrorInfo(
                     code="deadline", message="the job's deadline passed before it finished"))
+            elif not judge:
+                continue
             elif job.state == "assigned" and not job.accepted and mono - job.assigned_mono > timeout:
                 self._requeue(job, "agent did not accept in time")
             elif (job.agent and not self.registry.is_online(job.agent)
@@ -592,6 +618,7 @@ class Coordinator:
 
     def _dispatch(self, now: float, mono: float) -> None:
         """Place waiting jobs, most urgent first, while some agent has room (or the cloud is there)."""
+        self._dispatch_pending = False
         cloud_usable = self.cloud.enabled
         if not self.waiting or not (cloud_usable or any(k.accepting for k in self.registry.agents.values())):
             return
@@ -599,7 +626,12 @@ class Coordinator:
         index = {v.agent: i for i, v in enumerate(views)}
         room = sum(max(0, v.slots + v.prefetch - v.outstanding) for v in views if v.online)
         this_pass = DispatchPass()  # jobs that must wait this round (their agents are full, say)
+        started, decided = time.perf_counter(), False
         while (room > 0 or cloud_usable) and not this_pass.done:
+            if decided and time.perf_counter() - started > DISPATCH_BUDGET_S:
+                self._dispatch_pending = True  # the rest in the next step, after the inbox had its turn
+                break
+            decided = True
             key = self.waiting.pop(now)
             if key is None:
                 break

@@ -1,0 +1,62 @@
+"""The coordinator's loop under load, driven in-process: it yields to its inbox and judges silence fairly."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from broker import coordinator as coordinator_module
+from broker.coordinator import Coordinator
+from broker.session import Message
+from broker.settings import CoordinatorSettings
+from schemas import encode
+from schemas.messages import AgentStatus, ModelInfo
+from schemas.topics import Topics
+
+SITE = "loop"
+
+
+@pytest.fixture
+def coord(tmp_path):
+    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db")))
+    c.session.publish = lambda *a, **k: None  # never connected: effects go nowhere
+    c.session.ack = lambda *a, **k: None
+    yield c
+    c.ledger.close()
+
+
+def status(agent: str, seq: int, received_at: float) -> Message:
+    body = encode(AgentStatus(agent=agent, epoch=1, seq=seq, state="online", slots_total=4, slots_free=4,
+                              decode_tps=50.0, ttft_ms=20.0, heartbeat_s=1.0, models=[ModelInfo(name="m")]))
+    return Message(topic=Topics(SITE).agent_status(agent), payload=body, qos=1, received_at=received_at)
+
+
+def prompt(i: int) -> Message:
+    return Message(topic=Topics(SITE).prompts("dev"), payload=orjson.dumps({"id": f"j{i}", "prompt": "x",
+                   "max_tokens": 4}), qos=1, received_at=time.time())
+
+
+def test_silence_is_not_judged_while_the_inbox_is_behind(coord):
+    coord._handle(status("a1", 1, time.time() - 60))  # last heard of a minute ago: lapsed by now
+    coord._inbox.put(status("a1", 2, time.time() - 5))  # ...but a fresh heartbeat waits in the inbox
+    coord._scan(time.time(), time.monotonic())
+    assert coord.registry.is_online("a1")
+    coord._inbox.get_nowait()  # worked off without it (say it was lost): now silence counts
+    coord._scan(time.time(), time.monotonic())
+    assert not coord.registry.is_online("a1")
+
+
+def test_a_dispatch_pass_yields_to_the_inbox_after_its_time_budget(coord, monkeypatch):
+    monkeypatch.setattr(coordinator_module, "DISPATCH_BUDGET_S", 0.0)
+    coord._handle(status("a1", 1, time.time()))
+    for i in range(3):
+        coord._handle(prompt(i))
+    coord._dispatch(time.time(), time.monotonic())
+    assert coord.counters["assigned"] == 1 and coord._dispatch_pending
+    coord._dispatch(time.time(), time.monotonic())
+    coord._dispatch(time.time(), time.monotonic())
+    assert coord.counters["assigned"] == 3
+    coord._dispatch(time.time(), time.monotonic())
+    assert not coord._dispatch_pending
