@@ -47,7 +47,8 @@ reliability: setup
 	$(BIN)/python -m tests.reliability build/reliability.jsonl
 
 lint: setup
-	$(BIN)/ruff check agents broker cloud_bridge schemas tests
+	$(BIN)/ruff check agents broker cloud_bridge schemas tests bench
+	$(BIN)/mypy agents broker cloud_bridge schemas
 	$(BIN)/python -m schemas.generate --check
 
 bench: setup

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agents.backend import Generation
 from agents.errors import BackendError
@@ -55,7 +56,8 @@ class LlamaBackend:
             n_ctx=self._llm.n_ctx(),
             file_bytes=path.stat().st_size,
         )
-        self._sampling = dict(temp=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty)
+        self._sampling: dict[str, Any] = dict(temp=temperature, top_p=top_p, top_k=top_k,
+                                              repeat_penalty=repeat_penalty)
         # Gemma's <end_of_turn> ends a generation as EOS does: ask llama.cpp which tokens end one.
         vocab = self._llm._model.vocab
         self._is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))

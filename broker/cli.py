@@ -268,9 +268,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         reply: dict[str, Any] | None = {"job": args.job, "jobs": jobs}
     else:
         reply = request(conn.address(), Topics(site).explain, {"job": args.job})
-        if reply is None:
-            print(f"no answer from the coordinator of site {site!r} on {broker}", file=sys.stderr)
-            return 3
+    if reply is None:
+        print(f"no answer from the coordinator of site {site!r} on {broker}", file=sys.stderr)
+        return 3
     if not reply["jobs"]:
         print(f"no job {args.job!r} on site {site!r}", file=sys.stderr)
         return 1

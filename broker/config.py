@@ -164,7 +164,7 @@ def check(path: Path) -> list[Problem]:
                                     f"unknown key (known: {', '.join(sorted(names))})"))
         data = {k: v for k, v in doc.get("site", {}).items() if k in SHARED_KEYS and k in names}
         data.update({k: v for k, v in table.items() if k in names})
-        settings = None
+        settings: Any = None
         for _ in range(len(data) + 1):  # report every bad key, not just the first
             try:
                 settings = msgspec.convert(data, cls, strict=False)
@@ -172,11 +172,11 @@ def check(path: Path) -> list[Problem]:
             except (msgspec.ValidationError, ConfigError) as exc:
                 m = (re.search(r"\$\.([A-Za-z_-]+)", str(exc))
                      or re.search(rf"{re.escape(section)}\.([\w.-]+)", str(exc)))
-                path = f"{section}.{m.group(1)}" if m else section
-                table_name, _, key = path.rpartition(".")
-                message = re.sub(r"\s*- at `\$[^`]*`", "", str(exc)).removeprefix(f"{path}: ")
+                dotted = f"{section}.{m.group(1)}" if m else section
+                table_name, _, key = dotted.rpartition(".")
+                message = re.sub(r"\s*- at `\$[^`]*`", "", str(exc)).removeprefix(f"{dotted}: ")
                 line = key_line(text, table_name, key) if table_name else key_line(text, section)
-                problems.append(Problem(path, line, message))
+                problems.append(Problem(dotted, line, message))
                 if not m or m.group(1).split(".")[0] not in data:
                     break
                 del data[m.group(1).split(".")[0]]

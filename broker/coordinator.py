@@ -118,7 +118,7 @@ class Coordinator:
                                           "rejected": 0, "cancelled": 0, "expired": 0, "error": 0,
                                           "duplicates": 0}
         self._inbox: queue.Queue[Message] = queue.Queue()
-        self._effects: list[Callable[[], None]] = []
+        self._effects: list[Callable[[], object]] = []
         self._unconfirmed: list[tuple[str, Any]] = []
         self._stop = False
         self._last_scan = 0.0
@@ -441,7 +441,7 @@ class Coordinator:
                          "attempt": row["attempt"], "priority": row["priority"], "live": live is not None,
                          "history": self.ledger.history(row["key"])})
         body = orjson.dumps({"job": wanted, "jobs": jobs, "policy": self.settings.policy})
-        topic, corr = msg.response_topic, msg.correlation
+        topic, corr = msg.response_topic or "", msg.correlation
         self._effects.append(lambda: self.session.publish(topic, body, qos=1, correlation=corr))
 
     # ------------------------------------------------------------------ agents

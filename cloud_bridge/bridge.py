@@ -202,7 +202,7 @@ class Bridge:
             result = CloudResult(key=req.key, attempt=req.attempt, kind=kind, node="bridge",  # type: ignore[arg-type]
                                  error=ErrorInfo(code="cloud_unreachable", message=why))
             if self.session.publish_wait(self.topics.cloud_events, encode(result)):
-                self.outbox.set_state([int(row["seq"])], kind)  # type: ignore[arg-type]
+                self.outbox.set_state([int(str(row["seq"]))], kind)
                 self.counters[kind] += 1
                 log.warning(kv("job_" + kind, job=req.key, reason=why))
 

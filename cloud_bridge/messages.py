@@ -13,7 +13,7 @@ class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     pass
 
 
-class CloudRequest(_Msg):
+class CloudRequest(_Msg, frozen=True):
     """Coordinator -> bridge (MQTT ``cloud/requests``) -> SQS request queue -> cloud worker."""
 
     key: str
@@ -31,7 +31,7 @@ class CloudRequest(_Msg):
     reply_queue: str = ""  # set by the bridge: the site's result queue URL
 
 
-class CloudResult(_Msg):
+class CloudResult(_Msg, frozen=True):
     """Cloud worker -> SQS result queue -> bridge -> coordinator (MQTT ``cloud/events``)."""
 
     key: str
@@ -44,7 +44,7 @@ class CloudResult(_Msg):
     error: ErrorInfo | None = None
 
 
-class ClaimCheck(_Msg):
+class ClaimCheck(_Msg, frozen=True):
     """An SQS body that stands for a payload too large for SQS, stored in S3."""
 
     claim_bucket: str

@@ -31,7 +31,7 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 # ---------------------------------------------------------------- device-facing
 
 
-class Prompt(_Message):
+class Prompt(_Message, frozen=True):
     """What a device publishes to ``fogmesh/<site>/prompts/<device_id>``. Only ``prompt`` is required."""
 
     prompt: Annotated[str, msgspec.Meta(min_length=1, description="The text to complete.")]
@@ -45,13 +45,13 @@ class Prompt(_Message):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
-class Cancel(_Message):
+class Cancel(_Message, frozen=True):
     """What a device publishes to ``fogmesh/<site>/cancel/<device_id>``."""
 
     id: Id
 
 
-class Chunk(_Message):
+class Chunk(_Message, frozen=True):
     """A piece of a streamed answer on ``fogmesh/<site>/results/<device_id>/<job_id>``."""
 
     job: str
@@ -60,22 +60,22 @@ class Chunk(_Message):
     final: Literal[False] = False
 
 
-class ServedBy(_Message):
+class ServedBy(_Message, frozen=True):
     tier: Tier
     node: str
 
 
-class Usage(_Message):
+class Usage(_Message, frozen=True):
     prompt_tokens: NonNegative = 0
     completion_tokens: NonNegative = 0
 
 
-class ErrorInfo(_Message):
+class ErrorInfo(_Message, frozen=True):
     code: str
     message: str
 
 
-class Final(_Message):
+class Final(_Message, frozen=True):
     """The one final message of a job on ``fogmesh/<site>/results/<device_id>/<job_id>``."""
 
     job: str
@@ -92,14 +92,14 @@ class Final(_Message):
 # ---------------------------------------------------------------- status (retained)
 
 
-class ModelInfo(_Message):
+class ModelInfo(_Message, frozen=True):
     name: str
     quant: str = ""
     n_ctx: NonNegative = 0
     file_bytes: NonNegative = 0
 
 
-class Budget(_Message):
+class Budget(_Message, frozen=True):
     """A sliding-window token budget: at most ``tokens`` generated per ``window_s``."""
 
     window_s: float
@@ -107,7 +107,7 @@ class Budget(_Message):
     used: NonNegative = 0
 
 
-class AgentStatus(_Message):
+class AgentStatus(_Message, frozen=True):
     """Retained on ``fogmesh/<site>/agents/<agent_id>/status``; the Last Will is the same with state offline."""
 
     agent: str
@@ -132,7 +132,7 @@ class AgentStatus(_Message):
     ts: float = 0.0
 
 
-class CoordinatorStatus(_Message):
+class CoordinatorStatus(_Message, frozen=True):
     """Retained on ``fogmesh/<site>/coordinator/status``."""
 
     state: Literal["online", "offline"]
@@ -144,7 +144,7 @@ class CoordinatorStatus(_Message):
     ts: float = 0.0
 
 
-class MeshStatus(_Message):
+class MeshStatus(_Message, frozen=True):
     """Retained on ``fogmesh/<site>/mesh/status``: the site at a glance."""
 
     agents_online: NonNegative
@@ -157,7 +157,7 @@ class MeshStatus(_Message):
     ts: float = 0.0
 
 
-class BridgeStatus(_Message):
+class BridgeStatus(_Message, frozen=True):
     """Retained on ``fogmesh/<site>/bridge/status``."""
 
     state: Literal["online", "offline"]
@@ -178,7 +178,7 @@ class BridgeStatus(_Message):
 # ---------------------------------------------------------------- internal
 
 
-class Assignment(_Message):
+class Assignment(_Message, frozen=True):
     """Coordinator -> agent: run this job. ``attempt`` tells a reassignment from the original."""
 
     key: str
@@ -196,7 +196,7 @@ class Assignment(_Message):
     assigned_at: float = 0.0
 
 
-class Control(_Message):
+class Control(_Message, frozen=True):
     """Coordinator -> agent: stop a job."""
 
     cancel: str
@@ -206,7 +206,7 @@ class Control(_Message):
 EventKind = Literal["accepted", "started", "done", "failed", "refused"]
 
 
-class AgentEvent(_Message):
+class AgentEvent(_Message, frozen=True):
     """Agent -> coordinator: what became of an assignment."""
 
     key: str
