@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from agents.backend import Backend, Generation
 from agents.errors import AgentError, BackendError
+from agents.homeassistant import discovery
 from agents.settings import AgentSettings
 from agents.status import StatusBoard
 from broker.logs import kv
@@ -116,6 +117,10 @@ class Agent:
         self.session.subscribe(self.topics.assign(me), qos=1)
         self.session.subscribe(self.topics.control(me), qos=1)
         self.publish_status()
+        if self.settings.ha_discovery:
+            for topic, payload in discovery(self.settings.site, me, self.topics.agent_status(me),
+                                            [m.name for m in self.board.models], self.settings.ha_prefix):
+                self.session.publish(topic, payload, qos=1, retain=True)
         log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
                     slots=self.settings.slots, models=",".join(m.name for m in self.board.models)))
 

@@ -31,6 +31,8 @@ class AgentSettings(Connection):
     energy_j_per_token: float = 0.0
     power_w: float = 0.0  # when set, energy per token = power / measured decode rate
     price_per_kwh: float = 0.30
+    ha_discovery: bool = False  # Home Assistant MQTT discovery: the agent's status as HA sensors
+    ha_prefix: str = "homeassistant"
 
     def __post_init__(self) -> None:
         if not self.agent_id:

@@ -21,6 +21,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.homeassistant import HA_PREFIX, node_id
 from broker.errors import ConfigError
 from broker.logs import kv
 from broker.mosquitto import MAX_PACKET_BYTES
@@ -70,7 +71,8 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
     if role == "agent":
         return [("read", topics.assign(name)), ("read", topics.control(name)),
                 ("write", topics.agent_status(name)), ("write", topics.events(name)),
-                ("write", f"{p}/results/#")]  # agents stream chunks straight to the devices
+                ("write", f"{p}/results/#"),  # agents stream chunks straight to the devices
+                ("write", f"{HA_PREFIX}/sensor/{node_id(topics.site, name)}/+/config")]  # ha_discovery
     if role == "coordinator":
         return [("read", topics.prompts()), ("read", topics.cancel()), ("read", topics.agent_status()),
                 ("read", topics.events()), ("read", topics.bridge_status), ("read", topics.cloud_events),
