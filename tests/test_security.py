@@ -148,6 +148,27 @@ def test_a_device_cannot_assign_overwrite_status_or_use_another_devices_topics(s
             inbox.close()
 
 
+def test_agents_bridges_and_dashboards_read_only_what_their_role_allows(secure):
+    t = Topics(SITE)
+    agent = Inbox(secure.address("agent-1"), t.assign("+"), t.cloud_requests, t.prompts())
+    dash = Inbox(secure.address("dash"), f"{t.prefix}/#")
+    bridge = Inbox(secure.address("bridge"), t.cloud_requests, t.prompts())
+    try:
+        assert "RC:135" not in secure.pub("coordinator", t.assign("agent-1"), '{"to": "agent-1"}')
+        assert "RC:135" not in secure.pub("coordinator", t.assign("agent-2"), '{"to": "agent-2"}')
+        assert "RC:135" not in secure.pub("coordinator", t.cloud_requests, "{}")
+        assert "RC:135" not in secure.pub("sensor-1", t.prompts("sensor-1"), '{"prompt": "x"}')
+        assert "RC:135" not in secure.pub("coordinator", t.mesh_status, '{"agents_online": 1}', retain=True)
+        assert "RC:135" not in secure.pub("coordinator", f"{t.prefix}/results/sensor-1/j9", "{}")
+        assert sorted(agent.topics()) == [t.assign("agent-1")]  # not agent-2's work, the cloud's or prompts
+        assert bridge.topics(0) == [t.cloud_requests]
+        assert dash.topics(0) == [t.mesh_status]  # statuses only: no prompts, results or assignments
+        assert "RC:135" in secure.pub("bridge", t.prompts("sensor-1"), '{"prompt": "as a device"}')
+    finally:
+        for inbox in (agent, dash, bridge):
+            inbox.close()
+
+
 @pytest.mark.slow
 def test_the_mesh_works_end_to_end_over_tls_with_credentials(secure, tmp_path):
     daemons = [Daemon("coordinator", ["coordinator", *secure.flags("coordinator"),
