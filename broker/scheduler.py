@@ -186,7 +186,10 @@ def decide(
             # the quickest: cost decides between near-equals, never at the price of queueing.
             quickest = min(c.completion_s for c in pool)
             near = [c for c in pool if c.completion_s <= quickest * (1 + DEADLINE_SLACK) + 0.05]
-            best = min(near, key=lambda c: (round(c.cost, 12), c.completion_s, c.agent))
+            # Between equals, the least loaded: otherwise identical idle agents all lose to the
+            # first by name, which took every job (max/mean 81 with 1,000 agents).
+            best = min(near, key=lambda c: (round(c.cost, 12), c.completion_s,
+                                            by_name[c.agent].outstanding / max(by_name[c.agent].slots, 1), c.agent))
             return to_agent(best, "cheapest agent that meets the deadline")
         if cloud_ok and (job.deadline_at is None or now + cloud_s <= job.deadline_at):
             return to_cloud("no edge agent meets the deadline; the cloud does")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -167,3 +168,13 @@ def test_a_dispatch_pass_sets_aside_edge_only_jobs_once_their_model_is_full():
     for i in range(LOOK_PAST):
         p.hold(f"c{i}", job(key=f"c{i}"))
     assert p.done and len(p.waiting()) == 100 + LOOK_PAST
+
+
+def test_the_deadline_policy_spreads_work_over_equal_agents():
+    views = [view(f"a{i}", slots=4) for i in range(5)]
+    chosen = []
+    for i in range(10):  # place 10 jobs one after another, as a dispatch pass does
+        d = decide(job(key=f"d/j{i}", deadline_at=NOW + 10), views, NOW, "deadline")
+        chosen.append(d.agent)
+        views = [dataclasses.replace(v, outstanding=v.outstanding + 1) if v.agent == d.agent else v for v in views]
+    assert Counter(chosen) == {f"a{i}": 2 for i in range(5)}
