@@ -79,17 +79,27 @@ def cluster() -> str:
                  "balance"], rows)
     by = {(x["pattern"], x["policy"]): x for x in r["runs"]}
     lines = []
+
+    def change(new: float, old: float, less: str, more: str) -> str:
+        if not old:
+            return "none either way" if not new else f"{new:.2f} from none"
+        ratio = 1 - new / old
+        return f"{ratio * 100:.0f}% {less}" if ratio >= 0 else f"{-ratio * 100:.0f}% {more}"
+
     for pattern in ("steady", "bursty"):
         d, la, co = by.get((pattern, "deadline")), by.get((pattern, "load-aware")), by.get((pattern, "cloud-only"))
         if d and la:
-            fewer = 1 - d["cloud_token_share"] / la["cloud_token_share"] if la["cloud_token_share"] else float("nan")
             lines.append(f"- {pattern}: deadline vs load-aware: cloud tokens {d['cloud_token_share']:.2f} vs "
-                         f"{la['cloud_token_share']:.2f} ({fewer * 100:.0f}% fewer), p95 {d['latency_p95_ms']:.0f} vs "
-                         f"{la['latency_p95_ms']:.0f} ms.")
-        if d and co:
-            lines.append(f"- {pattern}: edge-first (deadline) vs cloud-only: mean latency "
-                         f"{(1 - d['latency_mean_ms'] / co['latency_mean_ms']) * 100:.0f}% lower, cost per response "
-                         f"{(1 - d['cost_per_response'] / co['cost_per_response']) * 100:.0f}% lower.")
+                         f"{la['cloud_token_share']:.2f} ("
+                         f"{change(d['cloud_token_share'], la['cloud_token_share'], 'fewer', 'more')}), "
+                         f"p95 {d['latency_p95_ms']:.0f} vs {la['latency_p95_ms']:.0f} ms.")
+        for name in ("deadline", "load-aware"):
+            e = by.get((pattern, name))
+            if e and co:
+                lines.append(f"- {pattern}: edge-first ({name}) vs cloud-only: mean latency "
+                             f"{change(e['latency_mean_ms'], co['latency_mean_ms'], 'lower', 'higher')}, "
+                             f"cost per response "
+                             f"{change(e['cost_per_response'], co['cost_per_response'], 'lower', 'higher')}.")
     _plot_cluster(r["runs"])
     return out + "\n\n" + "\n".join(lines) + "\n\n![cluster](img/cluster.png)"
 
