@@ -30,9 +30,15 @@ listener {port} {bind}
 # the `mosquitto` user and could not write the persistence folder below.
 user {getpass.getuser()}
 
-# Persistent sessions and retained statuses must survive a broker restart.
+{delivery_settings(str(data_dir), max_packet_bytes, connection_messages=False)}"""
+
+
+def delivery_settings(data_dir: str, max_packet_bytes: int, connection_messages: bool) -> str:
+    """What every fogmesh broker needs whoever may connect: persistence, no silent drops, no Nagle,
+    the packet limit, logs. Shared by the development and the production configuration."""
+    return f"""# Persistent sessions and retained statuses must survive a broker restart.
 persistence true
-persistence_location {data_dir}/
+persistence_location {data_dir.rstrip('/')}/
 autosave_interval 5
 
 # The default (1000) silently drops QoS 1 messages for a slow or offline
@@ -51,7 +57,7 @@ log_dest stderr
 log_type error
 log_type warning
 log_type notice
-connection_messages false
+connection_messages {str(connection_messages).lower()}
 """
 
 

@@ -14,6 +14,7 @@ times, and scored as the research defines it:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 from dataclasses import dataclass
@@ -93,14 +94,12 @@ def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quali
         if option == "cloud":
             unservable = sum(1 for j in jobs if j.privacy == "edge-only")
             jobs = [j for j in jobs if j.privacy != "edge-only"]
-        fleet = [] if option == "cloud" else [SimAgent(**{**a.__dict__, "busy": 0, "busy_tokens": 0, "served": 0})
-                                               for a in agents]
-        tier = CloudTier(enabled=option != "edge", latency_s=cloud.latency_s, decode_tps=cloud.decode_tps,
-                         price_in_per_1k=cloud.price_in_per_1k, price_out_per_1k=cloud.price_out_per_1k)
+        fleet = [] if option == "cloud" else agents
+        tier = dataclasses.replace(cloud, enabled=option != "edge")
         if not jobs or (option != "cloud" and not fleet):
             continue
         out = simulate(jobs, fleet, tier, cloud_workers=10_000, policy="deadline")
-        fig = figures(jobs, out, fleet or [SimAgent("none", 1, 1.0, 0.0)])
+        fig = figures(jobs, out, fleet)
         row: dict[str, Any] = {"option": option, "jobs": len(jobs), "unservable": unservable, **fig,
                                **_score(jobs, out, quality)}
         row.pop("load_balance", None)

@@ -24,7 +24,7 @@ from pathlib import Path
 from agents.homeassistant import HA_PREFIX, node_id
 from broker.errors import ConfigError
 from broker.logs import kv
-from broker.mosquitto import MAX_PACKET_BYTES
+from broker.mosquitto import MAX_PACKET_BYTES, delivery_settings
 from schemas.topics import Topics, check_id
 
 log = logging.getLogger("fogmesh.security")
@@ -224,25 +224,7 @@ user {s.run_as or getpass.getuser()}
 
 listener {s.tls_port} {s.bind}
 {tls}{ws}
-# Persistent sessions and retained statuses survive a broker restart.
-persistence true
-persistence_location {s.data_dir.rstrip('/')}/
-autosave_interval 5
-
-# The default (1000) silently drops QoS 1 messages for a slow or offline persistent subscriber.
-max_queued_messages 0
-max_inflight_messages 0
-set_tcp_nodelay true
-
-# Larger packets are refused by the broker itself; the coordinator's max_prompt_bytes sits below.
-max_packet_size {s.max_packet_bytes}
-
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-connection_messages true
-"""
+{delivery_settings(s.data_dir, s.max_packet_bytes, connection_messages=True)}"""
 
 
 def write_config(s: BrokerSettings) -> dict[str, Path]:

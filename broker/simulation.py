@@ -68,8 +68,9 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
              policy: str, seed: int = 1) -> dict[str, Any]:
     """Run the trace; returns per-job latency, tier and cost plus the run's figures."""
     rng = random.Random(seed)
-    for a in agents:
+    for a in agents:  # every run starts from idle agents, so one fleet can be run under several options
         a.window = TokenWindow(a.window_s)
+        a.busy = a.busy_tokens = a.served = 0
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     n = 0
     for j in jobs:
