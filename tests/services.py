@@ -26,6 +26,13 @@ from broker.client import DeviceClient
 from broker.session import BrokerAddress, Message, Session
 
 ROOT = Path(__file__).resolve().parent.parent
+FOGMESH = [sys.executable, "-m", "broker.cli"]
+
+
+def cli(*args: str, timeout_s: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a ``fogmesh`` command as a user would, its output captured."""
+    return subprocess.run([*FOGMESH, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout_s,
+                          env={**os.environ, **(env or {})})
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05, what: str = "condition") -> Any:
@@ -50,7 +57,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "broker.cli", *self.args], cwd=ROOT,
+            self.proc = subprocess.Popen([*FOGMESH, *self.args], cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
 
@@ -87,17 +94,24 @@ class Daemon:
 
 
 class Listener:
-    """Collects every message on a topic filter (an operator's dashboard, say)."""
+    """Collects every message on some topic filters (an operator's dashboard, say), or whatever of
+    them the broker's ACL lets its user read."""
 
-    def __init__(self, address: BrokerAddress, topic: str) -> None:
+    def __init__(self, address: BrokerAddress, *topics: str, settle_s: float = 0.05) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self.session = Session(address, f"test-listen-{secrets.token_hex(4)}", self._collect, persistent=False)
         self.session.start()
-        self.session.subscribe(topic, qos=1)
-        time.sleep(0.05)
+        for topic in topics:
+            self.session.subscribe(topic, qos=1)
+        time.sleep(settle_s)
 
     def _collect(self, msg: Message) -> None:
         self.messages.append((msg.topic, orjson.loads(msg.payload) if msg.payload else {}))
+
+    def topics(self, wait_s: float = 0.5) -> list[str]:
+        """The topics of what arrived, after waiting ``wait_s`` for stragglers."""
+        time.sleep(wait_s)
+        return [topic for topic, _ in list(self.messages)]
 
     def close(self) -> None:
         self.session.stop()
@@ -202,3 +216,21 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self._server.close()
+
+
+class NotifySocket:
+    """What systemd would listen on for sd_notify: a datagram socket whose messages we keep."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            self.messages.append(self.sock.recv(4096).decode())
+
+    def has(self, field: str, count: int = 1) -> bool:
+        return sum(field in m.split("\n") for m in list(self.messages)) >= count

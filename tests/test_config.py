@@ -8,6 +8,7 @@ from agents.settings import AgentSettings
 from broker.config import load
 from broker.errors import ConfigError
 from broker.settings import CoordinatorSettings
+from tests.services import cli
 
 
 def test_file_then_environment_then_flags(tmp_path, monkeypatch):
@@ -68,22 +69,18 @@ def test_tls_files_with_a_plaintext_broker_url_is_an_error(tmp_path):
 
 
 def test_config_check_reports_every_problem_with_its_key_and_line(tmp_path):
-    import subprocess
-    import sys
 
     cfg = tmp_path / "fogmesh.toml"
     cfg.write_text('[site]\nbroker = "mqtt://gw:1883"\n\n[coordinator]\npolicy = "fastest"\n'
                    'max_queue = "lots"\n\n[agent]\nheartbeat = 5\n\n[agnet]\nslots = 1\n')
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "config", "check", str(cfg)],
-                         capture_output=True, text=True)
+    out = cli("config", "check", str(cfg))
     assert out.returncode == 1
     assert f"{cfg}:line 5: coordinator.policy: unknown policy 'fastest'" in out.stderr
     assert f"{cfg}:line 6: coordinator.max_queue: Expected `int`, got `str`" in out.stderr
     assert f"{cfg}:line 9: agent.heartbeat: unknown key" in out.stderr
     assert f"{cfg}:line 11: agnet: unknown table" in out.stderr
     cfg.write_text("[coordinator]\npolicy = 'deadline'\nmax_queue = = 3\n")
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "config", "check", str(cfg)],
-                         capture_output=True, text=True)
+    out = cli("config", "check", str(cfg))
     assert out.returncode == 1 and ":line 3: syntax:" in out.stderr
 
 

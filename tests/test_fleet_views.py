@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,16 +12,15 @@ from rich.console import Console
 from broker.console import render
 from broker.mosquitto import free_port
 from tests.conftest import agent_args, wait_online
-from tests.services import ROOT, wait_for
+from tests.services import cli, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def status_watch(broker_url: str, site: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "status", "--watch", "--count", "1",
-                          "--broker", broker_url, "--site", site], capture_output=True, text=True, timeout=30,
-                         cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    out = cli("status", "--watch", "--count", "1", "--broker", broker_url, "--site", site, timeout_s=30,
+              env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.services import ROOT
+from tests.services import cli
 
 pytestmark = pytest.mark.slow
 
 
-def fogmesh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env={**os.environ, "COLUMNS": "200"})
-
-
 @pytest.fixture(scope="module")
 def probe_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = fogmesh("probe", "--json", "--threads", "2", "--prompt-sizes", "16,128", "--decode-tokens", "12")
+    out = cli("probe", "--json", "--threads", "2", "--prompt-sizes", "16,128", "--decode-tokens", "12")
     assert out.returncode == 0, out.stderr
     path = tmp_path_factory.mktemp("probe") / "this.json"
     path.write_text(out.stdout)
@@ -45,13 +37,13 @@ def test_probe_measures_the_bundled_model_on_this_device(probe_file):
 
 
 def test_probe_prints_a_table():
-    out = fogmesh("probe", "--threads", "2", "--prompt-sizes", "16", "--decode-tokens", "4")
+    out = cli("probe", "--threads", "2", "--prompt-sizes", "16", "--decode-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert "gemma-3-270m-q4_k_m" in out.stdout and "yes" in out.stdout and "advertises" in out.stdout
 
 
 def plan(probe_file: str, *args: str) -> dict:
-    out = fogmesh("plan", "--device", f"{probe_file}:2", "--jobs", "600", "--json", *args)
+    out = cli("plan", "--device", f"{probe_file}:2", "--jobs", "600", "--json", *args)
     assert out.returncode == 0, out.stderr
     return orjson.loads(out.stdout)
 

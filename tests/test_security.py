@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import queue
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import pytest
 from broker.errors import BrokerUnavailable
 from broker.mosquitto import Mosquitto, free_port
 from broker.security import acl_rules, render_acl
-from broker.session import BrokerAddress, Message, Session
+from broker.session import BrokerAddress, Session
 from schemas.topics import Topics
-from tests.services import ROOT, Daemon, Device, wait_for
+from tests.services import ROOT, Daemon, Device, Listener, wait_for
 
 SITE = "secure"
 USERS = {"coordinator": "coordinator", "agent-1": "agent", "bridge": "bridge", "sensor-1": "device",
@@ -67,28 +65,6 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSite]:
     broker.stop()
 
 
-class Inbox:
-    """A session that collects what it is allowed to read."""
-
-    def __init__(self, address: BrokerAddress, *topics: str) -> None:
-        self.q: queue.Queue[Message] = queue.Queue()
-        self.session = Session(address, f"test-{secrets.token_hex(4)}", self.q.put, persistent=False)
-        self.session.start()
-        for topic in topics:
-            self.session.subscribe(topic)
-        time.sleep(0.2)
-
-    def topics(self, wait_s: float = 0.5) -> list[str]:
-        time.sleep(wait_s)
-        out = []
-        while not self.q.empty():
-            out.append(self.q.get().topic)
-        return out
-
-    def close(self) -> None:
-        self.session.stop()
-
-
 def test_every_role_gets_only_its_own_topics():
     t = Topics("s")
     device = acl_rules(t, "d1", "device")
@@ -117,8 +93,8 @@ def test_anonymous_plaintext_and_wrong_passwords_are_refused(secure):
 
 def test_a_device_reads_only_its_own_results(secure):
     t = Topics(SITE)
-    snoop = Inbox(secure.address("sensor-1"), f"{t.prefix}/results/#", t.results("sensor-2"))
-    owner = Inbox(secure.address("sensor-2"), t.results("sensor-2"))
+    snoop = Listener(secure.address("sensor-1"), f"{t.prefix}/results/#", t.results("sensor-2"), settle_s=0.2)
+    owner = Listener(secure.address("sensor-2"), t.results("sensor-2"), settle_s=0.2)
     try:
         assert "RC:135" not in secure.pub("coordinator", f"{t.prefix}/results/sensor-2/j1", '{"final": true}')
         assert owner.topics() == [f"{t.prefix}/results/sensor-2/j1"]
@@ -130,9 +106,9 @@ def test_a_device_reads_only_its_own_results(secure):
 
 def test_a_device_cannot_assign_overwrite_status_or_use_another_devices_topics(secure):
     t = Topics(SITE)
-    agent = Inbox(secure.address("agent-1"), t.assign("agent-1"))
-    dash = Inbox(secure.address("dash"), t.agent_status())
-    coordinator = Inbox(secure.address("coordinator"), t.prompts())
+    agent = Listener(secure.address("agent-1"), t.assign("agent-1"), settle_s=0.2)
+    dash = Listener(secure.address("dash"), t.agent_status(), settle_s=0.2)
+    coordinator = Listener(secure.address("coordinator"), t.prompts(), settle_s=0.2)
     try:
         assert "RC:135" in secure.pub("sensor-1", t.assign("agent-1"), '{"job": "x"}')
         assert "RC:135" in secure.pub("sensor-1", t.agent_status("agent-1"), '{"state": "online"}', retain=True)
@@ -150,9 +126,9 @@ def test_a_device_cannot_assign_overwrite_status_or_use_another_devices_topics(s
 
 def test_agents_bridges_and_dashboards_read_only_what_their_role_allows(secure):
     t = Topics(SITE)
-    agent = Inbox(secure.address("agent-1"), t.assign("+"), t.cloud_requests, t.prompts())
-    dash = Inbox(secure.address("dash"), f"{t.prefix}/#")
-    bridge = Inbox(secure.address("bridge"), t.cloud_requests, t.prompts())
+    agent = Listener(secure.address("agent-1"), t.assign("+"), t.cloud_requests, t.prompts(), settle_s=0.2)
+    dash = Listener(secure.address("dash"), f"{t.prefix}/#", settle_s=0.2)
+    bridge = Listener(secure.address("bridge"), t.cloud_requests, t.prompts(), settle_s=0.2)
     try:
         assert "RC:135" not in secure.pub("coordinator", t.assign("agent-1"), '{"to": "agent-1"}')
         assert "RC:135" not in secure.pub("coordinator", t.assign("agent-2"), '{"to": "agent-2"}')

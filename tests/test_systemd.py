@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from broker.systemd import UNITS, fogmesh_executable, render_unit, verify
 from tests.conftest import agent_args
-from tests.services import wait_for
+from tests.services import NotifySocket, wait_for
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
@@ -29,24 +27,6 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
         assert "Type=notify" in unit and "Restart=on-failure" in unit and "NoNewPrivileges=yes" in unit
         assert "ProtectSystem=strict" in unit and "PrivateTmp=yes" in unit and "User=fogmesh-svc" in unit
         assert path.stem == "fogmesh-broker" or "WatchdogSec=" in unit
-
-
-class NotifySocket:
-    """What systemd would listen on: a datagram socket whose messages we keep."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            self.messages.append(self.sock.recv(4096).decode())
-
-    def has(self, field: str, count: int = 1) -> bool:
-        return sum(field in m.split("\n") for m in list(self.messages)) >= count
 
 
 @pytest.mark.slow
