@@ -81,11 +81,10 @@ class Agent:
         self.m_ttft = m.histogram("agent_ttft_seconds", "Time to first token on this agent")
         self.m_tokens = m.counter("agent_tokens_total", "Tokens generated")
         m.gauge("agent_slots_total", "Slots (concurrent generations)", lambda: self.settings.slots)
-        m.gauge("agent_slots_busy", "Slots generating now",
-                lambda: sum(1 for v in list(self.board.jobs.values()) if v == "running"))
+        m.gauge("agent_slots_busy", "Slots generating now", self.board.running)
         m.gauge("agent_queue_depth", "Assignments waiting for a slot", lambda: self._queue.qsize())
         m.gauge("agent_decode_tokens_per_second", "Decode rate (moving average)", lambda: self.board.decode_tps.value)
-        m.gauge("mqtt_reconnects", "Reconnections to the broker since start", lambda: self.session.reconnects)
+        m.reconnects(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -79,10 +79,14 @@ class StatusBoard:
             return s.power_w / self.decode_tps.value
         return 0.0
 
+    def running(self) -> int:
+        """Jobs generating now (the rest of ``jobs`` wait for a slot)."""
+        return sum(1 for v in list(self.jobs.values()) if v == "running")
+
     def snapshot(self, state: AgentState | None = None) -> AgentStatus:
         with self._lock:
             self._seq += 1
-            running = sum(1 for v in self.jobs.values() if v == "running")
+            running = self.running()
             queued = len(self.jobs) - running
             s = self.settings
             budget = None

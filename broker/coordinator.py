@@ -144,7 +144,7 @@ class Coordinator:
         m.gauge("agents_online", "Agents online", lambda: len(self.registry.online()))
         m.gauge("slots_free", "Free slots across online agents",
                 lambda: self._last_mesh.slots_free if self._last_mesh else 0)
-        m.gauge("mqtt_reconnects", "Reconnections to the broker since start", lambda: self.session.reconnects)
+        m.reconnects(lambda: self.session.reconnects)
         will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
                                  policy=settings.policy, version=__version__)
         self.session = Session(

@@ -58,6 +58,10 @@ class Metrics:
         g.set_function(fn)
         return g
 
+    def reconnects(self, count: Callable[[], int]) -> Gauge:
+        """The one metric every MQTT daemon shares: how often its session had to reconnect."""
+        return self.gauge("mqtt_reconnects", "Reconnections to the broker since start", count)
+
     def serve(self, port: int, bind: str = "127.0.0.1") -> None:
         """Serve /metrics on ``bind:port`` from a thread of its own; nothing when port is 0."""
         if not port:

@@ -19,7 +19,17 @@ def state_dir() -> Path:
 
 
 @dataclass
-class Connection:
+class DaemonSettings:
+    """What every daemon has, whether it talks MQTT or not: its logs and its metrics."""
+
+    log_level: str = "info"
+    log_format: str = "kv"
+    metrics_port: int = 0  # Prometheus /metrics on this port (0 = off)
+    metrics_bind: str = "127.0.0.1"
+
+
+@dataclass
+class Connection(DaemonSettings):
     """How a daemon or a client reaches the site broker; every daemon's settings start with these keys.
 
     ``broker``, ``site`` and ``ca_file`` are site-wide (``[site]`` in the file); the
@@ -34,10 +44,6 @@ class Connection:
     cert_file: str = ""  # a client certificate, where the broker asks for one
     key_file: str = ""
     keepalive_s: int = 10
-    log_level: str = "info"
-    log_format: str = "kv"
-    metrics_port: int = 0  # Prometheus /metrics on this port (0 = off)
-    metrics_bind: str = "127.0.0.1"
 
     def address(self) -> BrokerAddress:
         """The broker address with TLS and credentials; ConfigError says which key is wrong."""

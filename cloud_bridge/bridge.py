@@ -70,8 +70,7 @@ class Bridge:
                            lambda: self.outbox.depth()[1])
         self.metrics.gauge("bridge_cloud_reachable", "1 while the queue service answers", lambda: self.reachable)
         self.metrics.gauge("bridge_dead_letters", "Messages in the dead-letter queues", lambda: self._dlq_depth)
-        self.metrics.gauge("mqtt_reconnects", "Reconnections to the broker since start",
-                           lambda: self.session.reconnects)
+        self.metrics.reconnects(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
 

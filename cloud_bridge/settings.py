@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from broker.settings import Connection, state_dir
+from broker.settings import Connection, DaemonSettings, state_dir
 
 
 @dataclass
@@ -48,7 +48,7 @@ class BridgeSettings(Connection, CloudSettings):
 
 
 @dataclass
-class WorkerSettings(CloudSettings):
+class WorkerSettings(DaemonSettings, CloudSettings):
     worker_id: str = field(default_factory=lambda: f"cloud-{socket.gethostname().split('.')[0]}")
     # "local": a GGUF through llama-cpp-python; "openai": an OpenAI-compatible server;
     # "synthetic": a stand-in with a set first-token delay and rate, for experiments on one machine
@@ -60,7 +60,3 @@ class WorkerSettings(CloudSettings):
     n_ctx: int = 4096
     synthetic_ttft_s: float = 0.8
     synthetic_tps: float = 80.0
-    log_level: str = "info"
-    log_format: str = "kv"
-    metrics_port: int = 0  # Prometheus /metrics on this port (0 = off)
-    metrics_bind: str = "127.0.0.1"
