@@ -45,6 +45,15 @@ def read_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc}") from exc
 
 
+def file_values(doc: dict[str, Any], section: str, names: set[str]) -> dict[str, Any]:
+    """A daemon's keys as the file gives them: the site-wide ones from ``[site]``, then its own table."""
+    if not isinstance(doc.get("site", {}), dict):
+        raise ConfigError("[site] must be a table")
+    data: dict[str, Any] = {k: v for k, v in doc.get("site", {}).items() if k in SHARED_KEYS and k in names}
+    data.update({k: v for k, v in doc.get(section, {}).items() if k in names})
+    return data
+
+
 def load(cls: type[T], section: str, path: str | Path | None = None, **overrides: Any) -> T:
     """Build the settings dataclass ``cls`` for ``section``; raise ConfigError naming the bad key."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -56,8 +65,7 @@ def load(cls: type[T], section: str, path: str | Path | None = None, **overrides
     unknown = sorted(set(table) - names)
     if unknown:
         raise ConfigError(f"{file}: unknown key {section}.{unknown[0]} (known: {', '.join(sorted(names))})")
-    data: dict[str, Any] = {k: v for k, v in doc.get("site", {}).items() if k in SHARED_KEYS and k in names}
-    data.update(table)
+    data = file_values(doc, section, names)
     prefix = f"FOGMESH_{section.upper().replace('-', '_')}_"
     for name in names:
         if name in SHARED_KEYS and f"FOGMESH_{name.upper()}" in os.environ:
@@ -151,6 +159,7 @@ def check(path: Path) -> list[Problem]:
                                     f"{', '.join(['site', *sections])}"))
         elif not isinstance(value, dict):
             problems.append(Problem(name, key_line(text, name), f"[{name}] must be a table"))
+    doc = {name: value for name, value in doc.items() if isinstance(value, dict)}  # the rest is reported
     for key in sorted(set(doc.get("site", {})) - set(SHARED_KEYS)):
         problems.append(Problem(f"site.{key}", key_line(text, "site", key),
                                 f"unknown key; [site] holds {', '.join(SHARED_KEYS)}"))
@@ -162,8 +171,7 @@ def check(path: Path) -> list[Problem]:
         for key in sorted(set(table) - names):
             problems.append(Problem(f"{section}.{key}", key_line(text, section, key),
                                     f"unknown key (known: {', '.join(sorted(names))})"))
-        data = {k: v for k, v in doc.get("site", {}).items() if k in SHARED_KEYS and k in names}
-        data.update({k: v for k, v in table.items() if k in names})
+        data = file_values(doc, section, names)
         settings: Any = None
         for _ in range(len(data) + 1):  # report every bad key, not just the first
             try:

@@ -90,3 +90,15 @@ def test_the_example_in_deploy_passes_config_check():
     from broker.config import check
 
     assert check(Path(__file__).resolve().parent.parent / "deploy" / "fogmesh.toml") == []
+
+
+def test_a_table_that_is_not_a_table_is_reported_not_a_crash(tmp_path):
+    from broker.config import check
+
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text('site = "plant"\nagent = 5\n[coordinator]\nmax_queue = "lots"\n')
+    assert [(p.key, p.message) for p in check(cfg)] == [
+        ("site", "[site] must be a table"), ("agent", "[agent] must be a table"),
+        ("coordinator.max_queue", "Expected `int`, got `str`")]
+    with pytest.raises(ConfigError, match=r"\[site\] must be a table"):
+        load(CoordinatorSettings, "coordinator", cfg)
