@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def credentials(out: Path, users: dict[str, str]) -> dict[str, str]:
 # ---------------------------------------------------------------------- certificates
 
 
-def make_certs(out: Path, hosts: list[str], days: int = 825, clients: list[str] = ()) -> dict[str, Path]:  # type: ignore[assignment]
+def make_certs(out: Path, hosts: list[str], days: int = 825, clients: Sequence[str] = ()) -> dict[str, Path]:
     """A site CA and a server certificate for ``hosts`` (names or IPs), plus optional client certificates.
 
     An existing CA in ``out`` is reused, so server and client certificates can be
