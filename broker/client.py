@@ -66,7 +66,7 @@ class DeviceClient:
             self.sent_at[job] = time.monotonic()
         info = self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props)
         if wait:
-            info.wait_for_publish(5)
+            info.wait(5)
         return str(job)
 
     def cancel(self, job_id: str) -> None:

@@ -83,6 +83,36 @@ class Message:
     received_at: float = field(default_factory=time.time)
 
 
+class Delivery:
+    """The broker's acknowledgement of one publish, whether it was sent at once or queued while
+    the session was down (paho's own ``MQTTMessageInfo.is_published()`` raises ``RuntimeError``
+    for a message published while disconnected, even after it was delivered on reconnect)."""
+
+    __slots__ = ("_event", "mid", "reason")
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self.reason = 0  # the PUBACK's reason code; >= 0x80 means the broker refused the message
+        self._event = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        """The broker answered (for QoS 0: the message left this process)."""
+        return self._event.is_set()
+
+    @property
+    def ok(self) -> bool:
+        return self._event.is_set() and self.reason < 0x80
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """True once the broker accepted the message; False on a refusal or a timeout."""
+        return self._event.wait(timeout_s) and self.reason < 0x80
+
+    def _set(self, reason: int) -> None:
+        self.reason = reason
+        self._event.set()
+
+
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
     """Never let an exception escape a paho callback (it would stop the network thread)."""
 
@@ -129,6 +159,9 @@ class Session:
         self._lock = threading.Lock()
         self.reconnects = 0
         self._ever_connected = False
+        self._pending: dict[int, Delivery] = {}  # mid -> its delivery, until the broker answers
+        self._early: dict[int, int] = {}  # acknowledged before publish() had registered the mid
+        self._on_delivered: Callable[[], None] | None = None
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -152,6 +185,7 @@ class Session:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        client.on_publish = self._on_publish
 
     # -------------------------------------------------------------- lifecycle
 
@@ -211,7 +245,11 @@ class Session:
         correlation: bytes | None = None,
         expiry_s: int | None = None,
         response_topic: str | None = None,
-    ) -> mqtt.MQTTMessageInfo:
+    ) -> Delivery:
+        """Publish now, or queue it while the session is down (sent on reconnect, never dropped).
+
+        Never raises for a lost connection: the returned :class:`Delivery` tells when the
+        broker has the message."""
         props = None
         if correlation is not None or expiry_s is not None or response_topic is not None:
             props = Properties(PacketTypes.PUBLISH)
@@ -221,16 +259,22 @@ class Session:
                 props.CorrelationData = correlation
             if expiry_s is not None:
                 props.MessageExpiryInterval = expiry_s
-        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        delivery = Delivery(info.mid)
+        with self._lock:
+            if info.mid in self._early:
+                delivery._set(self._early.pop(info.mid))
+            else:
+                self._pending[info.mid] = delivery
+        return delivery
+
+    def set_on_delivered(self, hook: Callable[[], None] | None) -> None:
+        """Call ``hook`` (on paho's thread: keep it short) whenever the broker acknowledges a publish."""
+        self._on_delivered = hook
 
     def publish_wait(self, topic: str, payload: bytes, retain: bool = False, timeout_s: float = 5.0) -> bool:
         """Publish at QoS 1 and wait for the broker's PUBACK; False if it did not come in time."""
-        info = self.publish(topic, payload, qos=1, retain=retain)
-        try:
-            info.wait_for_publish(timeout_s)
-        except (RuntimeError, ValueError):
-            return False
-        return info.is_published()
+        return self.publish(topic, payload, qos=1, retain=retain).wait(timeout_s)
 
     def ack(self, message: Message) -> None:
         """Acknowledge a QoS 1 message received with ``manual_ack``."""
@@ -267,6 +311,22 @@ class Session:
         self._connected.clear()
         if reason.is_failure:
             log.warning(kv("mqtt_lost", broker=self.address.url, client=self.client_id, reason=str(reason)))
+
+    @_guarded
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        code = int(getattr(reason, "value", 0) or 0)
+        with self._lock:
+            delivery = self._pending.pop(mid, None)
+            if delivery is None:
+                # paho can hand the PUBACK to this thread before publish() returned the mid
+                self._early[mid] = code
+        if delivery is not None:
+            delivery._set(code)
+        if code >= 0x80:
+            log.error(kv("mqtt_publish_refused", client=self.client_id, mid=mid, reason=str(reason),
+                         detail="the broker refused a publish; check this user's ACL"))
+        if self._on_delivered:
+            self._on_delivered()
 
     @_guarded
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
