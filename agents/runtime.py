@@ -383,6 +383,11 @@ class _Stream:
         self.last = 0.0
         self.seq = 0
         self.correlation = bytes.fromhex(spec.correlation) if spec.correlation else None
+        # The coordinator admits only Response Topics under the device's results; checked here too,
+        # because a publish the broker's ACL denies costs the agent its connection (mosquitto 2.0).
+        rt = spec.response_topic
+        self.response_topic = rt if rt and rt != spec.result_topic and rt.startswith(
+            spec.result_topic.rsplit("/", 1)[0] + "/") else None
 
     def add(self, text: str) -> None:
         self.buffer.append(text)
@@ -399,5 +404,5 @@ class _Stream:
         self.seq += 1
         session = self.agent.session
         session.publish(self.spec.result_topic, payload, qos=1)
-        if self.spec.response_topic:
-            session.publish(self.spec.response_topic, payload, qos=1, correlation=self.correlation)
+        if self.response_topic:
+            session.publish(self.response_topic, payload, qos=1, correlation=self.correlation)

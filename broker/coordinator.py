@@ -39,7 +39,7 @@ from broker.scheduler import (
     decide,
     edge_cost,
 )
-from broker.session import Message, Session
+from broker.session import Delivery, Message, Session
 from broker.settings import CoordinatorSettings
 from broker.systemd import Notifier
 from broker.views import Registry
@@ -70,6 +70,7 @@ NOT_RETRYABLE = {"cancelled"}
 # job, and a pass over thousands of queued jobs would leave heartbeats unread for seconds.
 DISPATCH_BUDGET_S = 0.05
 BEHIND_S = 1.0  # an inbox this far behind means silence cannot be judged yet
+PRUNE_EVERY_S = 10.0  # a flood's worth of finished jobs goes in a few passes of 5,000
 
 
 def new_job_id() -> str:
@@ -96,6 +97,7 @@ class Job:
     started_at: float | None = None
     failures: int = 0
     exclude: set[str] = field(default_factory=set)
+    size: int = 0  # bytes of the prompt held in memory (max_queue_bytes)
     decision: dict[str, Any] | None = None
 
     def request_row(self) -> str:
@@ -116,10 +118,12 @@ class Coordinator:
         self.rng = random.Random()
         self.counters: dict[str, int] = {"accepted": 0, "assigned": 0, "reassigned": 0, "done": 0,
                                           "rejected": 0, "cancelled": 0, "expired": 0, "error": 0,
-                                          "duplicates": 0}
-        self._inbox: queue.Queue[Message] = queue.Queue()
+                                          "duplicates": 0, "unanswered": 0}
+        self._inbox: queue.Queue[Message | None] = queue.Queue()  # None: a PUBACK arrived, wake up
         self._effects: list[Callable[[], object]] = []
-        self._unconfirmed: list[tuple[str, Any]] = []
+        self._unconfirmed: list[tuple[str, Delivery]] = []
+        self._held_bytes = 0  # prompt bytes of the live jobs
+        self._last_prune = 0.0
         self._stop = False
         self._last_scan = 0.0
         self.waiting = WaitQueue(settings.aging_s)  # keys of the jobs in state "queued"
@@ -134,6 +138,8 @@ class Coordinator:
         self.m_finals = m.counter("jobs_total", "Jobs finished, by final status and the tier that served them",
                                   ("status", "tier"))
         self.m_rejections = m.counter("rejections_total", "Prompts rejected, by error code", ("code",))
+        self.m_unanswered = m.counter("prompts_unanswered_total",
+                                      "Prompts that could not be answered on a result topic, by reason", ("reason",))
         self.m_queue_wait = m.histogram("queue_wait_seconds", "From accepted to started on an agent or the cloud")
         self.m_ttft = m.histogram("ttft_seconds", "Time to first token of finished jobs", labels=("tier",))
         self.m_latency = m.histogram("latency_seconds", "From accepted to the final message, done jobs",
@@ -155,6 +161,9 @@ class Coordinator:
             keepalive_s=settings.keepalive_s,
             manual_ack=True,
         )
+        # a PUBACK for a final wakes the loop, so its delivery is recorded at once: a coordinator
+        # killed after the broker took a final re-sends it on restart only inside this short window
+        self.session.set_on_delivered(lambda: self._inbox.put(None))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -199,7 +208,9 @@ class Coordinator:
                       req=convert(req["prompt"], Prompt), created_at=row["created_at"],
                       deadline_at=row["deadline_at"], response_topic=req.get("response_topic"),
                       correlation=req.get("correlation"), state=row["state"], agent=row["agent"],
-                      attempt=row["attempt"], assigned_mono=now_mono, accepted=row["state"] == "running")
+                      attempt=row["attempt"], assigned_mono=now_mono, accepted=row["state"] == "running",
+                      size=len(row["request"]))
+            self._held_bytes += job.size
             if job.state not in ("assigned", "running", "offloaded"):
                 job.state, job.agent = "queued", None
                 self.waiting.push(job.key, job.req.priority, job.created_at)
@@ -215,7 +226,7 @@ class Coordinator:
 
     def step(self, timeout_s: float = 0.1) -> int:
         """Take a batch from the inbox, apply it in one transaction, then act. Returns messages handled."""
-        batch: list[Message] = []
+        batch: list[Message | None] = []
         try:
             # a dispatch pass cut short by its time budget goes on at once, not after a wait
             batch.append(self._inbox.get(timeout=0.0 if self._dispatch_pending else timeout_s))
@@ -225,7 +236,8 @@ class Coordinator:
             pass
         with self.ledger.transaction():
             for msg in batch:
-                self._handle(msg)
+                if msg is not None:
+                    self._handle(msg)
             self._tick()
         effects, self._effects = self._effects, []
         for effect in effects:
@@ -259,7 +271,9 @@ class Coordinator:
 
     def _on_prompt(self, device: str, msg: Message) -> None:
         if not is_valid_id(device):
-            log.warning(kv("prompt_bad_device", device=device[:64], reason="device id cannot be answered"))
+            self._unanswered("bad_device_id", device, msg,
+                             "the device id in the topic must be 1-128 characters of letters, digits and _ . : @ -; "
+                             "no result topic can be built for it")
             return
         problem = self._response_topic_problem(device, msg.response_topic)
         if problem:
@@ -300,7 +314,7 @@ class Coordinator:
             log.info(kv("prompt_duplicate", job=key, state=self.jobs[key].state))
             return
         done = self.ledger.get(key)
-        if done is not None:  # same id after it finished: the same answer again, not a second run
+        if done is not None and done["state"] != "rejected":  # answered: the same answer again, not a second run
             self.counters["duplicates"] += 1
             corr = msg.correlation.hex() if msg.correlation else None
             final = orjson.loads(done["final"] or "{}")
@@ -311,6 +325,11 @@ class Coordinator:
             self._reject(device, job_id, "overloaded",
                          f"the site's queue is full ({queued} jobs waiting); retry later", msg)
             return
+        if self._held_bytes + len(msg.payload) > self.settings.max_queue_bytes:
+            self._reject(device, job_id, "overloaded",
+                         f"the site holds {self._held_bytes} bytes of prompts, its limit is "
+                         f"{self.settings.max_queue_bytes}; retry later", msg)
+            return
         now = self.clock()
         deadline = now + req.deadline_ms / 1000 if req.deadline_ms else None
         if msg.expiry_s:
@@ -318,8 +337,9 @@ class Coordinator:
             deadline = min(deadline, expiry) if deadline else expiry
         job = Job(key=key, device=device, job=job_id, req=req, created_at=now, deadline_at=deadline,
                   response_topic=msg.response_topic,
-                  correlation=msg.correlation.hex() if msg.correlation else None)
+                  correlation=msg.correlation.hex() if msg.correlation else None, size=len(msg.payload))
         self.jobs[key] = job
+        self._held_bytes += job.size
         self.waiting.push(key, req.priority, now)
         self.ledger.insert({"key": key, "device": device, "job": job_id, "state": "queued",
                             "priority": req.priority, "request": job.request_row(), "created_at": now,
@@ -330,25 +350,36 @@ class Coordinator:
     def _response_topic_problem(self, device: str, topic: str | None) -> str | None:
         """Why a prompt's MQTT 5 Response Topic cannot be honoured, if it cannot.
 
-        The coordinator and the agents may write to assignments, statuses and
-        other devices' results, so a Response Topic there would let a device
-        write where its own ACL does not let it.
+        Only a topic under the device's own results is honoured: it is what the device may
+        read, and the one subtree where the coordinator and the agents may write for it. A
+        topic anywhere else would either let a device make them write where its own ACL does
+        not let it (another device's results, an agent's assignments), or, outside
+        ``fogmesh/``, make the broker disconnect them for an ACL-denied publish (mosquitto
+        closes the connection instead of answering with a reason code), which once took a
+        whole site down in a retry loop.
         """
         if topic is None:
             return None
         own = self.topics.results(device, "")
-        if not topic or "+" in topic or "#" in topic or topic.startswith("$"):
+        if not topic or "+" in topic or "#" in topic or topic.startswith("$") or len(topic) > 512:
             return f"response topic {topic[:128]!r} must be a plain topic name without wildcards or '$'"
-        if topic.startswith(self.topics.prefix + "/") and not topic.startswith(own):
-            return f"response topic {topic[:128]!r} is inside fogmesh's tree; use one under {own} or outside it"
+        if not topic.startswith(own) or topic == own:
+            return (f"response topic {topic[:128]!r} is not under this device's results; "
+                    f"use one under {own} (or none: answers always go to {own}<job id>)")
         return None
 
     def _reject(self, device: str, job_id: str | None, code: str, message: str, msg: Message) -> None:
+        """Answer a prompt that was not accepted. A rejection does not hold on to its id: the device
+        may send a corrected prompt, or retry after ``overloaded``, under the same id."""
         job_id = job_id if job_id and is_valid_id(job_id) else new_job_id()
         key = f"{device}/{job_id}"
-        if key in self.jobs or self.ledger.get(key) is not None:
-            # never clobber a live or answered job (whose answer a re-send gets) with a bad copy's rejection
-            key = f"{device}/{new_job_id()}"
+        stored = None if key in self.jobs else self.ledger.get(key)
+        if key in self.jobs or (stored is not None and stored["state"] != "rejected"):
+            # A bad copy under the id of an accepted job: its rejection on that job's topic would be
+            # a second final there, and a device that stops at the first would lose the real answer.
+            self._unanswered("id_in_use", device, msg, f"{code}: {message} (job id {job_id!r} is taken by an "
+                             "accepted job, whose answer goes to its result topic)", job_id)
+            return
         final = Final(job=job_id, status="rejected", error=ErrorInfo(code=code, message=message))
         now = self.clock()
         corr = msg.correlation.hex() if msg.correlation else None
@@ -363,6 +394,20 @@ class Coordinator:
         log.info(kv("job_rejected", job=key, code=code, detail=message))
         self._effects.append(self._publish_final_fn(key, device, job_id, orjson.loads(encode(final)),
                                                     msg.response_topic, corr))
+
+    def _unanswered(self, reason: str, device: str, msg: Message, detail: str, job_id: str | None = None) -> None:
+        """A prompt that no result topic can carry an answer for: counted, logged and, when it names
+        a job, kept in the ledger (under a key of its own) so that ``fogmesh explain`` finds it."""
+        self.counters["unanswered"] += 1
+        self.m_unanswered.labels(reason).inc()
+        log.warning(kv("prompt_unanswered", reason=reason, device=repr(device[:64]), topic=repr(msg.topic[:160]),
+                       detail=detail))
+        if job_id is not None:
+            request = orjson.dumps({"raw": msg.payload[:512].decode("utf-8", "replace")}).decode()
+            key = f"{device}/{job_id}!{new_job_id()}"
+            self.ledger.insert({"key": key, "device": device, "job": job_id, "state": "rejected",
+                                "request": request, "created_at": self.clock(), "delivered": 1},
+                               {"code": reason, "message": detail})
 
     def _on_cancel(self, device: str, msg: Message) -> None:
         try:
@@ -472,7 +517,7 @@ class Coordinator:
         now = time.monotonic()
         for job in [self.jobs[k] for k in self.by_agent.get(status.agent, ())]:
             if job.accepted and job.key not in held and now - job.assigned_mono > grace:
-                self._requeue(job, "agent no longer holds the job")
+                self._lost(job, "agent no longer holds the job")
 
     def _on_event(self, msg: Message) -> None:
         try:
@@ -517,20 +562,37 @@ class Coordinator:
         if error.code in NOT_RETRYABLE or job.failures >= self.settings.max_attempts or not others:
             why = ("not retryable" if error.code in NOT_RETRYABLE else
                    f"failed {job.failures} times" if others else "no other agent can take it")
-            message = f"{error.message} ({why})"
-            self._finish(job, "error", error=ErrorInfo(code=error.code, message=message))
-            letter = orjson.dumps({"key": job.key, "device": job.device, "job": job.job, "attempts": job.attempt,
-                                   "agents": sorted(job.exclude), "error": {"code": error.code, "message": message},
-                                   "ts": self.clock()})
-            self.ledger.note(job.key, "dead_letter", orjson.loads(letter))
-            topic = self.topics.deadletter(job.device, job.job)
-            self._effects.append(lambda: self.session.publish(topic, letter, qos=1))
+            self._give_up(job, ErrorInfo(code=error.code, message=f"{error.message} ({why})"))
             return
         self._requeue(job, f"attempt failed: {error.code}")
 
+    def _lost(self, job: Job, why: str) -> None:
+        """The agent running ``job`` went away (died, restarted, lost it). That counts as an attempt:
+        a job that makes every agent it reaches fail must end, not circle the site for ever."""
+        job.failures += 1
+        self.ledger.note(job.key, "failed", {"agent": job.agent, "code": "agent_lost", "message": why})
+        if job.failures >= self.settings.max_attempts:
+            self._give_up(job, ErrorInfo(code="agent_lost", message=f"{why}; the job's agent was lost "
+                                         f"{job.failures} times, so it is not tried again"))
+        else:
+            self._requeue(job, why)
+
+    def _give_up(self, job: Job, error: ErrorInfo) -> None:
+        """End a job in ``error`` and leave a dead letter for the operators."""
+        agents = sorted(job.exclude | ({job.agent} if job.agent else set()))
+        self._finish(job, "error", error=error)
+        letter = orjson.dumps({"key": job.key, "device": job.device, "job": job.job, "attempts": job.attempt,
+                               "agents": agents, "error": {"code": error.code, "message": error.message},
+                               "ts": self.clock()})
+        self.ledger.note(job.key, "dead_letter", orjson.loads(letter))
+        topic = self.topics.deadletter(job.device, job.job)
+        self._effects.append(lambda: self.session.publish(topic, letter, qos=1))
+
     def _requeue_agent(self, agent: str, why: str) -> None:
+        """Every job placed on an agent that is gone counts an attempt (an assignment that kills its
+        agent before it could even be accepted included)."""
         for key in list(self.by_agent.get(agent, ())):
-            self._requeue(self.jobs[key], why)
+            self._lost(self.jobs[key], why)
 
     def _place(self, job: Job, agent: str | None) -> None:
         """Set the agent a job is on, keeping the per-agent index in step."""
@@ -562,12 +624,22 @@ class Coordinator:
         if mono - self._last_scan >= 0.1:  # the scan of every live job runs at most 10 times a second
             self._last_scan = mono
             self._scan(now, mono)
+        if mono - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = mono
+            self._prune(now)
         self._dispatch(now, mono)
+
+    def _prune(self, now: float) -> None:
+        """Keep the ledger bounded (``ledger_retention_h``, ``ledger_max_jobs``)."""
+        hours = self.settings.ledger_retention_h
+        gone = self.ledger.prune(now - hours * 3600 if hours > 0 else None, self.settings.ledger_max_jobs)
+        if gone:
+            log.info(kv("ledger_pruned", jobs=gone, retention_h=hours, max_jobs=self.settings.ledger_max_jobs))
 
     def _behind_s(self) -> float:
         """How long the oldest message still in the inbox has waited (0 when the loop keeps up)."""
         with self._inbox.mutex:
-            oldest = self._inbox.queue[0].received_at if self._inbox.queue else None
+            oldest = next((m.received_at for m in self._inbox.queue if m is not None), None)
         return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def _scan(self, now: float, mono: float) -> None:
@@ -704,6 +776,7 @@ class Coordinator:
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
                       timings=timings, error=error, cost=cost)
         del self.jobs[job.key]
+        self._held_bytes -= job.size
         self._place(job, None)
         self.waiting.discard(job.key)
         body = encode(final)
@@ -744,20 +817,23 @@ class Coordinator:
         topic = self.topics.results(device, job_id)
 
         def publish() -> None:
-            info = self.session.publish(topic, body, qos=1)
-            if response_topic:
+            delivery = self.session.publish(topic, body, qos=1)
+            if response_topic and response_topic != topic:
                 self.session.publish(response_topic, body, qos=1,
                                      correlation=bytes.fromhex(correlation) if correlation else None)
-            self._unconfirmed.append((key, info))
+            self._unconfirmed.append((key, delivery))
         return publish
 
     def _confirm_deliveries(self, wait_s: float = 0.0) -> None:
-        """Mark finals the broker acknowledged, so a restart does not send them again."""
+        """Mark finals the broker acknowledged, so a restart does not send them again.
+
+        A final published while the broker is away stays queued in the session and is sent on
+        reconnect; it is marked once its PUBACK comes, however long that takes."""
         if not self._unconfirmed:
             return
         deadline = time.monotonic() + wait_s
         while True:
-            done = [k for k, info in self._unconfirmed if info.is_published()]
+            done = [k for k, delivery in self._unconfirmed if delivery.done]
             if len(done) == len(self._unconfirmed) or time.monotonic() >= deadline:
                 break
             time.sleep(0.01)
@@ -765,7 +841,7 @@ class Coordinator:
             with self.ledger.transaction():
                 self.ledger.mark_delivered(done)
             confirmed = set(done)
-            self._unconfirmed = [(k, i) for k, i in self._unconfirmed if k not in confirmed]
+            self._unconfirmed = [(k, d) for k, d in self._unconfirmed if k not in confirmed]
 
     # ------------------------------------------------------------------ status
 

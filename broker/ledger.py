@@ -133,6 +133,30 @@ class Ledger:
         rows = self.db.query("SELECT ts, state, detail FROM transitions WHERE key = ? ORDER BY id", [key])
         return [{**r, "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows]
 
+    def prune(self, older_than: float | None, keep: int, batch: int = 5000) -> int:
+        """Forget finished jobs whose final the broker has (``delivered``): those last updated before
+        ``older_than``, and beyond the newest ``keep`` the oldest. At most ``batch`` a call, so the
+        coordinator's loop never stalls on it; SQLite reuses the freed pages, so the file stops growing."""
+        marks = ",".join("?" * len(FINAL_STATES))
+        done = f"state IN ({marks}) AND (delivered = 1 OR final IS NULL)"
+        conn = self.db.conn
+        keys = [r[0] for r in conn.execute(
+            f"SELECT key FROM jobs WHERE {done} AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            [*FINAL_STATES, older_than if older_than is not None else float("-inf"), batch])]
+        if len(keys) < batch:
+            (finished,) = conn.execute(f"SELECT count(*) FROM jobs WHERE {done}", list(FINAL_STATES)).fetchone()
+            excess = min(batch - len(keys), finished - len(keys) - keep)
+            if excess > 0:
+                keys += [r[0] for r in conn.execute(
+                    f"SELECT key FROM jobs WHERE {done} ORDER BY updated_at LIMIT ? OFFSET ?",
+                    [*FINAL_STATES, excess, len(keys)])]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            qs = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM transitions WHERE key IN ({qs})", chunk)
+            conn.execute(f"DELETE FROM jobs WHERE key IN ({qs})", chunk)
+        return len(keys)
+
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self.db.query("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
 

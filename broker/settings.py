@@ -76,6 +76,13 @@ class CoordinatorSettings(Connection):
     max_prompt_bytes: int = 65536  # must stay below the broker's max_packet_size
     max_tokens_limit: int = 1024
     max_queue: int = 1000  # jobs waiting for an agent; beyond it prompts are rejected "overloaded"
+    # Prompts held in memory (queued or running), in bytes: a flood of maximum-size prompts
+    # is refused "overloaded" here before it can grow the coordinator without bound.
+    max_queue_bytes: int = 32 * 1024 * 1024
+    # Finished jobs older than this are pruned from the ledger (0 keeps them for ever) ...
+    ledger_retention_h: float = 168.0
+    # ... and beyond this many finished jobs the oldest go first, so a flood cannot fill the disk.
+    ledger_max_jobs: int = 200_000
     accept_timeout_s: float = 5.0
     agent_timeout_factor: float = 3.0  # heartbeats missed before an agent counts as gone
     max_attempts: int = 3

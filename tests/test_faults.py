@@ -257,10 +257,9 @@ def test_ten_thousand_fuzzed_payloads_get_precise_rejections_and_valid_jobs_stil
                        f"cancels) with valid jobs interleaved; codes " + ", ".join(f"{c} {n}" for c, n in
                                                                              sorted(codes.items())), valid)
     assert row["lost"] == 0 and row["twice"] == 0
-    # a bad copy under an answered job's id is rejected without clobbering the stored answer
+    # a bad copy under an answered job's id neither clobbers the stored answer nor adds a second
+    # final to that job's topic: it is counted as unanswered
     device.send(b'{"id": "v0", "prompt": 5}')
-    wait_for(lambda: len(device.finals["v0"]) == 2, 10, what="the bad copy's rejection")
-    assert device.finals["v0"][1]["error"]["code"] == "wrong_type"
     device.send({"id": "v0", "prompt": "Status:", "max_tokens": 4})
-    wait_for(lambda: len(device.finals["v0"]) == 3, 10, what="the stored answer again")
-    assert device.finals["v0"][2]["text"] == device.finals["v0"][0]["text"]
+    wait_for(lambda: len(device.finals["v0"]) == 2, 10, what="the stored answer again")
+    assert device.finals["v0"][1] == device.finals["v0"][0]

@@ -1,0 +1,181 @@
+"""The coordinator's admission and failure rules, driven in-process: what a hostile or unlucky
+device, or an agent that keeps dying, can and cannot do to a site."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from broker.coordinator import Coordinator
+from broker.session import Delivery, Message
+from broker.settings import CoordinatorSettings
+from schemas import encode
+from schemas.messages import AgentStatus, ModelInfo
+from schemas.topics import Topics
+
+SITE = "adm"
+T = Topics(SITE)
+
+
+class Published:
+    """What the coordinator published, each acknowledged by the broker at once."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, topic: str, payload: bytes, *args: Any, **kwargs: Any) -> Delivery:
+        self.messages.append((topic, orjson.loads(payload) if payload else {}))
+        delivery = Delivery(0)
+        delivery._set(0)
+        return delivery
+
+    def finals(self, device: str = "dev", job: str = "+") -> list[dict[str, Any]]:
+        return [body for topic, body in self.messages
+                if topic.startswith(f"{T.prefix}/results/{device}/") and body.get("final")
+                and (job == "+" or topic.endswith(f"/{job}"))]
+
+
+@pytest.fixture
+def coord(tmp_path):
+    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db"), max_attempts=3))
+    c.published = Published()  # type: ignore[attr-defined]
+    c.session.publish = c.published  # type: ignore[method-assign]
+    c.session.ack = lambda *a, **k: None  # type: ignore[method-assign]
+    yield c
+    c.ledger.close()
+
+
+def prompt(body: dict[str, Any] | bytes, device: str = "dev", response_topic: str | None = None) -> Message:
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Message(topic=T.prompts(device), payload=payload, qos=1, response_topic=response_topic)
+
+
+def status(agent: str, epoch: int = 1, seq: int = 1, state: str = "online", jobs: list[str] | None = None) -> Message:
+    body = encode(AgentStatus(agent=agent, epoch=epoch, seq=seq, state=state, slots_total=1, slots_free=1,  # type: ignore[arg-type]
+                              decode_tps=50.0, ttft_ms=20.0, heartbeat_s=1.0, models=[ModelInfo(name="m")],
+                              jobs=jobs or []))
+    return Message(topic=T.agent_status(agent), payload=body, qos=1)
+
+
+def run(coord: Coordinator, *messages: Message) -> None:
+    for msg in messages:
+        coord._inbox.put(msg)
+    coord.step(timeout_s=0.0)
+
+
+def test_a_response_topic_outside_the_devices_results_is_refused_on_the_devices_own_topic(coord):
+    for topic in ("devices/dev/replies", "fogmesh/adm/agents/a1/assign", "fogmesh/adm/results/other/x",
+                  "fogmesh/adm/results/dev/", "$SYS/x", "fogmesh/adm/results/dev/#"):
+        run(coord, prompt({"id": "r1", "prompt": "hello"}, response_topic=topic))
+    finals = coord.published.finals(job="r1")
+    assert [f["error"]["code"] for f in finals] == ["bad_response_topic"] * 6
+    # nothing was published anywhere but the device's own results
+    assert all(topic == T.results("dev", "r1") for topic, _ in coord.published.messages
+               if "/results/" in topic or not topic.startswith(T.prefix))
+    run(coord, prompt({"id": "r2", "prompt": "hello"}, response_topic=T.results("dev", "replies/r2")))
+    assert coord.jobs["dev/r2"].response_topic == T.results("dev", "replies/r2")
+
+
+def test_a_rejected_id_can_be_corrected_and_sent_again(coord):
+    run(coord, prompt({"id": "fix", "prompt": ""}))
+    assert coord.published.finals(job="fix")[-1]["error"]["code"] == "empty_prompt"
+    run(coord, prompt({"id": "fix", "prompt": "now with a prompt"}))
+    assert "dev/fix" in coord.jobs  # accepted this time, not answered with the old rejection
+    assert len(coord.published.finals(job="fix")) == 1
+
+
+def test_overloaded_is_not_remembered_for_the_id(coord):
+    coord.settings.max_queue = 1
+    run(coord, prompt({"id": "a", "prompt": "x"}), prompt({"id": "b", "prompt": "x"}))
+    assert coord.published.finals(job="b")[-1]["error"]["code"] == "overloaded"
+    coord._finish(coord.jobs["dev/a"], "cancelled")
+    run(coord, prompt({"id": "b", "prompt": "x"}))
+    assert "dev/b" in coord.jobs
+
+
+def test_a_bad_copy_of_a_running_jobs_id_gets_no_final_on_that_jobs_topic(coord):
+    run(coord, prompt({"id": "live", "prompt": "the real one"}))
+    run(coord, prompt(b'{"id": "live", "prompt": 5}'), prompt(b'{"id": "live", "nonsense": true}'))
+    assert coord.published.finals(job="live") == []
+    assert "dev/live" in coord.jobs and coord.counters["unanswered"] == 2
+    assert {r["state"] for r in coord.ledger.find("live")} == {"queued", "rejected"}
+    coord._finish(coord.jobs["dev/live"], "cancelled")
+    run(coord, prompt(b'{"id": "live", "prompt": 5}'))  # nor after it was answered
+    assert [f["status"] for f in coord.published.finals(job="live")] == ["cancelled"]
+
+
+@pytest.mark.parametrize("device", ["", "has space", "naïve", "x" * 129, "a+b"])
+def test_a_prompt_on_a_device_topic_that_cannot_be_answered_is_counted(coord, device):
+    run(coord, Message(topic=f"{T.prefix}/prompts/{device}", payload=b'{"prompt": "x"}', qos=1))
+    assert coord.counters["unanswered"] == 1 and not coord.jobs
+    assert coord.m_unanswered.labels("bad_device_id")._value.get() == 1
+    assert not [t for t, _ in coord.published.messages if "/results/" in t]
+
+
+def test_a_job_whose_agent_keeps_dying_ends_in_error_after_max_attempts(coord):
+    run(coord, status("a1"), prompt({"id": "poison", "prompt": "x"}))
+    epoch = 1
+    for attempt in range(1, 4):
+        job = coord.jobs.get("dev/poison")
+        assert job is not None and job.agent == "a1" and job.attempt == attempt
+        epoch += 1  # the agent died and came back: a new boot
+        run(coord, status("a1", epoch=epoch))
+    finals = coord.published.finals(job="poison")
+    assert [f["status"] for f in finals] == ["error"] and finals[0]["error"]["code"] == "agent_lost"
+    letters = [body for topic, body in coord.published.messages if topic == T.deadletter("dev", "poison")]
+    assert letters and letters[0]["attempts"] == 3
+
+
+def test_the_prompts_held_in_memory_are_bounded_in_bytes(coord):
+    coord.settings.max_queue_bytes = 10_000
+    big = "word " * 800  # ~4 KB
+    for i in range(4):
+        run(coord, prompt({"id": f"b{i}", "prompt": big}))
+    assert sorted(coord.jobs) == ["dev/b0", "dev/b1"]
+    assert all(f["error"]["code"] == "overloaded" and "bytes" in f["error"]["message"]
+               for f in coord.published.finals())
+    coord._finish(coord.jobs["dev/b0"], "cancelled")
+    run(coord, prompt({"id": "b2", "prompt": big}))
+    assert "dev/b2" in coord.jobs and coord._held_bytes < 10_000
+
+
+def test_a_final_is_marked_delivered_once_the_broker_acknowledges_it(coord):
+    pending: list[Delivery] = []
+
+    def publish(topic: str, payload: bytes, *args: Any, **kwargs: Any) -> Delivery:
+        pending.append(Delivery(0))  # the broker is away: nothing acknowledged yet
+        return pending[-1]
+
+    coord.session.publish = publish  # type: ignore[method-assign]
+    run(coord, prompt({"id": "away", "prompt": ""}))
+    assert coord.ledger.get("dev/away")["delivered"] == 0  # no crash, and not marked
+    for delivery in pending:
+        delivery._set(0)  # the session came back and the PUBACK arrived
+    run(coord)
+    assert coord.ledger.get("dev/away")["delivered"] == 1
+
+
+def test_the_ledger_forgets_old_finished_jobs(tmp_path):
+    from broker.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "l.db")
+    now = time.time()
+    with ledger.transaction():
+        for i in range(30):
+            ledger.insert({"key": f"d/{i}", "device": "d", "job": str(i), "state": "done" if i < 25 else "queued",
+                           "request": "{}", "created_at": now, "final": "{}", "delivered": int(i != 3)})
+    with ledger.transaction():
+        assert ledger.prune(older_than=time.time() + 1, keep=1000, batch=10) == 10  # a batch at a time
+        assert ledger.prune(older_than=time.time() + 1, keep=1000) == 14  # not the undelivered, not open jobs
+    assert {r["key"] for r in ledger.open_jobs()} == {f"d/{i}" for i in range(25, 30)}
+    assert ledger.get("d/3") is not None and ledger.history("d/0") == []
+    with ledger.transaction():
+        for i in range(30, 40):
+            ledger.insert({"key": f"d/{i}", "device": "d", "job": str(i), "state": "done", "request": "{}",
+                           "created_at": now, "final": "{}", "delivered": 1})
+        assert ledger.prune(older_than=None, keep=4) == 6  # beyond `keep`, the oldest go
+    assert sum(1 for i in range(30, 40) if ledger.get(f"d/{i}")) == 4
+    ledger.close()
