@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from broker.errors import BrokerUnavailable
@@ -52,14 +54,15 @@ class SecureSite:
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSite]:
     out = tmp_path_factory.mktemp("broker")
-    port = free_port()
+    port, ws_port = free_port(), free_port()
     run = [str(ROOT / ".venv" / "bin" / "fogmesh") if (ROOT / ".venv" / "bin" / "fogmesh").exists() else "fogmesh"]
     subprocess.run([*run, "broker", "certs", "--out", str(out / "certs"), "--host", "localhost",
                     "--host", "127.0.0.1"], check=True, capture_output=True)
     users = [f"--user={name}={role}" for name, role in USERS.items()]
     subprocess.run([*run, "broker", "config", "--site", SITE, "--out", str(out), "--data-dir", str(out / "data"),
-                    "--bind", "127.0.0.1", "--tls-port", str(port), *users], check=True, capture_output=True)
-    broker = Mosquitto(port, out / "data", config=out / "mosquitto.conf")
+                    "--bind", "127.0.0.1", "--tls-port", str(port), "--ws-port", str(ws_port), *users],
+                   check=True, capture_output=True)
+    broker = Mosquitto(port, out / "data", config=out / "mosquitto.conf", ws_port=ws_port)
     broker.start()
     yield SecureSite(out, broker)
     broker.stop()
@@ -168,6 +171,17 @@ def test_the_mesh_works_end_to_end_over_tls_with_credentials(secure, tmp_path):
         # a Response Topic inside the mesh's tree would make the coordinator write where the device may not
         bad = device.send({"id": "rt1", "prompt": "x"}, response_topic=f"fogmesh/{SITE}/agents/agent-1/assign")
         assert device.final(bad)["error"]["code"] == "bad_response_topic"
+        # Outside fogmesh/ the ACL denies the agent and the coordinator, and mosquitto disconnects a
+        # client for a denied QoS 1 publish: such a prompt once kept the agent in a reconnect loop.
+        watch = Listener(secure.address("dash"), Topics(SITE).agent_status("agent-1"), settle_s=0.2)
+        outside = device.send({"id": "rt2", "prompt": "x", "max_tokens": 4}, response_topic="devices/sensor-1/in")
+        assert device.final(outside)["error"]["code"] == "bad_response_topic"
+        own = Topics(SITE).results("sensor-1", "replies/rt3")
+        inside = device.send({"id": "rt3", "prompt": "MQTT is", "max_tokens": 4}, response_topic=own)
+        assert device.final(inside)["status"] == "done"
+        time.sleep(0.5)
+        watch.close()
+        assert all(m.get("state") == "online" for _, m in watch.messages), "the agent went offline"
         explain = subprocess.run([str(ROOT / ".venv" / "bin" / "fogmesh"), "explain", "--json", job,
                                   *secure.flags("ops")], capture_output=True, text=True, timeout=20)
         assert explain.returncode == 0, explain.stderr
@@ -176,3 +190,50 @@ def test_the_mesh_works_end_to_end_over_tls_with_credentials(secure, tmp_path):
         device.close()
         for d in daemons:
             assert d.stop() == 0, d.log()[-2000:]
+
+
+def test_a_client_id_cannot_be_taken_over_by_another_user(secure):
+    """A device connecting with a daemon's client id neither kicks the daemon off (firing its Last
+    Will) nor resumes or destroys its session and the prompts queued in it."""
+    t = Topics(SITE)
+    inbox: list[str] = []
+
+    def coordinator_session() -> Session:
+        session = Session(secure.address("coordinator"), "fogmesh-coordinator-secure",
+                          lambda m: inbox.append(m.payload.decode()))
+        session.start(timeout_s=5)
+        return session
+
+    coordinator = coordinator_session()
+    coordinator.subscribe(t.prompts(), qos=1)
+    time.sleep(0.2)
+    coordinator.stop()  # away (a restart): the broker keeps its session and queues its prompts
+    for i in range(2):
+        assert "RC:135" not in secure.pub("sensor-1", t.prompts("sensor-1"), f'{{"prompt": "p{i}"}}')
+    agent = Session(secure.address("agent-1"), "fogmesh-agent-agent-1", lambda m: None,
+                    will=(t.agent_status("agent-1"), b'{"state": "offline"}'))
+    agent.start(timeout_s=5)
+    watcher = Listener(secure.address("dash"), t.agent_status("agent-1"), settle_s=0.3)
+    watcher.messages.clear()  # a retained status from an earlier test is not news
+    try:
+        for stolen in ("fogmesh-coordinator-secure", "coordinator", "fogmesh-agent-agent-1", "agent-1"):
+            for clean in (True, False):
+                impostor = Session(secure.address("sensor-2"), stolen, lambda m: None, persistent=not clean)
+                impostor.start(timeout_s=5)
+                time.sleep(0.2)
+                impostor.stop()
+        time.sleep(0.5)
+        assert agent.connected and agent.reconnects == 0, "the agent was kicked off by another user"
+        assert watcher.topics(0) == [], "the agent's Last Will fired"
+        coordinator = coordinator_session()  # back: the prompts queued for it are there
+        wait_for(lambda: len(inbox) == 2, 5, what="the prompts queued in the coordinator's session")
+    finally:
+        watcher.close()
+        agent.stop()
+        coordinator.stop()
+
+
+def test_the_websockets_listener_binds_only_the_configured_address(secure):
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port in (secure.broker.port, secure.broker.ws_port)}
+    assert listening == {("127.0.0.1", secure.broker.port), ("127.0.0.1", secure.broker.ws_port)}
