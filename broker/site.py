@@ -17,13 +17,15 @@ import orjson
 from broker.client import snapshot
 from broker.errors import SiteError
 from broker.logs import kv
-from broker.mosquitto import Mosquitto, free_port
+from broker.mosquitto import Mosquitto, free_port, own_session
 from broker.session import BrokerAddress
 from broker.settings import state_dir
 from cloud_bridge.local import LocalSqs, local_env
 
 log = logging.getLogger("fogmesh.site")
 CURRENT = "current-site.json"
+RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after 1, 2, ... quick deaths in a row, as systemd would back off
+STEADY_S = 60.0  # a process that ran this long starts the backoff afresh when it dies
 
 
 @dataclass
@@ -65,16 +67,25 @@ class Site:
         self.sqs: LocalSqs | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.url = plan.broker or ""
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+        self._started_at: dict[str, float] = {}
+        self._deaths: dict[str, int] = {}  # quick deaths in a row
+        self._restart_at: dict[str, float] = {}
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        """Start a daemon in a session of its own: Ctrl-C in the terminal reaches ``fogmesh up`` only,
+        which then stops the site in order instead of every process dying at once."""
+        self._commands[name] = (args, env)
         cmd = [sys.executable, "-m", "broker.cli", *args]
         if self.plan.log_to_files:
             log_dir = self.data_dir / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
             with (log_dir / f"{name}.log").open("ab") as out:
-                self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+                self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                                    preexec_fn=own_session)
         else:
-            self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
+            self.procs[name] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=own_session)
+        self._started_at[name] = time.monotonic()
         log.info(kv("process_started", name=name, pid=self.procs[name].pid))
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
@@ -141,13 +152,56 @@ class Site:
         return "\n".join(lines)
 
     def wait(self, stop: threading.Event) -> int:
-        """Until ``stop`` is set or a daemon dies; returns non-zero if one died."""
-        while not stop.wait(0.5):
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    log.error(kv("process_exited", name=name, status=proc.returncode))
-                    return 1
+        """Supervise the site until ``stop`` is set, as systemd's ``Restart=on-failure`` would on a
+        gateway: a process that dies (the broker and the local SQS server included) is logged and
+        started again after a backoff, and the rest of the site keeps serving meanwhile."""
+        while not stop.wait(0.25):
+            self.supervise(time.monotonic())
         return 0
+
+    def _children(self) -> dict[str, subprocess.Popen[bytes] | None]:
+        children: dict[str, subprocess.Popen[bytes] | None] = {}
+        if self.broker:
+            children["mosquitto"] = self.broker.proc
+        if self.sqs:
+            children["local-sqs"] = self.sqs.proc
+        return {**children, **self.procs}
+
+    def supervise(self, now: float) -> None:
+        """One round: note the dead, restart those whose backoff is over."""
+        for name, proc in self._children().items():
+            if proc is None or proc.poll() is None or name in self._restart_at:
+                continue
+            quick = now - self._started_at.get(name, 0.0) < STEADY_S
+            self._deaths[name] = self._deaths.get(name, 0) + 1 if quick else 1
+            delay = RESTART_DELAYS_S[min(self._deaths[name], len(RESTART_DELAYS_S)) - 1]
+            self._restart_at[name] = now + delay
+            log.error(kv("process_died", name=name, pid=proc.pid, status=proc.returncode, restart_in_s=delay,
+                         deaths_in_a_row=self._deaths[name]))
+        for name, when in sorted(self._restart_at.items(), key=lambda item: item[1]):
+            if when <= now:
+                del self._restart_at[name]
+                self._restart(name, now)
+
+    def _restart(self, name: str, now: float) -> None:
+        try:
+            if name == "mosquitto" and self.broker:
+                self.broker.start()  # same ports and persistence: sessions and retained statuses come back
+            elif name == "local-sqs" and self.sqs:
+                self.sqs.start()
+                # moto keeps its queues in memory: the bridge and the worker must create them again
+                for dependent in ("bridge", "cloud-worker"):
+                    proc = self.procs.get(dependent)
+                    if proc and proc.poll() is None and dependent not in self._restart_at:
+                        proc.terminate()
+            else:
+                self._spawn(name, *self._commands[name])
+        except SiteError as exc:
+            self._restart_at[name] = now + RESTART_DELAYS_S[-1]
+            log.error(kv("process_restart_failed", name=name, detail=str(exc), retry_in_s=RESTART_DELAYS_S[-1]))
+            return
+        self._started_at[name] = now
+        log.warning(kv("process_restarted", name=name, pid=self._children()[name].pid))  # type: ignore[union-attr]
 
     def stop(self, timeout_s: float = 40.0) -> None:
         """Agents and the cloud path first (they drain), then the coordinator, then the brokers."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from broker.errors import SiteError
 from broker.logs import kv
-from broker.mosquitto import terminate
+from broker.mosquitto import own_session, terminate
 
 log = logging.getLogger("fogmesh.local-cloud")
 # moto accepts any credentials; boto3 still insists on having some.
@@ -42,7 +42,7 @@ class LocalSqs:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / "moto.log").open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                                         stdout=out, stderr=out, env=local_env())
+                                         stdout=out, stderr=out, env=local_env(), preexec_fn=own_session)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
