@@ -13,7 +13,7 @@ import pytest
 
 from broker.mosquitto import Mosquitto, free_port
 from broker.session import BrokerAddress
-from tests.services import Daemon, Device, wait_for
+from tests.services import Daemon, Device, Ejabberd, wait_for
 
 
 @contextlib.contextmanager
@@ -33,9 +33,30 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         yield broker
 
 
+@pytest.fixture(scope="session")
+def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ejabberd]:
+    """A second broker, so that the site tests show fogmesh depends on MQTT 5, not on mosquitto.
+
+    CI sets ``FOGMESH_REQUIRE_EJABBERD=1`` (``make test`` installs Debian's ejabberd): there a
+    missing ejabberd fails the run instead of skipping these tests."""
+    if Ejabberd.libs() is None:
+        if os.environ.get("FOGMESH_REQUIRE_EJABBERD") == "1":
+            pytest.fail("ejabberd is not installed (apt-get install ejabberd), and FOGMESH_REQUIRE_EJABBERD=1")
+        pytest.skip("ejabberd is not installed (apt-get install ejabberd)")
+    server = Ejabberd(free_port(), tmp_path_factory.mktemp("ejabberd")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def broker_url(mosquitto: Mosquitto) -> str:
-    return mosquitto.url
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """mosquitto's URL; ejabberd's in a test parametrised with ``any_broker``."""
+    kind = getattr(request, "param", "mosquitto")
+    return str(request.getfixturevalue(kind).url)
+
+
+# Apply with @any_broker to run a test against mosquitto and against ejabberd's MQTT 5 broker.
+any_broker = pytest.mark.parametrize("broker_url", ["mosquitto", "ejabberd"], indirect=True)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,6 +217,88 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self._server.close()
+
+
+EJABBERD_CONFIG = """# ejabberd's MQTT 5 broker (mod_mqtt) for fogmesh's tests: loopback only, its own config and spool.
+hosts: [localhost]
+loglevel: warning
+log_rotate_count: 0
+certfiles: []
+listen:
+  - port: {port}
+    ip: "127.0.0.1"
+    module: mod_mqtt
+    backlog: 1000
+# mod_mqtt always wants a user name; anonymous login takes any name and password.
+auth_method: [anonymous]
+anonymous_protocol: login_anon
+allow_multiple_connections: true
+modules:
+  mod_mqtt:
+    # as fogmesh's mosquitto config: no silent drops for an offline persistent session
+    max_queue: unlimited
+    session_expiry: 3600
+    max_topic_depth: 12
+    access_subscribe:
+      "#": [{{allow: all}}]
+    access_publish:
+      "#": [{{allow: all}}]
+"""
+
+
+class Ejabberd:
+    """ejabberd 23.01's MQTT 5 broker (Debian's ``ejabberd``), a second broker for the site tests.
+
+    Debian's ``ejabberdctl`` always reads /etc/ejabberd/ejabberd.yml, so the Erlang VM is started
+    here as ``ejabberdctl foreground`` would, with a config and spool of our own. Without a node
+    name the VM starts no Erlang distribution (no epmd, no distribution port): the only socket it
+    opens is the MQTT listener on loopback.
+    """
+
+    def __init__(self, port: int, data_dir: Path) -> None:
+        self.port = port
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://fogmesh:fogmesh@127.0.0.1:{self.port}"
+
+    @staticmethod
+    def libs() -> str | None:
+        """Where Debian put ejabberd's Erlang applications, if it is installed."""
+        found = sorted(Path("/usr/lib").glob("*/ejabberd-[0-9]*"))
+        return str(found[0].parent) if found and shutil.which("erl") else None
+
+    def start(self, timeout_s: float = 90.0) -> Ejabberd:
+        from broker.mosquitto import wait_port
+
+        (self.data_dir / "spool").mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "ejabberd.yml"
+        config.write_text(EJABBERD_CONFIG.format(port=self.port))
+        env = {**os.environ, "EJABBERD_CONFIG_PATH": str(config), "ERL_LIBS": self.libs() or "",
+               "EJABBERD_LOG_PATH": str(self.data_dir / "ejabberd.log"),
+               "ERL_CRASH_DUMP": str(self.data_dir / "erl_crash.dump")}
+        with (self.data_dir / "erl.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["erl", "+K", "true", "-noinput", "-noshell", "-mnesia", "dir", f'"{self.data_dir / "spool"}"',
+                 "-s", "ejabberd"], cwd=self.data_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if not wait_port("127.0.0.1", self.port, timeout_s):
+            self.stop()
+            raise RuntimeError(f"ejabberd did not listen on 127.0.0.1:{self.port}; see {self.data_dir}")
+        return self
+
+    def stop(self) -> None:
+        from broker.mosquitto import terminate
+
+        terminate(self.proc, 20)
+
+
+def mqtt_cli(broker_url: str) -> list[str]:
+    """mosquitto_pub / mosquitto_sub arguments for a broker URL (host, port and any user name)."""
+    address = BrokerAddress.parse(broker_url)
+    login = ["-u", address.username, "-P", address.password or ""] if address.username else []
+    return ["-h", address.host, "-p", str(address.port), *login]
 
 
 class NotifySocket:

@@ -1,4 +1,7 @@
-"""A whole site end to end: real mosquitto, real coordinator and agents, the real model."""
+"""A whole site end to end: a real broker, real coordinator and agents, the real model.
+
+Every test here runs twice: on mosquitto, and on ejabberd's MQTT 5 broker (which requires a user
+name and has no shared subscriptions), so that fogmesh depends on MQTT 5, not on one broker."""
 
 from __future__ import annotations
 
@@ -9,24 +12,23 @@ import time
 import orjson
 import pytest
 
-from tests.conftest import agent_args, wait_online
-from tests.services import wait_for
+from tests.conftest import agent_args, any_broker, wait_online
+from tests.services import mqtt_cli, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, any_broker]
 
 
 def test_a_plain_mqtt_client_gets_a_streamed_answer_and_one_final(daemons, broker_url, site_id):
     daemons("coordinator")
     daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
-    host, port = broker_url.removeprefix("mqtt://").split(":")
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", host, "-p", port, "-V", "mqttv5", "-q", "1", "-v",
+        ["mosquitto_sub", *mqtt_cli(broker_url), "-V", "mqttv5", "-q", "1", "-v",
          "-t", f"fogmesh/{site_id}/results/sensor-7/#", "-W", "60"],
         stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
     subprocess.run(
-        ["mosquitto_pub", "-h", host, "-p", port, "-V", "mqttv5", "-q", "1",
+        ["mosquitto_pub", *mqtt_cli(broker_url), "-V", "mqttv5", "-q", "1",
          "-t", f"fogmesh/{site_id}/prompts/sensor-7",
          "-m", orjson.dumps({"id": "j1", "prompt": "MQTT is a protocol that", "max_tokens": 24}).decode()],
         check=True)
