@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from broker import __version__
+from broker.inbox import Inbox
 from broker.ledger import Ledger
 from broker.logs import kv
 from broker.metrics import TOKENS_PER_S, Metrics
@@ -119,7 +120,7 @@ class Coordinator:
         self.counters: dict[str, int] = {"accepted": 0, "assigned": 0, "reassigned": 0, "done": 0,
                                           "rejected": 0, "cancelled": 0, "expired": 0, "error": 0,
                                           "duplicates": 0, "unanswered": 0}
-        self._inbox: queue.Queue[Message | None] = queue.Queue()  # None: a PUBACK arrived, wake up
+        self._inbox = Inbox()  # None in it: a PUBACK arrived, wake up
         self._effects: list[Callable[[], object]] = []
         self._unconfirmed: list[tuple[str, Delivery]] = []
         self._held_bytes = 0  # prompt bytes of the live jobs
@@ -638,8 +639,7 @@ class Coordinator:
 
     def _behind_s(self) -> float:
         """How long the oldest message still in the inbox has waited (0 when the loop keeps up)."""
-        with self._inbox.mutex:
-            oldest = next((m.received_at for m in self._inbox.queue if m is not None), None)
+        oldest = self._inbox.oldest_received_at()
         return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def _scan(self, now: float, mono: float) -> None:

@@ -208,3 +208,39 @@ def test_fogmesh_up_restarts_a_dead_daemon_and_its_broker_and_ctrl_c_stops_in_or
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(0.2)  # the drain thread sees the end of the output and closes it
+
+
+def test_a_flood_of_maximum_size_prompts_leaves_memory_and_the_ledger_bounded(daemons, broker_url, site_id,
+                                                                               device, tmp_path):
+    # No agent: every accepted prompt waits until its deadline. Finished jobs are forgotten after ~2 s.
+    coord = daemons("coordinator", env={"FOGMESH_COORDINATOR_LEDGER_RETENTION_H": "0.0005"})
+    wait_for(lambda: "coordinator_online" in coord.log(), 30, what="the coordinator online")
+    rss_before = psutil.Process(coord.pid).memory_info().rss / 2**20
+    filler = "x" * (65536 - 200)  # as large as the site accepts (max_prompt_bytes 64 KiB)
+    ids = [device.send({"id": f"big{i}", "prompt": filler, "deadline_ms": 3000}, wait=False) for i in range(5000)]
+    rss_peak = rss_before
+
+    def answered() -> bool:
+        nonlocal rss_peak
+        rss_peak = max(rss_peak, psutil.Process(coord.pid).memory_info().rss / 2**20)
+        return all(j in device.finals for j in ids)
+
+    wait_for(answered, 240, every_s=0.1, what="a final for every prompt")
+    statuses = {}
+    for j in ids:
+        final = device.finals[j][0]
+        key = final["status"] + (f"/{final['error']['code']}" if final["status"] == "rejected" else "")
+        statuses[key] = statuses.get(key, 0) + 1
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    try:
+        wait_for(lambda: db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0, 60, every_s=1,
+                 what="the ledger's retention to forget the flood")
+    finally:
+        db.close()
+    row = device.tally("flood of maximum-size prompts", f"5,000 prompts of 64 KiB, no agent: "
+                       f"{statuses}; coordinator RSS {rss_before:.0f} -> {rss_peak:.0f} MB; ledger emptied "
+                       "by its retention", ids)
+    assert row["lost"] == 0 and row["twice"] == 0
+    assert set(statuses) <= {"expired", "rejected/overloaded"} and statuses.get("rejected/overloaded")
+    assert coord.alive()
+    assert rss_peak < 160, f"coordinator RSS {rss_before:.0f} -> {rss_peak:.0f} MB"
