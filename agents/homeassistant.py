@@ -8,6 +8,7 @@ the Last Will says offline.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -27,8 +28,17 @@ SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
 
 
 def node_id(site: str, agent: str) -> str:
-    """HA allows [a-zA-Z0-9_-] in a node id; fogmesh ids may also hold . : @."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"fogmesh_{site}_{agent}")
+    """The agent's node id in Home Assistant's discovery topics, one per (site, agent).
+
+    HA allows [a-zA-Z0-9_-]; fogmesh ids may also hold _ . : @. Ids made of letters, digits and
+    ``-`` read as they are (``fogmesh_plant_edge-01``); any other id gets a hash of both ids as
+    well, because the ACL gives each agent its node's topics: without it agents ``edge.1`` and
+    ``edge_1``, or agent ``b_c`` of site ``a`` and agent ``c`` of site ``a_b``, would share one."""
+    plain = f"fogmesh_{site}_{agent}"
+    if re.fullmatch(r"[A-Za-z0-9-]+", site + agent):
+        return plain
+    digest = hashlib.sha256(f"{site}/{agent}".encode()).hexdigest()[:12]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", plain) + f"_{digest}"
 
 
 def discovery(site: str, agent: str, status_topic: str, models: list[str],

@@ -91,10 +91,11 @@ def test_the_web_dashboard_lists_live_agents_and_jobs_and_one_going_offline(daem
 def test_home_assistant_discovery_describes_the_agent_from_its_own_status(daemons, broker_url, site_id):
     import jinja2
 
+    from agents.homeassistant import node_id
     from broker.session import BrokerAddress
     from tests.services import Listener
 
-    ha = Listener(BrokerAddress.parse(broker_url), f"homeassistant/sensor/fogmesh_{site_id}_edge_7/+/config")
+    ha = Listener(BrokerAddress.parse(broker_url), f"homeassistant/sensor/{node_id(site_id, 'edge.7')}/+/config")
     status = Listener(BrokerAddress.parse(broker_url), f"fogmesh/{site_id}/agents/edge.7/status")
     try:
         daemons("agent", *agent_args("edge.7"), env={"FOGMESH_AGENT_HA_DISCOVERY": "true"})
@@ -105,7 +106,7 @@ def test_home_assistant_discovery_describes_the_agent_from_its_own_status(daemon
         env = jinja2.Environment()
         for key, cfg in configs.items():  # what Home Assistant would show, rendered as it renders it
             assert cfg["state_topic"] == f"fogmesh/{site_id}/agents/edge.7/status"
-            assert cfg["device"]["identifiers"] == [f"fogmesh_{site_id}_edge_7"]
+            assert cfg["device"]["identifiers"] == [node_id(site_id, "edge.7")]
             shown = env.from_string(cfg["value_template"]).render(value_json=current)
             assert shown == str(current[key])
             assert env.from_string(cfg["availability_template"]).render(value_json=current) == "online"

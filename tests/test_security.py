@@ -78,6 +78,10 @@ def test_every_role_gets_only_its_own_topics():
                    for _, topic in acl_rules(t, "x", role))
     assert not any(topic.endswith("/assign") and access == "write" for role in ("device", "agent", "bridge")
                    for access, topic in acl_rules(t, "x", role))
+    # each agent's Home Assistant discovery topics are its own, whatever its id looks like
+    nodes = {topic for site, agent in (("a", "b_c"), ("a_b", "c"), ("a", "edge.1"), ("a", "edge_1"), ("a", "edge-1"))
+             for access, topic in acl_rules(Topics(site), agent, "agent") if topic.startswith("homeassistant/")}
+    assert len(nodes) == 5
     acl = render_acl("s", {"d1": "device", "gw": "coordinator"})
     assert "pattern" not in acl and "user d1\n" in acl and "user gw\n" in acl
 
