@@ -2,11 +2,13 @@
 # Installs what fogmesh needs from the distribution when it is missing:
 # mosquitto and its clients, Python's venv module, a C/C++ toolchain and cmake
 # (llama-cpp-python builds from source). Debian and Ubuntu.
-# With --test, also what the tests need: Chromium for the web dashboard's browser test.
+# With --test, also what the tests need: Chromium for the web dashboard's browser test, and
+# ejabberd, whose MQTT 5 broker the site tests run on as well as on mosquitto.
 set -euo pipefail
 need=()
 if [ "${1:-}" = "--test" ]; then
     command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
+    ls -d /usr/lib/*/ejabberd-[0-9]* >/dev/null 2>&1 || need+=(ejabberd)
 fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
@@ -24,3 +26,7 @@ echo "installing from the distribution: ${need[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 # The Debian package enables a system-wide mosquitto on 1883; fogmesh starts its own.
+# So does ejabberd's (XMPP, and MQTT on 1883 too); the tests start their own on a loopback port.
+if [[ " ${need[*]} " == *" ejabberd "* ]] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now ejabberd >/dev/null 2>&1 || true
+fi
