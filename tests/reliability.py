@@ -24,10 +24,17 @@ def render(rows: list[dict]) -> str:
              f"({platform.machine()}, Python {platform.python_version()}), one run of `make reliability`.", "",
              "| fault | what the test does | jobs accepted | answered once | lost | answered twice | finals |",
              "|---|---|---:|---:|---:|---:|---|"]
+    windows = [r["window_ms"] for r in rows if "window_ms" in r]
     for r in rows:
+        if "fault" not in r:
+            continue
         finals = ", ".join(f"{status} {n}" for status, n in sorted(r["statuses"].items()))
         lines.append(f"| {r['fault']} | {r['action']} | {r['accepted']} | {r['answered']} | {r['lost']} | "
                      f"{r['twice']} | {finals} |")
+    for w in windows:
+        lines += ["", f"A final's delivery is in the ledger {w['median']} ms (median; max {w['max']} ms, "
+                  f"{w['n']} finals) after the device received it: a coordinator killed inside that window "
+                  "sends the final again on restart."]
     return "\n".join(lines)
 
 
@@ -38,7 +45,7 @@ def main(path: str) -> int:
     _, tail = rest.split(END, 1)
     DOC.write_text(f"{head}{BEGIN}\n{render(rows)}\n{END}{tail}")
     print(f"{DOC}: {len(rows)} rows")
-    return 0 if all(r["lost"] == 0 and r["twice"] == 0 for r in rows) else 1
+    return 0 if all(r["lost"] == 0 and r["twice"] == 0 for r in rows if "fault" in r) else 1
 
 
 if __name__ == "__main__":
