@@ -49,6 +49,7 @@ reliability: setup
 lint: setup
 	$(BIN)/ruff check agents broker cloud_bridge schemas tests bench
 	$(BIN)/mypy agents broker cloud_bridge schemas
+	$(BIN)/lint-imports
 	$(BIN)/python -m schemas.generate --check
 
 bench: setup

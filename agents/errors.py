@@ -1,7 +1,9 @@
 """Errors raised by the edge agent."""
 
+from schemas.errors import FogmeshError
 
-class AgentError(Exception):
+
+class AgentError(FogmeshError):
     """Base class of the agent's errors."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from broker import __version__
+from broker.runtime import __version__
 
 HA_PREFIX = "homeassistant"
 SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from agents.errors import ModelNotFound
-from broker.logs import kv
+from broker.runtime.logs import kv
 
 log = logging.getLogger("fogmesh.model")
 

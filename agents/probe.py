@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.agent import CALIBRATION_PROMPT
+from agents.backends.llama import LlamaBackend
 from agents.errors import AgentError
-from agents.llama import LlamaBackend
-from agents.runtime import CALIBRATION_PROMPT
 from agents.status import mem_free_bytes, proc_kib
 
 FILLER = "Sensor 12 on line four reports a pressure of 3.2 bar and a temperature of 41 degrees. "

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from broker.settings import Connection
+from broker.runtime.settings import Connection
 
 
 @dataclass

@@ -8,8 +8,8 @@ import threading
 import time
 
 from agents.settings import AgentSettings
-from broker import __version__
-from broker.views import TokenWindow
+from broker.runtime import __version__
+from broker.runtime.budget import TokenWindow
 from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import broker, pct, write
-from broker.client import DeviceClient, snapshot
-from broker.mosquitto import free_port
-from broker.session import BrokerAddress
+from broker.runtime.client import DeviceClient, snapshot
+from broker.runtime.mqtt import BrokerAddress
+from broker.runtime.proc import free_port
 from cloud_bridge.local import LocalSqs, local_env
 
 POLICIES = ("random", "weighted", "load-aware", "deadline")

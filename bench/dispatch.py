@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from agents.backend import Generation, SyntheticBackend
-from agents.runtime import Agent
+from agents.agent import Agent
+from agents.backends.base import Generation
+from agents.backends.synthetic import SyntheticBackend
 from agents.settings import AgentSettings
 from bench.harness import site, summary, write
-from broker.client import DeviceClient
-from broker.session import BrokerAddress
-from broker.site import SitePlan
+from broker.ops.site import SitePlan
+from broker.runtime.client import DeviceClient
+from broker.runtime.mqtt import BrokerAddress
 
 
 class Probe(SyntheticBackend):

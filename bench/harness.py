@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 
-from broker.mosquitto import Mosquitto, free_port
-from broker.simulation import percentile as pct
-from broker.site import Site, SitePlan
+from broker.ops.mosquitto import Mosquitto
+from broker.ops.site import Site, SitePlan
+from broker.planning.simulation import percentile as pct
+from broker.runtime.proc import free_port
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from agents.model import default_model_path
 from bench.harness import site, summary, write
-from broker.client import DeviceClient
-from broker.mosquitto import free_port, wait_port
-from broker.session import BrokerAddress
-from broker.site import SitePlan
+from broker.ops.site import SitePlan
+from broker.runtime.client import DeviceClient
+from broker.runtime.mqtt import BrokerAddress
+from broker.runtime.proc import free_port, wait_port
 
 PROMPT = "The gateway collects readings from every sensor on the floor and"
 # The agent's sampling defaults (agents/settings.py), so the three paths do the same work.

@@ -25,8 +25,8 @@ import orjson
 import psutil
 
 from bench.harness import broker, summary, write
-from broker.scheduler import AgentView, JobSpec, decide
-from broker.session import BrokerAddress, Message, Session
+from broker.coordinator.scheduler import AgentView, JobSpec, decide
+from broker.runtime.mqtt import BrokerAddress, Message, Session
 from schemas import encode
 from schemas.messages import AgentEvent, AgentStatus, ModelInfo, Usage
 from schemas.topics import Topics

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from bench.harness import RESULTS, write
-from broker.scheduler import CloudTier
-from broker.simulation import SimAgent, SimJob, figures, simulate
+from broker.coordinator.scheduler import CloudTier
+from broker.planning.simulation import SimAgent, SimJob, figures, simulate
 
 
 def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,3 +1,2 @@
-"""The gateway side of fogmesh: the shared MQTT session, the coordinator, its ledger and scheduler, the broker."""
-
-__version__ = "0.1.0"
+"""The gateway side of fogmesh, in parts: ``runtime`` (the daemon kernel every process shares),
+``coordinator``, ``planning``, ``ops`` (running a site) and ``cli``. docs/architecture.md draws them."""

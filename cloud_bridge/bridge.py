@@ -21,17 +21,16 @@ from collections.abc import Callable
 
 import msgspec
 
-from broker.logs import kv
-from broker.metrics import Metrics
-from broker.session import Message, Session
-from broker.systemd import Notifier
+from broker.runtime.logs import kv
+from broker.runtime.metrics import Metrics
+from broker.runtime.mqtt import Message, Session
+from broker.runtime.notify import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
-from cloud_bridge.messages import CloudRequest, CloudResult
 from cloud_bridge.outbox import Outbox
 from cloud_bridge.queue import Outgoing, SqsQueue
 from cloud_bridge.settings import BridgeSettings
 from schemas import DecodeError, decode, encode
-from schemas.messages import BridgeStatus, ErrorInfo
+from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.bridge")

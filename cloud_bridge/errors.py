@@ -1,7 +1,9 @@
 """Errors of the cloud path."""
 
+from schemas.errors import FogmeshError
 
-class CloudError(Exception):
+
+class CloudError(FogmeshError):
     """Base class of the cloud path's errors."""
 
 

@@ -11,9 +11,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from broker.errors import SiteError
-from broker.logs import kv
-from broker.mosquitto import own_session, terminate
+from broker.runtime.errors import SiteError
+from broker.runtime.logs import kv
+from broker.runtime.proc import own_session, terminate
 
 log = logging.getLogger("fogmesh.local-cloud")
 # moto accepts any credentials; boto3 still insists on having some.

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-from broker.errors import LedgerError
+from broker.runtime.errors import LedgerError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from broker.settings import Connection, DaemonSettings, state_dir
+from broker.runtime.settings import Connection, DaemonSettings, state_dir
 
 
 @dataclass

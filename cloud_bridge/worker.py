@@ -15,70 +15,31 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 
-import orjson
-
-from agents.backend import Backend, Generation
+from agents.backends.base import Backend
 from agents.errors import BackendError
-from broker.logs import kv
-from broker.metrics import Metrics
-from broker.systemd import Notifier
+from broker.runtime.logs import kv
+from broker.runtime.metrics import Metrics
+from broker.runtime.notify import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
-from cloud_bridge.messages import CloudRequest, CloudResult
 from cloud_bridge.queue import Outgoing, Received, SqsQueue
 from cloud_bridge.settings import WorkerSettings
 from schemas import DecodeError, decode, encode
-from schemas.messages import ErrorInfo, ModelInfo, Usage
+from schemas.messages import CloudRequest, CloudResult, ErrorInfo, Usage
 
 log = logging.getLogger("fogmesh.cloud-worker")
 
 
-class OpenAIBackend:
-    """An OpenAI-compatible ``/v1/completions`` endpoint (text completion, not chat)."""
-
-    def __init__(self, url: str, model: str, api_key: str = "", timeout_s: float = 120.0) -> None:
-        self.url = url.rstrip("/") + "/v1/completions"
-        self.model = model
-        self.api_key = api_key
-        self.timeout_s = timeout_s
-        self.info = ModelInfo(name=model or "openai")
-
-    def generate(self, prompt: str, max_tokens: int, on_text: Callable[[str], None],
-                 cancelled: Callable[[], bool]) -> Generation:
-        start = time.perf_counter()
-        body = orjson.dumps({"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": False})
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                data = orjson.loads(resp.read())
-        except (urllib.error.URLError, TimeoutError, orjson.JSONDecodeError) as exc:
-            raise BackendError("cloud_backend_failed", f"{self.url}: {exc}") from exc
-        text = data["choices"][0].get("text", "")
-        usage = data.get("usage") or {}
-        total = time.perf_counter() - start
-        on_text(text)
-        return Generation(text=text, prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                          completion_tokens=int(usage.get("completion_tokens", 0)), ttft_s=total, total_s=total,
-                          stopped="length")
-
-    def close(self) -> None:
-        pass
-
-
 def make_backend(s: WorkerSettings) -> Backend:
     if s.backend == "openai":
+        from agents.backends.openai import OpenAIBackend
+
         return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""))
     if s.backend == "synthetic":
-        from agents.backend import SyntheticBackend
+        from agents.backends.synthetic import SyntheticBackend
 
         return SyntheticBackend(tokens_per_s=s.synthetic_tps, ttft_s=s.synthetic_ttft_s, name="cloud-synthetic")
-    from agents.llama import LlamaBackend
+    from agents.backends.llama import LlamaBackend
     from agents.model import resolve
 
     return LlamaBackend(resolve(s.model), "", s.n_ctx, s.threads or os.cpu_count() or 1)

@@ -1,7 +1,15 @@
-"""Errors raised by the wire contract."""
+"""fogmesh's error root, and the errors raised by the wire contract.
+
+Every package's errors derive from :class:`FogmeshError`; third-party errors (paho, botocore,
+sqlite3, llama.cpp) are converted to one of them where they are caught, so the command line
+catches one type."""
 
 
-class SchemaError(Exception):
+class FogmeshError(Exception):
+    """Base class of every fogmesh error."""
+
+
+class SchemaError(FogmeshError):
     """Base class of every error raised by ``schemas``."""
 
 

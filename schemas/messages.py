@@ -220,6 +220,89 @@ class AgentEvent(_Message, frozen=True):
     error: ErrorInfo | None = None
 
 
+# ---------------------------------------------------------------------- the cloud path
+
+
+class CloudRequest(_Message, frozen=True):
+    """Coordinator -> bridge (MQTT ``cloud/requests``) -> SQS request queue -> cloud worker."""
+
+    key: str
+    site: str
+    device: str
+    job: str
+    attempt: int
+    prompt: str
+    max_tokens: int
+    priority: int = 5
+    model: str | None = None
+    deadline_at: float | None = None
+    offline_ok: bool = False
+    created_at: float = 0.0
+    reply_queue: str = ""  # set by the bridge: the site's result queue URL
+
+
+class CloudResult(_Message, frozen=True):
+    """Cloud worker -> SQS result queue -> bridge -> coordinator (MQTT ``cloud/events``)."""
+
+    key: str
+    attempt: int
+    kind: Literal["done", "failed", "expired", "accepted"]
+    node: str = ""
+    text: str = ""
+    usage: Usage | None = None
+    timings: dict[str, float] | None = None
+    error: ErrorInfo | None = None
+
+
+class ClaimCheck(_Message, frozen=True):
+    """An SQS body that stands for a payload too large for SQS, stored in S3."""
+
+    claim_bucket: str
+    claim_key: str
+
+
+# ---------------------------------------------------------------------- operators
+
+
+class DeadLetter(_Message, frozen=True):
+    """Coordinator -> operators (``deadletter/<device>/<job>``): a job given up after its attempts."""
+
+    key: str
+    device: str
+    job: str
+    attempts: NonNegative
+    error: ErrorInfo
+    ts: float
+    agents: list[str] = []  # the agents it failed on
+
+
+class ExplainRequest(_Message, frozen=True):
+    """Operator -> coordinator (``coordinator/explain``, MQTT 5 request/response): why a job went where it went."""
+
+    job: str = ""
+
+
+class ExplainedJob(_Message, frozen=True):
+    """One job matching an explain request: where it is, and every transition the ledger holds."""
+
+    key: str
+    state: str
+    agent: str | None = None
+    tier: str | None = None
+    attempt: NonNegative = 0
+    priority: int = 5
+    live: bool = False
+    history: list[dict[str, Any]] = []
+
+
+class ExplainReply(_Message, frozen=True):
+    """Coordinator -> the request's Response Topic (``coordinator/explain/reply/<token>``)."""
+
+    job: str
+    policy: str
+    jobs: list[ExplainedJob] = []
+
+
 DEVICE_MESSAGES: dict[str, type[Any]] = {
     "prompt": Prompt,
     "cancel": Cancel,
@@ -236,5 +319,12 @@ INTERNAL_MESSAGES: dict[str, type[Any]] = {
     "assignment": Assignment,
     "control": Control,
     "agent-event": AgentEvent,
+    "cloud-request": CloudRequest,
+    "cloud-result": CloudResult,
+    "dead-letter": DeadLetter,
+    "explain-request": ExplainRequest,
+    "explain-reply": ExplainReply,
 }
 ALL_MESSAGES = {**DEVICE_MESSAGES, **STATUS_MESSAGES, **INTERNAL_MESSAGES}
+
+

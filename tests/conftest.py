@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.mosquitto import Mosquitto, free_port
-from broker.session import BrokerAddress
+from broker.ops.mosquitto import Mosquitto
+from broker.runtime.mqtt import BrokerAddress
+from broker.runtime.proc import free_port
 from tests.services import Daemon, Device, Ejabberd, wait_for
 
 
@@ -97,7 +98,7 @@ def agent_args(agent_id: str, threads: int = 1, slots: int = 1, *extra: str) -> 
 
 
 def wait_online(broker_url: str, site: str, agents: int, timeout_s: float = 60.0) -> None:
-    from broker.client import snapshot
+    from broker.runtime.client import snapshot
 
     def ready() -> bool:
         snap = snapshot(BrokerAddress.parse(broker_url), site, settle_s=0.2)

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from broker.client import DeviceClient
-from broker.session import BrokerAddress, Message, Session
+from broker.runtime.client import DeviceClient
+from broker.runtime.mqtt import BrokerAddress, Message, Session
 
 ROOT = Path(__file__).resolve().parent.parent
 FOGMESH = [sys.executable, "-m", "broker.cli"]
@@ -271,7 +271,7 @@ class Ejabberd:
         return str(found[0].parent) if found and shutil.which("erl") else None
 
     def start(self, timeout_s: float = 90.0) -> Ejabberd:
-        from broker.mosquitto import wait_port
+        from broker.runtime.proc import wait_port
 
         (self.data_dir / "spool").mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "ejabberd.yml"
@@ -289,7 +289,7 @@ class Ejabberd:
         return self
 
     def stop(self) -> None:
-        from broker.mosquitto import terminate
+        from broker.runtime.proc import terminate
 
         terminate(self.proc, 20)
 

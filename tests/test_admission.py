@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from broker.coordinator import Coordinator
-from broker.session import Delivery, Message
-from broker.settings import CoordinatorSettings
+from broker.coordinator.loop import Coordinator
+from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.mqtt import Delivery, Message
 from schemas import encode
 from schemas.messages import AgentStatus, ModelInfo
 from schemas.topics import Topics
@@ -159,7 +159,7 @@ def test_a_final_is_marked_delivered_once_the_broker_acknowledges_it(coord):
 
 
 def test_the_ledger_forgets_old_finished_jobs(tmp_path):
-    from broker.ledger import Ledger
+    from broker.coordinator.ledger import Ledger
 
     ledger = Ledger(tmp_path / "l.db")
     now = time.time()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.mosquitto import Mosquitto
-from broker.session import BrokerAddress
+from broker.ops.mosquitto import Mosquitto
+from broker.runtime.mqtt import BrokerAddress
 from tests.conftest import agent_args, private_broker, wait_online
 from tests.services import Device
 

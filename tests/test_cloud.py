@@ -8,9 +8,9 @@ import time
 import boto3
 import pytest
 
-from broker.client import snapshot
-from broker.mosquitto import free_port
-from broker.session import BrokerAddress
+from broker.runtime.client import snapshot
+from broker.runtime.mqtt import BrokerAddress
+from broker.runtime.proc import free_port
 from cloud_bridge.local import LOCAL_CREDENTIALS, LocalSqs
 from tests.conftest import agent_args, wait_online
 from tests.services import wait_for

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agents.settings import AgentSettings
-from broker.config import load
-from broker.errors import ConfigError
-from broker.settings import CoordinatorSettings
+from broker.coordinator.settings import CoordinatorSettings
+from broker.ops.config import load
+from broker.runtime.errors import ConfigError
 from tests.services import cli
 
 
@@ -45,14 +45,14 @@ def test_the_example_in_deploy_is_valid_for_every_daemon():
     assert load(CoordinatorSettings, "coordinator", example).policy == "deadline"
     assert load(BridgeSettings, "bridge", example).queue_prefix == "fogmesh"
     assert load(WorkerSettings, "cloud-worker", example).backend == "local"
-    from broker.security import BrokerSettings
+    from broker.ops.security import BrokerSettings
 
     broker = load(BrokerSettings, "broker", example)
     assert broker.users["edge-01"] == "agent" and broker.tls_port == 8883
 
 
 def test_a_user_with_an_unknown_role_is_named(tmp_path):
-    from broker.security import BrokerSettings
+    from broker.ops.security import BrokerSettings
 
     cfg = tmp_path / "fogmesh.toml"
     cfg.write_text('[broker.users]\nsensor-1 = "admin"\n')
@@ -87,13 +87,13 @@ def test_config_check_reports_every_problem_with_its_key_and_line(tmp_path):
 def test_the_example_in_deploy_passes_config_check():
     from pathlib import Path
 
-    from broker.config import check
+    from broker.ops.config import check
 
     assert check(Path(__file__).resolve().parent.parent / "deploy" / "fogmesh.toml") == []
 
 
 def test_a_table_that_is_not_a_table_is_reported_not_a_crash(tmp_path):
-    from broker.config import check
+    from broker.ops.config import check
 
     cfg = tmp_path / "fogmesh.toml"
     cfg.write_text('site = "plant"\nagent = 5\n[coordinator]\nmax_queue = "lots"\n')

@@ -7,10 +7,10 @@ import time
 import orjson
 import pytest
 
-from broker import coordinator as coordinator_module
-from broker.coordinator import Coordinator
-from broker.session import Message
-from broker.settings import CoordinatorSettings
+from broker.coordinator import loop as coordinator_module
+from broker.coordinator.loop import Coordinator
+from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.mqtt import Message
 from schemas import encode
 from schemas.messages import AgentStatus, ModelInfo
 from schemas.topics import Topics

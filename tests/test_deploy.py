@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker.mosquitto import free_port, wait_port
+from broker.runtime.proc import free_port, wait_port
 from tests.services import NotifySocket, cli, wait_for
 
 pytestmark = pytest.mark.slow

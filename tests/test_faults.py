@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.session import BrokerAddress, Message, Session
+from broker.runtime.mqtt import BrokerAddress, Message, Session
 from schemas.topics import Topics
 from tests.conftest import agent_args, wait_online
 from tests.services import Device, Listener, TcpProxy, wait_for

@@ -9,8 +9,8 @@ import time
 import pytest
 from rich.console import Console
 
-from broker.console import render
-from broker.mosquitto import free_port
+from broker.cli.console import render
+from broker.runtime.proc import free_port
 from tests.conftest import agent_args, wait_online
 from tests.services import cli, wait_for
 
@@ -92,7 +92,7 @@ def test_home_assistant_discovery_describes_the_agent_from_its_own_status(daemon
     import jinja2
 
     from agents.homeassistant import node_id
-    from broker.session import BrokerAddress
+    from broker.runtime.mqtt import BrokerAddress
     from tests.services import Listener
 
     ha = Listener(BrokerAddress.parse(broker_url), f"homeassistant/sensor/{node_id(site_id, 'edge.7')}/+/config")

@@ -18,7 +18,7 @@ import orjson
 import psutil
 import pytest
 
-from broker.session import BrokerAddress
+from broker.runtime.mqtt import BrokerAddress
 from schemas.topics import Topics
 from tests.conftest import agent_args, wait_online
 from tests.services import FOGMESH, ROOT, Device, Listener, TcpProxy, wait_for

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from broker.errors import LedgerError
-from broker.ledger import Ledger
+from broker.coordinator.ledger import Ledger
+from broker.runtime.errors import LedgerError
 
 
 def row(key: str, state: str = "queued") -> dict:

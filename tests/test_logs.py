@@ -8,7 +8,7 @@ import logging
 import orjson
 import pytest
 
-from broker import logs
+from broker.runtime import logs
 
 
 @pytest.fixture(autouse=True)

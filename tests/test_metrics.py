@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.mosquitto import free_port
+from broker.runtime.proc import free_port
 from tests.conftest import agent_args, wait_online
 from tests.services import wait_for
 

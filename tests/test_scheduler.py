@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.scheduler import POLICIES, AgentView, CloudTier, JobSpec, decide, edge_cost, order, predict
+from broker.coordinator.scheduler import POLICIES, AgentView, CloudTier, JobSpec, decide, edge_cost, order, predict
 
 NOW = 1_000.0
 
@@ -140,7 +140,7 @@ def test_no_priority_starves(low_priority, newcomers, aging_s):
 
 
 def test_a_backlog_of_edge_only_jobs_does_not_block_cloud_ok_jobs_behind_it():
-    from broker.simulation import SimAgent, SimJob, simulate
+    from broker.planning.simulation import SimAgent, SimJob, simulate
 
     # one slow agent, 40 edge-only jobs at once, then one cloud-ok job: the cloud-ok job must not
     # wait behind the backlog while the cloud is free
@@ -155,7 +155,7 @@ def test_a_backlog_of_edge_only_jobs_does_not_block_cloud_ok_jobs_behind_it():
 
 
 def test_a_dispatch_pass_sets_aside_edge_only_jobs_once_their_model_is_full():
-    from broker.scheduler import LOOK_PAST, DispatchPass
+    from broker.coordinator.scheduler import LOOK_PAST, DispatchPass
 
     p = DispatchPass()
     first = job(key="e0", privacy="edge-only", model="m")

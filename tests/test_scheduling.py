@@ -7,8 +7,8 @@ import time
 import pytest
 
 from agents.model import default_model_path
-from broker.client import request
-from broker.session import BrokerAddress
+from broker.runtime.client import request
+from broker.runtime.mqtt import BrokerAddress
 from schemas.topics import Topics
 from tests.conftest import agent_args, wait_online
 from tests.services import Listener, wait_for
@@ -163,7 +163,7 @@ def test_an_agents_token_budget_holds_work_back(daemons, broker_url, site_id, de
 
 
 def test_a_full_queue_rejects_with_overloaded_and_says_so_on_mesh_status(daemons, broker_url, site_id, device):
-    from broker.client import snapshot
+    from broker.runtime.client import snapshot
 
     daemons("coordinator", env={"FOGMESH_COORDINATOR_MAX_QUEUE": "3"})  # no agent: nothing drains the queue
     wait_for(lambda: (snapshot(BrokerAddress.parse(broker_url), site_id, 0.2)["coordinator"] or {}).get("state")

@@ -12,10 +12,11 @@ import orjson
 import psutil
 import pytest
 
-from broker.errors import BrokerUnavailable
-from broker.mosquitto import Mosquitto, free_port
-from broker.security import acl_rules, render_acl
-from broker.session import BrokerAddress, Session
+from broker.ops.mosquitto import Mosquitto
+from broker.ops.security import acl_rules, render_acl
+from broker.runtime.errors import BrokerUnavailable
+from broker.runtime.mqtt import BrokerAddress, Session
+from broker.runtime.proc import free_port
 from schemas.topics import Topics
 from tests.services import ROOT, Daemon, Device, Listener, wait_for
 

@@ -147,8 +147,8 @@ def test_bad_input_is_rejected_precisely_while_valid_jobs_are_served(daemons, br
 
 
 def test_agent_drains_on_sigterm_and_marks_itself_offline(daemons, broker_url, site_id, device):
-    from broker.client import snapshot
-    from broker.session import BrokerAddress
+    from broker.runtime.client import snapshot
+    from broker.runtime.mqtt import BrokerAddress
 
     daemons("coordinator")
     agent = daemons("agent", *agent_args("a1", threads=2))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from broker.systemd import UNITS, fogmesh_executable, render_unit, verify
+from broker.ops.systemd import UNITS, fogmesh_executable, render_unit, verify
 from tests.conftest import agent_args
 from tests.services import NotifySocket, wait_for
 
@@ -55,7 +55,7 @@ def test_every_daemon_sends_ready_watchdog_and_stopping(daemons, sqs_endpoint, t
 
 
 def test_a_notify_socket_nobody_reads_never_stalls_the_loop(tmp_path, monkeypatch):
-    from broker.systemd import Notifier
+    from broker.runtime.notify import Notifier
 
     path = tmp_path / "full.notify"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.views import Registry
+from broker.coordinator.registry import Registry
 from schemas.messages import AgentStatus
 
 

@@ -1,0 +1,408 @@
+"""The agent daemon: one persistent MQTT session, a retained status, N slots running jobs.
+
+Lifecycle: calibrate (a short real generation, so the first status carries
+measured speed) -> connect with a retained offline Last Will -> online status ->
+serve assignments -> on SIGTERM drain: refuse queued work back to the
+coordinator, finish running jobs (or hand them back after ``drain_timeout_s``),
+publish offline, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agents.backends.base import Backend, Generation
+from agents.errors import AgentError, BackendError
+from agents.homeassistant import discovery
+from agents.settings import AgentSettings
+from agents.status import StatusBoard
+from broker.runtime.logs import kv
+from broker.runtime.metrics import Metrics
+from broker.runtime.mqtt import Message, Session
+from broker.runtime.notify import Notifier
+from schemas import DecodeError, decode, encode
+from schemas.messages import AgentEvent, Assignment, Chunk, Control, ErrorInfo, EventKind, Usage
+from schemas.topics import Topics
+
+log = logging.getLogger("fogmesh.agent")
+
+CALIBRATION_PROMPT = "The weather station reported that the temperature"
+
+
+@dataclass
+class _Job:
+    spec: Assignment
+    accepted_at: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled_at: float = 0.0  # monotonic time the cancel arrived
+    handback: bool = False
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, make_slot: Callable[[], dict[str, Backend]]) -> None:
+        """``make_slot`` builds one slot's backends by model name (the first is the default model).
+
+        Each slot thread calls it itself and is the only thread that ever touches
+        those backends: llama.cpp's OpenMP thread team belongs to the thread that
+        first used the context, and a context driven from another thread decoded
+        2.5x slower here (50 -> 20 tokens/s with 2 threads on 2 cores).
+        """
+        self.settings = settings
+        self._make_slot = make_slot
+        self.slots: list[dict[str, Backend]] = []
+        self.default_model = ""
+        self.topics = Topics(settings.site)
+        self.board = StatusBoard(settings, [])
+        self.session = Session(
+            settings.address(),
+            client_id=f"fogmesh-agent-{settings.agent_id}",
+            on_message=self._on_message,
+            will=(self.topics.agent_status(settings.agent_id), encode(self.board.will())),
+            keepalive_s=settings.keepalive_s,
+        )
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._dirty = threading.Event()  # the status changed and should be republished
+        self.notifier = Notifier()
+        self._closed = threading.Event()  # drained: no more status publishing
+        self._status_thread: threading.Thread | None = None
+        self._draining = False
+        self._workers: list[threading.Thread] = []
+        self.counters = {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0}
+        self.metrics = Metrics("agent", self.counters)
+        m = self.metrics
+        self.m_ttft = m.histogram("agent_ttft_seconds", "Time to first token on this agent")
+        self.m_tokens = m.counter("agent_tokens_total", "Tokens generated")
+        m.gauge("agent_slots_total", "Slots (concurrent generations)", lambda: self.settings.slots)
+        m.gauge("agent_slots_busy", "Slots generating now", self.board.running)
+        m.gauge("agent_queue_depth", "Assignments waiting for a slot", lambda: self._queue.qsize())
+        m.gauge("agent_decode_tokens_per_second", "Decode rate (moving average)", lambda: self.board.decode_tps.value)
+        m.reconnects(lambda: self.session.reconnects)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def calibrate(self, backend: Backend) -> Generation:
+        """Run one short real generation so the first status carries measured TTFT and tokens/s."""
+        gen = backend.generate(
+            CALIBRATION_PROMPT, self.settings.calibrate_tokens, lambda _t: None, lambda: False
+        )
+        self.board.record(gen.ttft_s, gen.decode_tps, 0, prior=True)
+        log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000,
+                    decode_tps=gen.decode_tps, tokens=gen.completion_tokens))
+        return gen
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        """Load the model in every slot, calibrate, connect, go online."""
+        ready = threading.Semaphore(0)
+        failures: list[BaseException] = []
+        for i in range(self.settings.slots):
+            t = threading.Thread(target=self._slot, args=(i, ready, failures), name=f"slot-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        for _ in range(self.settings.slots):
+            if not ready.acquire(timeout=timeout_s):
+                raise AgentError(f"slots did not load the model within {timeout_s:.0f} s")
+        if failures:
+            raise failures[0]
+        self.session.start()
+        me = self.settings.agent_id
+        self.session.subscribe(self.topics.assign(me), qos=1)
+        self.session.subscribe(self.topics.control(me), qos=1)
+        self.publish_status()
+        if self.settings.ha_discovery:
+            for topic, payload in discovery(self.settings.site, me, self.topics.agent_status(me),
+                                            [m.name for m in self.board.models], self.settings.ha_prefix):
+                self.session.publish(topic, payload, qos=1, retain=True)
+        log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
+                    slots=self.settings.slots, models=",".join(m.name for m in self.board.models)))
+
+    def run(self) -> int:
+        """Serve until :meth:`request_stop`, then drain; returns the exit status."""
+        self.start()
+        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
+        self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
+        self._status_thread.start()
+        self.notifier.ready(f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
+                            f"models {','.join(m.name for m in self.board.models)}")
+        self._stop.wait()
+        self.notifier.stopping("draining: running jobs finish, queued ones go back")
+        self.drain()
+        return 0
+
+    def _status_loop(self) -> None:
+        """Republish the status when it changed (at most every 100 ms) and on every heartbeat.
+
+        Off the job path on purpose: a job's start and end only mark the status dirty.
+        """
+        # Runs through the drain too: a draining agent that fell silent would look dead
+        # and have the jobs it is finishing taken away.
+        while not self._closed.is_set():
+            changed = self._dirty.wait(self.settings.heartbeat_s)
+            self._dirty.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self.publish_status()
+            except Exception:
+                log.exception(kv("status_publish_failed"))
+            self.notifier.tick()  # the heartbeat loop is what shows the agent alive
+            if changed:
+                self._closed.wait(0.1)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def drain(self) -> None:
+        """Stop taking work, hand back what has not started, finish the rest, go offline."""
+        self._draining = True
+        self.board.state = "draining"
+        self.publish_status()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._hand_back(job, "agent is draining")
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            left = list(self._jobs.values())
+        for job in left:  # still running after the drain timeout: stop and hand back
+            job.handback = True
+            job.cancel.set()
+        for _ in self._workers:
+            self._queue.put(None)
+        for t in self._workers:
+            t.join(timeout=5)
+        self._closed.set()
+        self._dirty.set()
+        if self._status_thread:  # its last status must not land after the offline one
+            self._status_thread.join(timeout=5)
+        self.board.state = "offline"
+        self.session.publish_wait(
+            self.topics.agent_status(self.settings.agent_id), encode(self.board.snapshot("offline")), retain=True
+        )
+        self.session.stop()
+        for backends in self.slots:
+            for backend in backends.values():
+                backend.close()
+        log.info(kv("agent_stopped", agent=self.settings.agent_id, **self.counters))
+
+    def _running(self) -> bool:
+        with self._lock:
+            return bool(self._jobs)
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.topic.endswith("/assign"):
+            self._on_assign(msg)
+        elif msg.topic.endswith("/control"):
+            self._on_control(msg)
+
+    def _on_assign(self, msg: Message) -> None:
+        try:
+            spec = decode(msg.payload, Assignment)
+        except DecodeError as exc:
+            log.error(kv("bad_assignment", reason=exc.code, detail=exc.message))
+            return
+        with self._lock:
+            known = self._jobs.get(spec.key)
+            if known and known.spec.attempt >= spec.attempt:
+                return  # a redelivered assignment we already hold
+            if self._draining:
+                refuse = True
+            else:
+                refuse = False
+                job = _Job(spec)
+                self._jobs[spec.key] = job
+                self.board.jobs[spec.key] = "queued"
+        if refuse:
+            self._event(spec, "refused", error=ErrorInfo(code="draining", message="agent is draining"))
+            self.counters["refused"] += 1
+            return
+        self.counters["accepted"] += 1
+        self._event(spec, "accepted")
+        self._queue.put(job)
+        self._dirty.set()
+        log.info(kv("job_accepted", job=spec.key, attempt=spec.attempt))
+
+    def _on_control(self, msg: Message) -> None:
+        try:
+            ctl = decode(msg.payload, Control)
+        except DecodeError as exc:
+            log.error(kv("bad_control", reason=exc.code, detail=exc.message))
+            return
+        with self._lock:
+            job = self._jobs.get(ctl.cancel)
+        if job and job.spec.attempt == ctl.attempt:
+            job.cancelled_at = time.monotonic()
+            job.cancel.set()
+            log.info(kv("job_cancel", job=ctl.cancel))
+
+    # ------------------------------------------------------------------ work
+
+    def _slot(self, index: int, ready: threading.Semaphore, failures: list[BaseException]) -> None:
+        try:
+            backends = self._make_slot()
+            if index == 0:
+                self.default_model = next(iter(backends))
+                self.board.models = [b.info for b in backends.values()]
+                self.calibrate(backends[self.default_model])
+            self.slots.append(backends)
+        except BaseException as exc:  # reported by start()
+            failures.append(exc)
+            return
+        finally:
+            ready.release()
+        self._work(backends)
+
+    def _work(self, backends: dict[str, Backend]) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancel.is_set():
+                self._finish(job)
+                continue
+            try:
+                self._run(job, backends)
+            except Exception:  # a slot must outlive any one job
+                log.exception(kv("slot_error", job=job.spec.key))
+                self._event(job.spec, "failed", error=ErrorInfo(code="agent_error", message="internal error"))
+                self._finish(job)
+
+    def _run(self, job: _Job, backends: dict[str, Backend]) -> None:
+        spec = job.spec
+        backend = backends.get(spec.model or self.default_model)
+        if backend is None:
+            self._event(spec, "failed", error=ErrorInfo(code="model_missing",
+                                                        message=f"agent does not hold model {spec.model!r}"))
+            self._finish(job)
+            return
+        with self._lock:
+            self.board.jobs[spec.key] = "running"
+        queue_s = time.monotonic() - job.accepted_at
+        self._event(spec, "started")
+        self._dirty.set()
+        stream = _Stream(self, spec) if spec.stream else None
+        try:
+            gen = backend.generate(
+                spec.prompt, spec.max_tokens,
+                stream.add if stream else (lambda _t: None),
+                job.cancel.is_set,
+            )
+        except BackendError as exc:
+            self.counters["failed"] += 1
+            log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))
+            self._event(spec, "failed", error=ErrorInfo(code=exc.code, message=exc.message))
+            self._finish(job)
+            return
+        if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
+            stream.flush()
+        self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
+        self.m_tokens.inc(gen.completion_tokens)
+        if gen.completion_tokens:
+            self.m_ttft.observe(gen.ttft_s)
+        if job.handback:
+            self._hand_back(job, "agent stopped before the job finished")
+            self._finish(job)
+            return
+        timings = {
+            "agent_queue_ms": round(queue_s * 1000, 2),
+            "ttft_ms": round(gen.ttft_s * 1000, 2),
+            "decode_tps": round(gen.decode_tps, 2),
+            "generate_ms": round(gen.total_s * 1000, 2),
+        }
+        usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+        self._event(spec, "done", text=gen.text, usage=usage, timings=timings)
+        self.counters["cancelled" if gen.stopped == "cancelled" else "done"] += 1
+        stop_ms = (time.monotonic() - job.cancelled_at) * 1000 if job.cancelled_at else None
+        log.info(kv("job_done", job=spec.key, stopped=gen.stopped, tokens=gen.completion_tokens,
+                    ttft_ms=timings["ttft_ms"], decode_tps=timings["decode_tps"], cancel_to_stop_ms=stop_ms))
+        self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        with self._lock:
+            if self._jobs.get(job.spec.key) is job:
+                del self._jobs[job.spec.key]
+                self.board.jobs.pop(job.spec.key, None)
+        self._dirty.set()
+
+    def _hand_back(self, job: _Job, why: str) -> None:
+        self.counters["refused"] += 1
+        self._event(job.spec, "refused", error=ErrorInfo(code="handed_back", message=why))
+        with self._lock:
+            self._jobs.pop(job.spec.key, None)
+            self.board.jobs.pop(job.spec.key, None)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _event(self, spec: Assignment, kind: EventKind, **fields: object) -> None:
+        event = AgentEvent(key=spec.key, attempt=spec.attempt, agent=self.settings.agent_id,
+                           epoch=self.board.epoch, kind=kind, **fields)  # type: ignore[arg-type]
+        self.session.publish(self.topics.events(self.settings.agent_id), encode(event), qos=1)
+
+    def publish_status(self) -> None:
+        status = self.board.snapshot()
+        self.session.publish(self.topics.agent_status(self.settings.agent_id), encode(status), qos=1, retain=True)
+
+
+def build(settings: AgentSettings) -> Agent:
+    """An agent with llama.cpp backends: one context per model per slot, the cores shared out."""
+    from agents.backends.llama import LlamaBackend
+    from agents.model import parse_models
+
+    models = parse_models(settings.models)
+    per_slot = max(1, settings.threads // settings.slots)
+
+    def make_slot() -> dict[str, Backend]:
+        return {name: LlamaBackend(path, name, settings.n_ctx, per_slot, settings.temperature, settings.top_p,
+                                   settings.top_k, settings.repeat_penalty) for name, path in models}
+
+    return Agent(settings, make_slot)
+
+
+class _Stream:
+    """Coalesces tokens into chunks: the first at once, then at most one publish per interval."""
+
+    def __init__(self, agent: Agent, spec: Assignment) -> None:
+        self.agent = agent
+        self.spec = spec
+        self.interval_s = agent.settings.chunk_interval_ms / 1000
+        self.buffer: list[str] = []
+        self.last = 0.0
+        self.seq = 0
+        self.correlation = bytes.fromhex(spec.correlation) if spec.correlation else None
+        # The coordinator admits only Response Topics under the device's results; checked here too,
+        # because a publish the broker's ACL denies costs the agent its connection (mosquitto 2.0).
+        rt = spec.response_topic
+        self.response_topic = rt if rt and rt != spec.result_topic and rt.startswith(
+            spec.result_topic.rsplit("/", 1)[0] + "/") else None
+
+    def add(self, text: str) -> None:
+        self.buffer.append(text)
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer)))
+        self.buffer.clear()
+        self.seq += 1
+        session = self.agent.session
+        session.publish(self.spec.result_topic, payload, qos=1)
+        if self.response_topic:
+            session.publish(self.response_topic, payload, qos=1, correlation=self.correlation)

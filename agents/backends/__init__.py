@@ -1,0 +1,1 @@
+"""Inference backends behind one protocol: llama.cpp, an OpenAI-compatible API, a synthetic one."""

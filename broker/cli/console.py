@@ -1,0 +1,146 @@
+"""The site on a terminal: ``fogmesh status`` once, ``fogmesh status --watch`` live (rich)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from broker.runtime.client import Fleet
+
+STATE_STYLE = {"online": "green", "draining": "yellow", "offline": "red", "stale": "bold red"}
+
+
+def _state(status: dict[str, Any] | None, now: float) -> str:
+    """A status's state, or ``stale`` when an online daemon has missed three heartbeats."""
+    if not status:
+        return "unknown"
+    state = str(status.get("state", "?"))
+    ts, every = status.get("ts") or 0.0, status.get("heartbeat_s") or 5.0
+    if state != "offline" and ts and now - ts > 3 * every:
+        return "stale"
+    return state
+
+
+def _styled(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def render(snap: dict[str, Any], now: float | None = None) -> Group:
+    now = now or time.time()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    coord = snap["coordinator"] or {}
+    head.add_row("site", f"{snap['site']} on {snap['broker']}")
+    line = Text.assemble(_styled(_state(coord, now)), f"  host {coord.get('host', '-')}  pid "
+                         f"{coord.get('pid', '-')}  policy {coord.get('policy', '-')}")
+    head.add_row("coordinator", line)
+    mesh = snap["mesh"] or {}
+    if mesh:
+        text = Text(f"{mesh.get('agents_online', 0)} agents · slots {mesh.get('slots_free', 0)}/"
+                    f"{mesh.get('slots_total', 0)} free · queue {mesh.get('queue_depth', 0)} · running "
+                    f"{mesh.get('running', 0)} · predicted wait {mesh.get('predicted_wait_ms', 0):.0f} ms")
+        if mesh.get("overloaded"):
+            text.append("  OVERLOADED", style="bold red")
+        head.add_row("mesh", text)
+    bridge = snap["bridge"] or {}
+    if bridge:
+        reach = Text("reachable", style="green") if bridge.get("reachable") else Text("UNREACHABLE", style="bold red")
+        head.add_row("cloud bridge", Text.assemble(
+            _styled(_state(bridge, now)), "  cloud ", reach,
+            f" · outbox {bridge.get('outbox_depth', 0)} (oldest {bridge.get('oldest_age_s', 0):.0f} s)"
+            f" · dead letters {bridge.get('dlq_depth', 0)}"))
+    agents = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for name, justify in (("agent", "left"), ("state", "left"), ("host", "left"), ("pid", "right"),
+                          ("slots free", "right"), ("queue", "right"), ("jobs", "right"), ("tok/s", "right"),
+                          ("TTFT ms", "right"), ("budget", "right"), ("seen", "right"), ("models", "left")):
+        agents.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for name, a in sorted(snap["agents"].items()):
+        budget = a.get("budget") or {}
+        seen = f"{max(0.0, now - a['ts']):.0f} s ago" if a.get("ts") else "-"
+        agents.add_row(
+            name, _styled(_state(a, now)), str(a.get("host", ""))[:16], str(a.get("pid", "")),
+            f"{a.get('slots_free', 0)}/{a.get('slots_total', 0)}", str(a.get("queue_depth", 0)),
+            str(len(a.get("jobs", []))), f"{a.get('decode_tps', 0):.1f}", f"{a.get('ttft_ms', 0):.0f}",
+            f"{budget.get('used', 0)}/{budget.get('tokens')}" if budget else "-", seen,
+            ",".join(m["name"] for m in a.get("models", [])))
+    if not snap["agents"]:
+        agents.add_row("(no agent has reported on this site)", *[""] * 11)
+    return Group(head, Text(""), agents)
+
+
+def wide_console() -> Console:
+    """The terminal's width on a terminal; a wide one in a pipe or a log, where rich would assume 80."""
+    return Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", "160")))
+
+
+def print_once(snap: dict[str, Any], console: Console | None = None) -> None:
+    (console or wide_console()).print(render(snap))
+
+
+def watch(fleet: Fleet, every_s: float = 1.0, count: int = 0, console: Console | None = None) -> None:
+    """Redraw the site every ``every_s`` until interrupted (or ``count`` redraws, when set)."""
+    console = console or wide_console()
+    drawn = 0
+    with Live(render(fleet.snapshot()), console=console, auto_refresh=False, transient=False) as live:
+        while not count or drawn < count:
+            live.update(render(fleet.snapshot()), refresh=True)
+            drawn += 1
+            if count and drawn >= count:
+                break
+            time.sleep(every_s)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def probe_table(report: dict[str, Any]) -> Group:
+    """``fogmesh probe``: the device, then one row per model and prompt size."""
+    head = Text(f"{report['host']}: {report['cores']} cores ({report['threads']} threads used), memory "
+                f"{_mb(report['mem_total_bytes'])} total, {_mb(report['mem_available_bytes'])} available")
+    table = Table(show_edge=False, header_style="bold")
+    for name, justify in (("model", "left"), ("fits", "left"), ("max context", "right"), ("load s", "right"),
+                          ("resident", "right"), ("KV/token", "right"), ("prompt tok", "right"),
+                          ("TTFT ms", "right"), ("prefill tok/s", "right"), ("decode tok/s", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for m in report["models"]:
+        if m["error"]:
+            table.add_row(m["name"], Text("no", style="red"), "-", "-", "-", "-", "-", "-", "-", m["error"][:60])
+            continue
+        fits = Text("yes", style="green") if m["fits"] else Text("no", style="red")
+        for i, run in enumerate(m["runs"]):
+            first = i == 0
+            table.add_row(m["name"] if first else "", fits if first else "",
+                          f"{m['max_context']:,}" if first else "", f"{m['load_s']:.2f}" if first else "",
+                          _mb(m["rss_bytes"]) if first else "", f"{m['kv_bytes_per_token'] / 1024:.0f} KiB"
+                          if first else "", str(run["prompt_tokens"]), f"{run['ttft_ms']:.0f}",
+                          f"{run['prefill_tps']:.0f}", f"{run['decode_tps']:.1f}")
+    adv = [f"{m['name']}: {m['advertises'].get('decode_tps', 0):.1f} tok/s, TTFT "
+           f"{m['advertises'].get('ttft_ms', 0):.0f} ms" for m in report["models"] if m["advertises"]]
+    return Group(head, Text(""), table, Text(""), Text("an agent here advertises  " + "; ".join(adv)))
+
+
+def plan_table(rows: list[dict[str, Any]], choice: str, why: str, workload: Any, devices: int) -> Group:
+    """``fogmesh plan``: each option's predicted latency, cost, utility and PCR, and the recommendation."""
+    head = Text(f"{workload.rate_per_s:g} jobs/s of {workload.completion_tokens} tokens, deadline "
+                f"{workload.deadline_ms:.0f} ms, {workload.edge_only_share:.0%} edge-only, on {devices} device(s)")
+    table = Table(show_edge=False, header_style="bold")
+    for name in ("option", "mean ms", "p95 ms", "deadlines met", "cloud tokens", "cost/response $", "utility",
+                 "PCR", "unservable"):
+        table.add_column(name, justify="left" if name == "option" else "right", no_wrap=True)
+    for r in rows:
+        style = "bold green" if r["option"] == choice else ""
+        table.add_row(Text(r["option"], style=style), f"{r['latency_mean_ms']:,.0f}", f"{r['latency_p95_ms']:,.0f}",
+                      f"{r['deadline_hit_rate']:.1%}", f"{r['cloud_token_share']:.1%}",
+                      f"{r['cost_per_response']:.2e}", f"{r['utility']:.3f}",
+                      "inf" if r["pcr"] == float("inf") else f"{r['pcr']:,.0f}", str(r["unservable"]))
+    return Group(head, Text(""), table, Text(""), Text.assemble(("recommended: ", "bold"), (choice, "bold green"),
+                                                              f" - {why}"))

@@ -1,0 +1,443 @@
+"""The ``fogmesh`` command: run the daemons, start a site, ask, watch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from agents.errors import AgentError
+from broker.cli import admin
+from broker.runtime import __version__, logs
+from broker.runtime.errors import FogmeshError
+from broker.runtime.logs import kv
+from schemas.errors import SchemaError
+
+log = logging.getLogger("fogmesh")
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info(kv("signal", name=signal.Signals(signum).name))
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _conn(args: argparse.Namespace) -> dict[str, Any]:
+    """The connection flags every command shares, as settings overrides."""
+    return {"broker": args.broker, "site": args.site, "username": args.username,
+            "password_file": args.password_file, "ca_file": args.ca_file,
+            "log_level": args.log_level, "log_format": args.log_format,
+            "metrics_port": getattr(args, "metrics_port", None)}
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A client command's connection: flags, then FOGMESH_*, then ``[client]`` of the config file,
+    then the site `fogmesh up` started."""
+    from broker.ops.config import config_path, load
+    from broker.ops.site import current
+    from broker.runtime.settings import Connection
+
+    overrides = _conn(args)
+    if not (args.broker or os.environ.get("FOGMESH_BROKER") or config_path(args.config)):
+        cur = current()
+        overrides["broker"] = cur.get("broker")
+        overrides["site"] = args.site or os.environ.get("FOGMESH_SITE") or cur.get("site")
+    return load(Connection, "client", args.config, **overrides)
+
+
+# ---------------------------------------------------------------------- daemons
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.agent import build
+    from agents.settings import AgentSettings
+    from broker.ops.config import load
+
+    settings = load(AgentSettings, "agent", args.config, **_conn(args),
+                    agent_id=args.agent_id, models=args.model, threads=args.threads, slots=args.slots,
+                    n_ctx=args.n_ctx, budget_tokens=args.budget_tokens)
+    logs.setup(settings.log_level, settings.log_format, f"agent/{settings.agent_id}")
+    agent = build(settings)
+    _on_signals(agent.request_stop)
+    return agent.run()
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from broker.coordinator.loop import Coordinator
+    from broker.coordinator.scheduler import POLICIES
+    from broker.coordinator.settings import CoordinatorSettings
+    from broker.ops.config import load
+
+    settings = load(CoordinatorSettings, "coordinator", args.config, **_conn(args),
+                    policy=args.policy, ledger=args.ledger)
+    logs.setup(settings.log_level, settings.log_format, "coordinator")
+    if settings.policy not in POLICIES:
+        raise FogmeshError(f"unknown policy {settings.policy!r}; choose one of {', '.join(POLICIES)}")
+    coordinator = Coordinator(settings)
+    _on_signals(coordinator.request_stop)
+    return coordinator.run()
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from broker.ops.config import load
+    from cloud_bridge.bridge import Bridge
+    from cloud_bridge.settings import BridgeSettings
+
+    settings = load(BridgeSettings, "bridge", args.config, **_conn(args),
+                    endpoint_url=args.endpoint_url, outbox=args.outbox)
+    logs.setup(settings.log_level, settings.log_format, "bridge")
+    bridge = Bridge(settings)
+    _on_signals(bridge.request_stop)
+    return bridge.run()
+
+
+def cmd_cloud_worker(args: argparse.Namespace) -> int:
+    from broker.ops.config import load
+    from cloud_bridge.settings import WorkerSettings
+    from cloud_bridge.worker import Worker, make_backend
+
+    settings = load(WorkerSettings, "cloud-worker", args.config, endpoint_url=args.endpoint_url,
+                    metrics_port=args.metrics_port,
+                    backend=args.backend, model=args.model, worker_id=args.worker_id,
+                    visibility_s=args.visibility_s, threads=args.threads,
+                    log_level=args.log_level, log_format=args.log_format)
+    logs.setup(settings.log_level, settings.log_format, f"cloud-worker/{settings.worker_id}")
+    worker = Worker(settings, make_backend(settings))
+    _on_signals(worker.request_stop)
+    return worker.run()
+
+
+# ---------------------------------------------------------------------- the site
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    from broker.ops.site import SitePlan
+
+    return SitePlan(site=args.site or "site", agents=args.agents, port=args.port, broker=args.broker,
+                    model=args.model or "", slots=args.slots, policy=args.policy, log_format=args.log_format,
+                    local_cloud=args.local_cloud)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from broker.ops.site import Site
+
+    logs.setup(args.log_level, args.log_format, "up")
+    site = Site(_plan(args))
+    stop = threading.Event()
+    _on_signals(stop.set)
+    try:
+        site.start()
+        print(site.describe(), flush=True)
+        return site.wait(stop)
+    finally:
+        site.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a site, ask it one question, stop it."""
+    from broker.ops.site import Site
+
+    logs.setup("warning", args.log_format, "demo")
+    plan = _plan(args)
+    plan.log_to_files = True
+    site = Site(plan)
+    try:
+        site.start()
+        print(site.describe(), flush=True)
+        args.broker, args.site = site.url, site.plan.site
+        return cmd_ask(args)
+    finally:
+        site.stop()
+
+
+# ---------------------------------------------------------------------- clients
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from broker.runtime.client import ask
+
+    conn = _client(args)
+    prompt: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens}
+    asks_model = args.command == "ask"
+    for key in ("deadline_ms", "priority", "model", "privacy"):
+        if key == "model" and not asks_model:
+            continue
+        if getattr(args, key, None) is not None:
+            prompt[key] = getattr(args, key)
+
+    def show(chunk: dict[str, Any]) -> None:
+        if not args.json:
+            sys.stdout.write(chunk.get("text", ""))
+            sys.stdout.flush()
+
+    answer = ask(conn.address(), conn.site, prompt, args.device, args.timeout, show)
+    final = answer.final
+    if args.json:
+        print(orjson.dumps(final).decode() if final else "null")
+    if final is None:
+        print(f"\nno answer within {args.timeout:.0f} s (is the site up? try: fogmesh status)", file=sys.stderr)
+        return 3
+    if not args.json:
+        if not answer.chunks:
+            print(final.get("text", ""), end="")
+        served = final.get("served_by") or {}
+        timings = final.get("timings") or {}
+        usage = final.get("usage") or {}
+        print()
+        print(f"-- {final['status']}", end="")
+        if served:
+            print(f" · served by {served.get('tier')} {served.get('node')}", end="")
+        if usage:
+            print(f" · {usage.get('completion_tokens')} tokens", end="")
+        if "ttft_ms" in timings:
+            print(f" · TTFT {timings['ttft_ms']:.0f} ms · {timings.get('decode_tps', 0):.1f} tok/s", end="")
+        if "total_ms" in timings:
+            print(f" · total {timings['total_ms']:.0f} ms", end="")
+        print()
+        if final.get("error"):
+            err = final["error"]
+            print(f"-- {err.get('code')}: {err.get('message')}", file=sys.stderr)
+    return 0 if final.get("status") == "done" else 2
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from broker.cli.console import print_once, watch
+    from broker.runtime.client import Fleet, snapshot
+
+    conn = _client(args)
+    if args.watch:
+        fleet = Fleet(conn.address(), conn.site)
+        try:
+            time.sleep(0.3)  # the retained statuses arrive first
+            watch(fleet, args.interval, args.count)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            fleet.close()
+        return 0
+    snap = snapshot(conn.address(), conn.site)
+    if args.json:
+        print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_once(snap)
+    return 0 if snap["coordinator"] else 3
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker.cli.webui import page_url, serve
+    from broker.ops.site import current
+
+    conn = _client(args)
+    ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
+    password = Path(conn.password_file).read_text().strip() if conn.password_file else ""
+    server = serve(args.bind, args.port)
+    print(f"fogmesh dashboard for site {conn.site!r}: open\n  "
+          f"{page_url(args.bind, server.server_address[1], ws, conn.site, conn.username, password)}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Ask the coordinator (over MQTT) or read a ledger file (--ledger) for a job's history."""
+    from broker.coordinator.ledger import Ledger
+    from broker.runtime.client import request
+    from schemas.topics import Topics
+
+    conn = _client(args)
+    broker, site = conn.broker, conn.site
+    if args.ledger:
+        ledger = Ledger(args.ledger)
+        jobs = [{**row, "history": ledger.history(row["key"])} for row in ledger.find(args.job)]
+        reply: dict[str, Any] | None = {"job": args.job, "jobs": jobs}
+    else:
+        reply = request(conn.address(), Topics(site).explain, {"job": args.job})
+    if reply is None:
+        print(f"no answer from the coordinator of site {site!r} on {broker}", file=sys.stderr)
+        return 3
+    if not reply["jobs"]:
+        print(f"no job {args.job!r} on site {site!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for job in reply["jobs"]:
+        print(f"job {job['key']}: {job['state']}" + (f" on {job['agent']}" if job.get("agent") else "")
+              + f" after {job['attempt']} attempt(s)")
+        t0 = job["history"][0]["ts"] if job["history"] else 0.0
+        for h in job["history"]:
+            d = h.get("detail") or {}
+            line = f"  +{(h['ts'] - t0) * 1000:8.1f} ms  {h['state']:<10}"
+            if "policy" in d:
+                line += f" policy={d['policy']} -> {d.get('agent') or d.get('target')} ({d.get('reason')}),"
+                line += f" predicted {d.get('predicted_ms')} ms"
+                print(line)
+                for c in d.get("candidates", []):
+                    mark = "*" if c["agent"] == d.get("agent") else " "
+                    print(f"      {mark} {c['agent']:<14} {'eligible' if c['eligible'] else c['reason']:<14}"
+                          f" wait {c['wait_ms']:>7.1f} ms  completion {c['completion_ms']:>8.1f} ms"
+                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}")
+                if d.get("other_candidates"):
+                    print("        and " + ", ".join(f"{n} more {why}" for why, n in d["other_candidates"].items()))
+                continue
+            if d:
+                line += " " + " ".join(f"{k}={v}" for k, v in d.items())
+            print(line)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fogmesh", description="An MQTT inference mesh for small language models.")
+    p.add_argument("--version", action="version", version=f"fogmesh {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--broker", help="broker URL, mqtt://host:port (default: the site `fogmesh up` started)")
+        sp.add_argument("--site", help="site id (default: site)")
+        sp.add_argument("--log-level", default=None)
+        sp.add_argument("--log-format", choices=("kv", "json"), default=None)
+        sp.add_argument("--config", help="a fogmesh.toml (default: $FOGMESH_CONFIG, else /etc/fogmesh/fogmesh.toml)")
+        sp.add_argument("--username", help="MQTT user name (the role's, see docs/security.md)")
+        sp.add_argument("--password-file", help="a file holding the MQTT password")
+        sp.add_argument("--ca-file", help="the site CA for mqtts:// brokers")
+
+    def site_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--port", type=int, help="broker port (default: 1883, or a free one)")
+        sp.add_argument("--agents", type=int, default=2)
+        sp.add_argument("--slots", type=int, default=1, help="slots per agent")
+        sp.add_argument("--model", help="a GGUF file (default: the bundled Gemma 3 270M)")
+        sp.add_argument("--policy", default="deadline")
+        sp.add_argument("--local-cloud", action="store_true",
+                        help="also run a local SQS-compatible server, a bridge and a cloud worker")
+
+    def ask_flags(sp: argparse.ArgumentParser, standalone: bool = True) -> None:
+        sp.add_argument("prompt", nargs=None if standalone else "?", default="MQTT is a protocol that")
+        sp.add_argument("--device", default="cli")
+        sp.add_argument("--max-tokens", type=int, default=64)
+        sp.add_argument("--deadline-ms", type=int)
+        sp.add_argument("--priority", type=int)
+        if standalone:  # `demo` has --model for the agents' GGUF file instead
+            sp.add_argument("--model", help="the model name to ask for (default: the site's)")
+        sp.add_argument("--privacy", choices=("edge-only", "cloud-ok"))
+        sp.add_argument("--timeout", type=float, default=60.0)
+        sp.add_argument("--json", action="store_true", help="print the final message as JSON")
+
+    sp = sub.add_parser("agent", help="run an edge agent")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    common(sp)
+    sp.add_argument("--agent-id")
+    sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models")
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--slots", type=int)
+    sp.add_argument("--n-ctx", type=int, help="context size per slot")
+    sp.add_argument("--budget-tokens", type=int, help="sliding-window token budget (see budget_window_s)")
+    sp.set_defaults(fn=cmd_agent)
+
+    sp = sub.add_parser("coordinator", help="run the site coordinator")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    common(sp)
+    sp.add_argument("--policy")
+    sp.add_argument("--ledger", help="SQLite ledger path")
+    sp.set_defaults(fn=cmd_coordinator)
+
+    sp = sub.add_parser("bridge", help="run the MQTT <-> SQS bridge for a site")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    common(sp)
+    sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
+    sp.add_argument("--outbox", help="SQLite outbox path")
+    sp.set_defaults(fn=cmd_bridge)
+
+    sp = sub.add_parser("cloud-worker", help="answer the cloud request queue with a larger model")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    sp.add_argument("--config")
+    sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
+    sp.add_argument("--backend", choices=("local", "openai", "synthetic"))
+    sp.add_argument("--model", help="local: a GGUF path; openai: the model name")
+    sp.add_argument("--worker-id")
+    sp.add_argument("--visibility-s", type=int)
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--log-level", default=None)
+    sp.add_argument("--log-format", choices=("kv", "json"), default=None)
+    sp.set_defaults(fn=cmd_cloud_worker)
+
+    sp = sub.add_parser("up", help="start a whole site: broker, coordinator, agents")
+    common(sp)
+    site_flags(sp)
+    sp.set_defaults(fn=cmd_up)
+
+    sp = sub.add_parser("demo", help="start a site, ask it one prompt, stop it")
+    common(sp)
+    site_flags(sp)
+    ask_flags(sp, standalone=False)
+    sp.set_defaults(fn=cmd_demo)
+
+    admin.add_commands(sub)
+
+    sp = sub.add_parser("ask", help="publish a prompt as a device and print the answer")
+    common(sp)
+    ask_flags(sp)
+    sp.set_defaults(fn=cmd_ask)
+
+    sp = sub.add_parser("status", help="the fleet from its retained status topics")
+    common(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (--watch)")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many redraws (--watch; 0: never)")
+    sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("dashboard", help="serve the web dashboard (live agents, jobs, coordinator, bridge)")
+    common(sp)
+    sp.add_argument("--port", type=int, default=8080)
+    sp.add_argument("--bind", default="127.0.0.1")
+    sp.add_argument("--ws", help="the broker's MQTT-over-WebSockets URL, ws:// or wss:// "
+                                 "(default: the one `fogmesh up` started, else ws://127.0.0.1:9001)")
+    sp.set_defaults(fn=cmd_dashboard)
+
+    sp = sub.add_parser("explain", help="why a job went where it went")
+    common(sp)
+    sp.add_argument("--ledger", help="the coordinator's ledger (default: this host's for the site)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("job", help="the job id (or device/job key)")
+    sp.set_defaults(fn=cmd_explain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    for key, default in (("log_level", "info"), ("log_format", "kv")):
+        if getattr(args, key, None) is None and args.command in ("up", "demo", "ask", "status", "explain"):
+            setattr(args, key, default)
+    if args.command in ("ask", "status", "explain"):
+        logs.setup("warning", args.log_format or "kv", args.command)
+    try:
+        return int(args.fn(args))
+    except (FogmeshError, AgentError, SchemaError) as exc:
+        print(f"fogmesh {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""``fogmesh dashboard``: serve the static web dashboard (broker/dashboard/) over HTTP.
+
+The page itself talks to the broker over MQTT over WebSockets, so any web
+server can serve the same folder; this one exists so a gateway needs nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from broker.runtime.errors import ConfigError
+from broker.runtime.logs import kv
+
+log = logging.getLogger("fogmesh.dashboard")
+
+
+def folder() -> Path:
+    return Path(str(resources.files("broker.cli").joinpath("dashboard")))
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(kv("http", request=format % args))
+
+
+def page_url(bind: str, port: int, ws: str, site: str, username: str = "", password: str = "") -> str:
+    query = {"broker": ws, "site": site, **({"username": username} if username else {}),
+             **({"password": password} if password else {})}
+    host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+    return f"http://{host}:{port}/?{urlencode(query)}"
+
+
+def serve(bind: str, port: int) -> ThreadingHTTPServer:
+    handler = functools.partial(_Handler, directory=str(folder()))
+    try:
+        return ThreadingHTTPServer((bind, port), handler)
+    except OSError as exc:
+        raise ConfigError(f"dashboard: cannot listen on {bind}:{port} ({exc.strerror}); choose another --port") from exc

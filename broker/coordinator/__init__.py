@@ -1,0 +1,1 @@
+"""The coordinator: admission, the job ledger, scheduling and dispatch, cloud offload, finals."""

@@ -1,0 +1,164 @@
+"""The coordinator's job ledger: every state change in SQLite (WAL) before it is acknowledged.
+
+One row per job in ``jobs`` (its request, state, placement and, once final, the
+final message and whether the broker acknowledged it), and every transition in
+``transitions`` (what ``fogmesh explain`` reads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from broker.runtime.errors import LedgerError
+
+FINAL_STATES = ("done", "error", "rejected", "cancelled", "expired")
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        key TEXT PRIMARY KEY, device TEXT NOT NULL, job TEXT NOT NULL,
+        state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 5,
+        attempt INTEGER NOT NULL DEFAULT 0, agent TEXT, tier TEXT,
+        request TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        deadline_at REAL, final TEXT, delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS jobs_open ON jobs(state) WHERE state NOT IN
+        ('done', 'error', 'rejected', 'cancelled', 'expired');
+    CREATE INDEX IF NOT EXISTS jobs_undelivered ON jobs(delivered) WHERE delivered = 0;
+    CREATE TABLE IF NOT EXISTS transitions (
+        id INTEGER PRIMARY KEY, key TEXT NOT NULL, ts REAL NOT NULL,
+        state TEXT NOT NULL, detail TEXT
+    );
+    CREATE INDEX IF NOT EXISTS transitions_key ON transitions(key);
+    """,
+]
+
+
+class Ledger:
+    def __init__(self, path: str | Path, sync: str = "normal") -> None:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False, isolation_level=None))
+            self.db.enable_wal()
+            self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the job ledger {path}: {exc}") from exc
+        self.path = path
+
+    def _migrate(self) -> None:
+        conn = self.db.conn
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+        done = {row[0] for row in conn.execute("SELECT version FROM migrations")}
+        for version, sql in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            conn.execute("BEGIN")
+            for stmt in filter(str.strip, sql.split(";")):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO migrations VALUES (?, ?)", (version, time.time()))
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction for a batch of state changes (group commit)."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise LedgerError(f"ledger write failed: {exc}") from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # The per-job writes below are plain parameterised SQL: they run several times for
+    # every job, and sqlite-utils' table helpers re-read the schema on each call.
+
+    def insert(self, row: dict[str, Any], detail: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        row = {**row, "updated_at": now}
+        cols = ", ".join(row)
+        self.db.conn.execute(f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({', '.join('?' * len(row))})",
+                             list(row.values()))
+        self._transition(row["key"], row["state"], detail, now)
+
+    def update(self, key: str, state: str, detail: dict[str, Any] | None = None, **fields: Any) -> None:
+        now = time.time()
+        values = {"state": state, "updated_at": now, **fields}
+        sets = ", ".join(f"{col} = ?" for col in values)
+        self.db.conn.execute(f"UPDATE jobs SET {sets} WHERE key = ?", [*values.values(), key])
+        self._transition(key, state, detail, now)
+
+    def note(self, key: str, state: str, detail: dict[str, Any] | None = None) -> None:
+        """Record a transition that does not change the job's row (a decision, an event)."""
+        self._transition(key, state, detail, time.time())
+
+    def _transition(self, key: str, state: str, detail: dict[str, Any] | None, ts: float) -> None:
+        self.db.conn.execute(
+            "INSERT INTO transitions (key, ts, state, detail) VALUES (?, ?, ?, ?)",
+            (key, ts, state, orjson.dumps(detail).decode() if detail else None),
+        )
+
+    def mark_delivered(self, keys: list[str]) -> None:
+        self.db.conn.executemany("UPDATE jobs SET delivered = 1 WHERE key = ?", [(k,) for k in keys])
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE key = ?", [key]))
+        return rows[0] if rows else None
+
+    def find(self, job: str) -> list[dict[str, Any]]:
+        """Jobs whose device job id or key is ``job``."""
+        return list(self.db.query("SELECT * FROM jobs WHERE key = ? OR job = ? ORDER BY created_at", [job, job]))
+
+    def open_jobs(self) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(FINAL_STATES))
+        return list(self.db.query(
+            f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY created_at", list(FINAL_STATES)))
+
+    def undelivered(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM jobs WHERE delivered = 0 AND final IS NOT NULL"))
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT ts, state, detail FROM transitions WHERE key = ? ORDER BY id", [key])
+        return [{**r, "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows]
+
+    def prune(self, older_than: float | None, keep: int, batch: int = 5000) -> int:
+        """Forget finished jobs whose final the broker has (``delivered``): those last updated before
+        ``older_than``, and beyond the newest ``keep`` the oldest. At most ``batch`` a call, so the
+        coordinator's loop never stalls on it; SQLite reuses the freed pages, so the file stops growing."""
+        marks = ",".join("?" * len(FINAL_STATES))
+        done = f"state IN ({marks}) AND (delivered = 1 OR final IS NULL)"
+        conn = self.db.conn
+        keys = [r[0] for r in conn.execute(
+            f"SELECT key FROM jobs WHERE {done} AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            [*FINAL_STATES, older_than if older_than is not None else float("-inf"), batch])]
+        if len(keys) < batch:
+            (finished,) = conn.execute(f"SELECT count(*) FROM jobs WHERE {done}", list(FINAL_STATES)).fetchone()
+            excess = min(batch - len(keys), finished - len(keys) - keep)
+            if excess > 0:
+                keys += [r[0] for r in conn.execute(
+                    f"SELECT key FROM jobs WHERE {done} ORDER BY updated_at LIMIT ? OFFSET ?",
+                    [*FINAL_STATES, excess, len(keys)])]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            qs = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM transitions WHERE key IN ({qs})", chunk)
+            conn.execute(f"DELETE FROM jobs WHERE key IN ({qs})", chunk)
+        return len(keys)
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.db.query("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
+
+    def close(self) -> None:
+        self.db.conn.close()

@@ -1,0 +1,82 @@
+"""The coordinator's view of the agents, built from their retained statuses.
+
+A status is taken only if it is newer than what we hold: a later boot epoch, or
+the same epoch and a higher sequence number. A retained status left by an
+earlier boot, or one that arrives out of order, is ignored (Sparkplug B's bdSeq
+is the precedent). The Last Will (state offline, seq 0) counts for its own
+epoch whatever its sequence number. An agent whose heartbeat lapses for
+``timeout_factor`` x its heartbeat interval is treated as offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from broker.runtime.budget import TokenWindow
+from schemas.messages import AgentStatus
+
+Change = Literal["new", "updated", "restarted", "draining", "offline", "ignored"]
+
+
+@dataclass
+class Known:
+    status: AgentStatus
+    seen: float  # monotonic time of the last accepted status
+    online: bool  # alive: online or draining (a draining agent still finishes its jobs)
+    # Tokens this coordinator saw the agent generate: its advertised budget use lags a status behind.
+    window: TokenWindow = field(default_factory=lambda: TokenWindow(60.0))
+
+    @property
+    def accepting(self) -> bool:
+        """Takes new work: online, not draining."""
+        return self.online and self.status.state == "online"
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(m.name for m in self.status.models)
+
+
+class Registry:
+    def __init__(self, timeout_factor: float = 3.0) -> None:
+        self.timeout_factor = timeout_factor
+        self.agents: dict[str, Known] = {}
+
+    def update(self, status: AgentStatus, now: float) -> Change:
+        known = self.agents.get(status.agent)
+        if known is not None:
+            old = known.status
+            if status.epoch < old.epoch:
+                return "ignored"
+            if status.epoch == old.epoch and status.state != "offline" and status.seq <= old.seq:
+                return "ignored"
+        online = status.state != "offline"
+        window = known.window if known else TokenWindow(status.budget.window_s if status.budget else 60.0)
+        self.agents[status.agent] = Known(status, now, online, window)
+        if not online:
+            return "offline" if known is None or known.online else "updated"
+        if status.state == "draining" and (known is None or known.status.state != "draining"):
+            return "draining"
+        if known is None:
+            return "new"
+        return "restarted" if status.epoch > known.status.epoch else "updated"
+
+    def sweep(self, now: float) -> list[str]:
+        """Mark agents whose heartbeat lapsed offline; return their ids."""
+        lapsed = []
+        for agent, known in self.agents.items():
+            limit = known.status.heartbeat_s * self.timeout_factor
+            if known.online and now - known.seen > limit:
+                known.online = False
+                lapsed.append(agent)
+        return lapsed
+
+    def is_online(self, agent: str) -> bool:
+        known = self.agents.get(agent)
+        return bool(known and known.online)
+
+    def models(self) -> set[str]:
+        return {name for k in self.agents.values() for name in k.models}
+
+    def online(self) -> list[Known]:
+        return [k for k in self.agents.values() if k.online]

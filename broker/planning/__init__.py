@@ -1,0 +1,1 @@
+"""Capacity planning: a simulation of a site that runs the real scheduler, and `fogmesh plan`."""

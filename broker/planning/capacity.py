@@ -1,0 +1,121 @@
+"""``fogmesh plan``: for a workload and probed devices, edge, cloud or a mix, and what each costs.
+
+Each option is run through the simulation of fogmesh's own scheduler
+(broker/simulation.py) on the devices' measured decode rates and first-token
+times, and scored as the research defines it:
+
+- cost per response (CPR): energy x price per kWh on the edge (energy per token =
+  the device's power / its decode rate), the API's per-token prices in the cloud;
+- utility U = a*Q + (1-a)*R, with Q the quality of the tier that answered (a score
+  you give each tier, e.g. its accuracy on your own evaluation) and R the
+  responsiveness: 1 for an answer within its deadline, deadline/latency after it;
+- performance-cost ratio PCR = U / CPR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from broker.coordinator.scheduler import CloudTier
+from broker.planning.simulation import SimAgent, SimJob, figures, simulate
+from broker.runtime.errors import ConfigError
+
+OPTIONS = ("edge", "cloud", "mix")
+
+
+@dataclass(frozen=True)
+class Workload:
+    rate_per_s: float = 1.0
+    completion_tokens: int = 64
+    prompt_tokens: int = 50
+    deadline_ms: float = 5000.0
+    edge_only_share: float = 0.0  # jobs that must never leave the site (privacy edge-only)
+    jobs: int = 2000
+    seed: int = 11
+
+    def trace(self) -> list[SimJob]:
+        if self.rate_per_s <= 0 or not 0 <= self.edge_only_share <= 1:
+            raise ConfigError("plan: --rate must be positive and --edge-only between 0 and 1")
+        rng = random.Random(self.seed)
+        t, out = 0.0, []
+        for i in range(self.jobs):
+            t += rng.expovariate(self.rate_per_s)
+            out.append(SimJob(key=f"j{i}", arrival=t, max_tokens=self.completion_tokens,
+                              tokens=self.completion_tokens, prompt_tokens=self.prompt_tokens,
+                              deadline_s=self.deadline_ms / 1000,
+                              privacy="edge-only" if rng.random() < self.edge_only_share else "cloud-ok"))
+        return out
+
+
+@dataclass(frozen=True)
+class Quality:
+    edge: float = 0.6
+    cloud: float = 0.85
+    alpha: float = 0.5  # weight of quality against responsiveness
+
+
+def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, power_w: float = 10.0,
+                      price_per_kwh: float = 0.30, model: str | None = None) -> list[SimAgent]:
+    """``count`` devices like the one ``fogmesh probe --json`` measured, serving its first (or named) model."""
+    models = [m for m in report.get("models", []) if not m.get("error") and (model is None or m["name"] == model)]
+    if not models:
+        raise ConfigError(f"probe of {report.get('host', '?')} has no usable model"
+                          + (f" named {model!r}" if model else ""))
+    m = models[0]
+    tps = m["advertises"]["decode_tps"]
+    return [SimAgent(name=f"{report.get('host', 'device')}-{i + 1}", slots=slots, tps=tps,
+                     ttft_s=m["advertises"]["ttft_ms"] / 1000, energy_j_per_token=power_w / tps if tps else 0.0,
+                     price_per_kwh=price_per_kwh) for i in range(count)]
+
+
+def _score(jobs: list[SimJob], out: dict[str, dict[str, Any]], quality: Quality) -> dict[str, float]:
+    scores = []
+    for j in jobs:
+        o = out.get(j.key)
+        if o is None:
+            continue
+        q = quality.cloud if o["tier"] == "cloud" else quality.edge
+        latency = o["latency_s"]
+        r = 1.0 if j.deadline_s is None or latency <= j.deadline_s else j.deadline_s / latency
+        scores.append(quality.alpha * q + (1 - quality.alpha) * r)
+    utility = statistics.fmean(scores) if scores else 0.0
+    return {"utility": utility}
+
+
+def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quality: Quality) -> list[dict[str, Any]]:
+    rows = []
+    for option in OPTIONS:
+        jobs = workload.trace()
+        unservable = 0
+        if option == "cloud":
+            unservable = sum(1 for j in jobs if j.privacy == "edge-only")
+            jobs = [j for j in jobs if j.privacy != "edge-only"]
+        fleet = [] if option == "cloud" else agents
+        tier = dataclasses.replace(cloud, enabled=option != "edge")
+        if not jobs or (option != "cloud" and not fleet):
+            continue
+        out = simulate(jobs, fleet, tier, cloud_workers=10_000, policy="deadline")
+        fig = figures(jobs, out, fleet)
+        row: dict[str, Any] = {"option": option, "jobs": len(jobs), "unservable": unservable, **fig,
+                               **_score(jobs, out, quality)}
+        row.pop("load_balance", None)
+        cpr = row["cost_per_response"]
+        row["pcr"] = row["utility"] / cpr if cpr > 0 else float("inf")
+        rows.append(row)
+    return rows
+
+
+def recommend(rows: list[dict[str, Any]], min_hit_rate: float = 0.95) -> tuple[str, str]:
+    """The option to take and why: the best PCR among those that serve every job and meet deadlines."""
+    fine = [r for r in rows if r["unservable"] == 0 and r["deadline_hit_rate"] >= min_hit_rate]
+    if fine:
+        best = max(fine, key=lambda r: r["pcr"])
+        return best["option"], (f"meets {min_hit_rate:.0%} of deadlines and has the best performance-cost ratio "
+                                f"of those that do")
+    best = max(rows, key=lambda r: (r["unservable"] == 0, r["deadline_hit_rate"], r["utility"]))
+    return best["option"], (f"no option meets {min_hit_rate:.0%} of deadlines; this one comes closest "
+                            "(add devices, slots or a faster model, or relax the deadline)")

@@ -1,0 +1,191 @@
+"""Client side: a device (``fogmesh ask``), the retained statuses (``fogmesh status``), requests.
+
+It speaks the same device contract as any MQTT client would, nothing more.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from broker.runtime.mqtt import BrokerAddress, Message, Session
+from schemas.errors import TopicError
+from schemas.topics import Topics
+
+
+class DeviceClient:
+    """A device on the broker: publishes prompts and cancels, collects its result topics.
+
+    Every message is kept with its arrival time (``time.monotonic()``), so the
+    same client serves ``fogmesh ask``, the tests and the benchmarks.
+    """
+
+    def __init__(self, address: BrokerAddress, site: str, device_id: str = "",
+                 on_chunk: Callable[[str, dict[str, Any]], None] | None = None, persistent: bool = False) -> None:
+        """``persistent``: a session the broker keeps (and queues results for) while the device is away."""
+        self.topics = Topics(site)
+        self.device_id = device_id or f"dev-{secrets.token_hex(3)}"
+        self.finals: dict[str, list[dict[str, Any]]] = {}
+        self.chunks: dict[str, list[dict[str, Any]]] = {}
+        self.arrivals: dict[str, list[float]] = {}  # job -> arrival time of each message, chunks then final
+        self.sent_at: dict[str, float] = {}
+        self._on_chunk = on_chunk
+        self._changed = threading.Condition()
+        client_id = f"fogmesh-dev-{self.device_id}" + ("" if persistent else f"-{secrets.token_hex(3)}")
+        self.session = Session(address, client_id, self._collect, persistent=persistent)
+        self.session.start()
+        self.session.subscribe(self.topics.results(self.device_id), qos=1)
+        time.sleep(0.05)  # let the SUBACK land before an answer can
+
+    def _collect(self, msg: Message) -> None:
+        now = time.monotonic()
+        data = orjson.loads(msg.payload)
+        job = msg.topic.rsplit("/", 1)[-1]
+        with self._changed:
+            (self.finals if data.get("final") else self.chunks).setdefault(job, []).append(data)
+            self.arrivals.setdefault(job, []).append(now)
+            self._changed.notify_all()
+        if self._on_chunk and not data.get("final"):
+            self._on_chunk(job, data)
+
+    def send(self, payload: dict[str, Any] | bytes, wait: bool = True, **props: Any) -> str:
+        """Publish a prompt at QoS 1 (``wait``: until the PUBACK); returns its id when it has one.
+
+        Without ``wait`` a prompt sent while the broker is away is queued and sent on reconnect.
+        """
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        job = payload.get("id", "") if isinstance(payload, dict) else ""
+        if job:
+            self.sent_at[job] = time.monotonic()
+        info = self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props)
+        if wait:
+            info.wait(5)
+        return str(job)
+
+    def cancel(self, job_id: str) -> None:
+        self.session.publish(self.topics.cancel(self.device_id), orjson.dumps({"id": job_id}), qos=1)
+
+    def wait_final(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while job_id not in self.finals:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
+            return self.finals[job_id][0]
+
+    def all_finals(self) -> list[dict[str, Any]]:
+        return [f for finals in self.finals.values() for f in finals]
+
+    def close(self) -> None:
+        self.session.stop()
+
+
+@dataclass
+class Answer:
+    final: dict[str, Any] | None = None
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    first_chunk_s: float | None = None
+    elapsed_s: float = 0.0
+
+
+def ask(address: BrokerAddress, site: str, prompt: dict[str, Any], device: str,
+        timeout_s: float = 60.0, on_chunk: Callable[[dict[str, Any]], None] | None = None) -> Answer:
+    """Publish ``prompt`` as ``device`` and collect the stream and the final message."""
+    job_id = prompt.setdefault("id", f"ask-{secrets.token_hex(4)}")
+    client = DeviceClient(address, site, device, (lambda _job, chunk: on_chunk(chunk)) if on_chunk else None)
+    try:
+        client.send(prompt)
+        final = client.wait_final(job_id, timeout_s)
+        arrivals = client.arrivals.get(job_id, [])
+        start = client.sent_at[job_id]
+        chunks = client.chunks.get(job_id, [])
+        return Answer(final=final, chunks=chunks, first_chunk_s=arrivals[0] - start if chunks else None,
+                      elapsed_s=(arrivals[-1] if arrivals else time.monotonic()) - start)
+    finally:
+        client.close()
+
+
+class Fleet:
+    """The site as its retained status topics describe it, kept current while open.
+
+    ``fogmesh status`` opens one for half a second; ``status --watch`` and the
+    tests keep one open and read :meth:`snapshot` as it changes.
+    """
+
+    def __init__(self, address: BrokerAddress, site: str) -> None:
+        self.topics = Topics(site)
+        self.site, self.broker = site, address.url
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"agents": {}, "coordinator": None, "mesh": None, "bridge": None}
+        self.session = Session(address, f"fogmesh-status-{secrets.token_hex(4)}", self._on_message, persistent=False)
+        self.session.start()
+        t = self.topics
+        for topic in (t.agent_status(), t.coordinator_status, t.mesh_status, t.bridge_status):
+            self.session.subscribe(topic, qos=1)
+
+    def _on_message(self, msg: Message) -> None:
+        try:
+            data = orjson.loads(msg.payload) if msg.payload else None
+            level = self.topics.parse(msg.topic)
+        except (orjson.JSONDecodeError, TopicError):
+            return  # somebody else's garbage on a status topic is not ours to crash on
+        with self._lock:
+            if level[0] == "agents":
+                if data is None:
+                    self._state["agents"].pop(level[1], None)
+                else:
+                    self._state["agents"][level[1]] = data
+            elif level[0] in ("coordinator", "mesh", "bridge"):
+                self._state[level[0]] = data
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"site": self.site, "broker": self.broker, "agents": dict(self._state["agents"]),
+                    "coordinator": self._state["coordinator"], "mesh": self._state["mesh"],
+                    "bridge": self._state["bridge"]}
+
+    def close(self) -> None:
+        self.session.stop()
+
+
+def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[str, Any]:
+    """The site as its retained status topics describe it, read once."""
+    fleet = Fleet(address, site)
+    try:
+        time.sleep(settle_s)
+        return fleet.snapshot()
+    finally:
+        fleet.close()
+
+
+def request(address: BrokerAddress, topic: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """An MQTT 5 request/response: publish with a Response Topic and Correlation Data, wait for the reply."""
+    inbox: queue.Queue[Message] = queue.Queue()
+    token = secrets.token_hex(8)
+    session = Session(address, f"fogmesh-req-{token}", inbox.put, persistent=False)
+    session.start()
+    reply_to = f"{topic}/reply/{token}"
+    try:
+        session.subscribe(reply_to, qos=1)
+        time.sleep(0.05)
+        session.publish(topic, orjson.dumps(body), qos=1, response_topic=reply_to, correlation=token.encode())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                msg = inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if msg.correlation == token.encode():
+                return orjson.loads(msg.payload)
+    finally:
+        session.stop()
+    return None
