@@ -15,18 +15,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.backends.base import Backend, Generation
 from agents.errors import AgentError, BackendError
 from agents.homeassistant import discovery
 from agents.settings import AgentSettings
 from agents.status import StatusBoard
+from agents.stream import Stream
 from broker.runtime.logs import kv
 from broker.runtime.metrics import Metrics
 from broker.runtime.mqtt import Message, Session
 from broker.runtime.notify import Notifier
-from schemas import DecodeError, decode, encode
-from schemas.messages import AgentEvent, Assignment, Chunk, Control, ErrorInfo, EventKind, Usage
+from schemas import encode
+from schemas.messages import AgentEvent, Assignment, Control, ErrorInfo, EventKind, Usage
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.agent")
@@ -44,8 +46,10 @@ class _Job:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, make_slot: Callable[[], dict[str, Backend]]) -> None:
-        """``make_slot`` builds one slot's backends by model name (the first is the default model).
+    def __init__(self, settings: AgentSettings, make_slot: Callable[[], dict[str, Backend]],
+                 session: Any = None) -> None:
+        """``make_slot`` builds one slot's backends by model name (the first is the default model);
+        ``session``: given by a test (an in-memory session), else a real MQTT session.
 
         Each slot thread calls it itself and is the only thread that ever touches
         those backends: llama.cpp's OpenMP thread team belongs to the thread that
@@ -58,7 +62,7 @@ class Agent:
         self.default_model = ""
         self.topics = Topics(settings.site)
         self.board = StatusBoard(settings, [])
-        self.session = Session(
+        self.session = session or Session(
             settings.address(),
             client_id=f"fogmesh-agent-{settings.agent_id}",
             on_message=self._on_message,
@@ -210,10 +214,8 @@ class Agent:
             self._on_control(msg)
 
     def _on_assign(self, msg: Message) -> None:
-        try:
-            spec = decode(msg.payload, Assignment)
-        except DecodeError as exc:
-            log.error(kv("bad_assignment", reason=exc.code, detail=exc.message))
+        spec = msg.decoded(Assignment, log, "bad_assignment", logging.ERROR)
+        if spec is None:
             return
         with self._lock:
             known = self._jobs.get(spec.key)
@@ -237,10 +239,8 @@ class Agent:
         log.info(kv("job_accepted", job=spec.key, attempt=spec.attempt))
 
     def _on_control(self, msg: Message) -> None:
-        try:
-            ctl = decode(msg.payload, Control)
-        except DecodeError as exc:
-            log.error(kv("bad_control", reason=exc.code, detail=exc.message))
+        ctl = msg.decoded(Control, log, "bad_control", logging.ERROR)
+        if ctl is None:
             return
         with self._lock:
             job = self._jobs.get(ctl.cancel)
@@ -294,7 +294,7 @@ class Agent:
         queue_s = time.monotonic() - job.accepted_at
         self._event(spec, "started")
         self._dirty.set()
-        stream = _Stream(self, spec) if spec.stream else None
+        stream = Stream(self.session, spec, self.settings.chunk_interval_ms / 1000) if spec.stream else None
         try:
             gen = backend.generate(
                 spec.prompt, spec.max_tokens,
@@ -370,39 +370,3 @@ def build(settings: AgentSettings) -> Agent:
                                    settings.top_k, settings.repeat_penalty) for name, path in models}
 
     return Agent(settings, make_slot)
-
-
-class _Stream:
-    """Coalesces tokens into chunks: the first at once, then at most one publish per interval."""
-
-    def __init__(self, agent: Agent, spec: Assignment) -> None:
-        self.agent = agent
-        self.spec = spec
-        self.interval_s = agent.settings.chunk_interval_ms / 1000
-        self.buffer: list[str] = []
-        self.last = 0.0
-        self.seq = 0
-        self.correlation = bytes.fromhex(spec.correlation) if spec.correlation else None
-        # The coordinator admits only Response Topics under the device's results; checked here too,
-        # because a publish the broker's ACL denies costs the agent its connection (mosquitto 2.0).
-        rt = spec.response_topic
-        self.response_topic = rt if rt and rt != spec.result_topic and rt.startswith(
-            spec.result_topic.rsplit("/", 1)[0] + "/") else None
-
-    def add(self, text: str) -> None:
-        self.buffer.append(text)
-        now = time.monotonic()
-        if now - self.last >= self.interval_s:
-            self.last = now
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer)))
-        self.buffer.clear()
-        self.seq += 1
-        session = self.agent.session
-        session.publish(self.spec.result_topic, payload, qos=1)
-        if self.response_topic:
-            session.publish(self.response_topic, payload, qos=1, correlation=self.correlation)

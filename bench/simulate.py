@@ -1,4 +1,4 @@
-"""Benchmark 5: the trace-driven simulator (broker/simulation.py, which runs fogmesh's own
+"""Benchmark 5: the trace-driven simulator (broker/planning/simulation.py, which runs fogmesh's own
 scheduler, not a copy) validated against the cluster experiment and taken past one
 machine (1,000 agents, 100,000 jobs).
 

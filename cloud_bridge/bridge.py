@@ -110,10 +110,8 @@ class Bridge:
     # ------------------------------------------------------------------ MQTT -> outbox
 
     def _on_message(self, msg: Message) -> None:
-        try:
-            req = decode(msg.payload, CloudRequest)
-        except DecodeError as exc:
-            log.error(kv("request_invalid", code=exc.code, detail=exc.message))
+        req = msg.decoded(CloudRequest, log, "request_invalid", logging.ERROR)
+        if req is None:
             self.session.ack(msg)
             return
         if self.outbox.add(req.key, req.attempt, msg.payload, req.offline_ok, req.deadline_at):

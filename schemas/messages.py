@@ -6,19 +6,23 @@ The JSON Schema files under ``schemas/json/`` are generated from these types
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
-Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+from schemas.topics import ID_PATTERN
+
+Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 Status = Literal["done", "error", "rejected", "cancelled", "expired"]
+FINAL_STATES: tuple[str, ...] = get_args(Status)  # a job in one of these has had its one final
 Tier = Literal["edge", "cloud"]
 Privacy = Literal["edge-only", "cloud-ok"]
 AgentState = Literal["online", "draining", "offline"]
+CoordinatorState = Literal["online", "offline"]
 
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_PRIORITY = 5
@@ -135,7 +139,7 @@ class AgentStatus(_Message, frozen=True):
 class CoordinatorStatus(_Message, frozen=True):
     """Retained on ``fogmesh/<site>/coordinator/status``."""
 
-    state: Literal["online", "offline"]
+    state: CoordinatorState
     host: str = ""
     pid: NonNegative = 0
     policy: str = ""

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from schemas.errors import TopicError
 
 ROOT = "fogmesh"
-_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"  # one topic level; the message types use it too
+_ID = re.compile(ID_PATTERN)
 
 
 def check_id(value: str, what: str = "id") -> str:

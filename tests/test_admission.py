@@ -11,6 +11,7 @@ import pytest
 
 from broker.coordinator.loop import Coordinator
 from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.memory import MemorySession
 from broker.runtime.mqtt import Delivery, Message
 from schemas import encode
 from schemas.messages import AgentStatus, ModelInfo
@@ -20,30 +21,16 @@ SITE = "adm"
 T = Topics(SITE)
 
 
-class Published:
-    """What the coordinator published, each acknowledged by the broker at once."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, topic: str, payload: bytes, *args: Any, **kwargs: Any) -> Delivery:
-        self.messages.append((topic, orjson.loads(payload) if payload else {}))
-        delivery = Delivery(0)
-        delivery._set(0)
-        return delivery
-
-    def finals(self, device: str = "dev", job: str = "+") -> list[dict[str, Any]]:
-        return [body for topic, body in self.messages
-                if topic.startswith(f"{T.prefix}/results/{device}/") and body.get("final")
-                and (job == "+" or topic.endswith(f"/{job}"))]
+def finals_of(coord: Coordinator, device: str = "dev", job: str = "+") -> list[dict[str, Any]]:
+    """The finals the coordinator published to ``device`` (for ``job``)."""
+    return [body for topic, body in coord.session.messages(f"{T.prefix}/results/{device}/")
+            if body.get("final") and (job == "+" or topic.endswith(f"/{job}"))]
 
 
 @pytest.fixture
 def coord(tmp_path):
-    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db"), max_attempts=3))
-    c.published = Published()  # type: ignore[attr-defined]
-    c.session.publish = c.published  # type: ignore[method-assign]
-    c.session.ack = lambda *a, **k: None  # type: ignore[method-assign]
+    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db"), max_attempts=3),
+                    session=MemorySession())
     yield c
     c.ledger.close()
 
@@ -70,10 +57,10 @@ def test_a_response_topic_outside_the_devices_results_is_refused_on_the_devices_
     for topic in ("devices/dev/replies", "fogmesh/adm/agents/a1/assign", "fogmesh/adm/results/other/x",
                   "fogmesh/adm/results/dev/", "$SYS/x", "fogmesh/adm/results/dev/#"):
         run(coord, prompt({"id": "r1", "prompt": "hello"}, response_topic=topic))
-    finals = coord.published.finals(job="r1")
+    finals = finals_of(coord, job="r1")
     assert [f["error"]["code"] for f in finals] == ["bad_response_topic"] * 6
     # nothing was published anywhere but the device's own results
-    assert all(topic == T.results("dev", "r1") for topic, _ in coord.published.messages
+    assert all(topic == T.results("dev", "r1") for topic, _ in coord.session.messages()
                if "/results/" in topic or not topic.startswith(T.prefix))
     run(coord, prompt({"id": "r2", "prompt": "hello"}, response_topic=T.results("dev", "replies/r2")))
     assert coord.jobs["dev/r2"].response_topic == T.results("dev", "replies/r2")
@@ -81,17 +68,17 @@ def test_a_response_topic_outside_the_devices_results_is_refused_on_the_devices_
 
 def test_a_rejected_id_can_be_corrected_and_sent_again(coord):
     run(coord, prompt({"id": "fix", "prompt": ""}))
-    assert coord.published.finals(job="fix")[-1]["error"]["code"] == "empty_prompt"
+    assert finals_of(coord, job="fix")[-1]["error"]["code"] == "empty_prompt"
     run(coord, prompt({"id": "fix", "prompt": "now with a prompt"}))
     assert "dev/fix" in coord.jobs  # accepted this time, not answered with the old rejection
-    assert len(coord.published.finals(job="fix")) == 1
+    assert len(finals_of(coord, job="fix")) == 1
 
 
 def test_overloaded_is_not_remembered_for_the_id(coord):
     coord.settings.max_queue = 1
     run(coord, prompt({"id": "a", "prompt": "x"}), prompt({"id": "b", "prompt": "x"}))
-    assert coord.published.finals(job="b")[-1]["error"]["code"] == "overloaded"
-    coord._finish(coord.jobs["dev/a"], "cancelled")
+    assert finals_of(coord, job="b")[-1]["error"]["code"] == "overloaded"
+    coord.finals.finish(coord.jobs["dev/a"], "cancelled")
     run(coord, prompt({"id": "b", "prompt": "x"}))
     assert "dev/b" in coord.jobs
 
@@ -99,20 +86,20 @@ def test_overloaded_is_not_remembered_for_the_id(coord):
 def test_a_bad_copy_of_a_running_jobs_id_gets_no_final_on_that_jobs_topic(coord):
     run(coord, prompt({"id": "live", "prompt": "the real one"}))
     run(coord, prompt(b'{"id": "live", "prompt": 5}'), prompt(b'{"id": "live", "nonsense": true}'))
-    assert coord.published.finals(job="live") == []
+    assert finals_of(coord, job="live") == []
     assert "dev/live" in coord.jobs and coord.counters["unanswered"] == 2
     assert {r["state"] for r in coord.ledger.find("live")} == {"queued", "rejected"}
-    coord._finish(coord.jobs["dev/live"], "cancelled")
+    coord.finals.finish(coord.jobs["dev/live"], "cancelled")
     run(coord, prompt(b'{"id": "live", "prompt": 5}'))  # nor after it was answered
-    assert [f["status"] for f in coord.published.finals(job="live")] == ["cancelled"]
+    assert [f["status"] for f in finals_of(coord, job="live")] == ["cancelled"]
 
 
 @pytest.mark.parametrize("device", ["", "has space", "naïve", "x" * 129, "a+b"])
 def test_a_prompt_on_a_device_topic_that_cannot_be_answered_is_counted(coord, device):
     run(coord, Message(topic=f"{T.prefix}/prompts/{device}", payload=b'{"prompt": "x"}', qos=1))
-    assert coord.counters["unanswered"] == 1 and not coord.jobs
-    assert coord.m_unanswered.labels("bad_device_id")._value.get() == 1
-    assert not [t for t, _ in coord.published.messages if "/results/" in t]
+    assert coord.counters["unanswered"] == 1 and not len(coord.jobs)
+    assert coord.m.unanswered.labels("bad_device_id")._value.get() == 1
+    assert not [t for t, _ in coord.session.messages() if "/results/" in t]
 
 
 def test_a_job_whose_agent_keeps_dying_ends_in_error_after_max_attempts(coord):
@@ -123,9 +110,9 @@ def test_a_job_whose_agent_keeps_dying_ends_in_error_after_max_attempts(coord):
         assert job is not None and job.agent == "a1" and job.attempt == attempt
         epoch += 1  # the agent died and came back: a new boot
         run(coord, status("a1", epoch=epoch))
-    finals = coord.published.finals(job="poison")
+    finals = finals_of(coord, job="poison")
     assert [f["status"] for f in finals] == ["error"] and finals[0]["error"]["code"] == "agent_lost"
-    letters = [body for topic, body in coord.published.messages if topic == T.deadletter("dev", "poison")]
+    letters = [body for topic, body in coord.session.messages() if topic == T.deadletter("dev", "poison")]
     assert letters and letters[0]["attempts"] == 3
 
 
@@ -134,28 +121,39 @@ def test_the_prompts_held_in_memory_are_bounded_in_bytes(coord):
     big = "word " * 800  # ~4 KB
     for i in range(4):
         run(coord, prompt({"id": f"b{i}", "prompt": big}))
-    assert sorted(coord.jobs) == ["dev/b0", "dev/b1"]
+    assert sorted(j.key for j in coord.jobs) == ["dev/b0", "dev/b1"]
     assert all(f["error"]["code"] == "overloaded" and "bytes" in f["error"]["message"]
-               for f in coord.published.finals())
-    coord._finish(coord.jobs["dev/b0"], "cancelled")
+               for f in finals_of(coord))
+    coord.finals.finish(coord.jobs["dev/b0"], "cancelled")
     run(coord, prompt({"id": "b2", "prompt": big}))
-    assert "dev/b2" in coord.jobs and coord._held_bytes < 10_000
+    assert "dev/b2" in coord.jobs and coord.jobs.held_bytes < 10_000
 
 
-def test_a_final_is_marked_delivered_once_the_broker_acknowledges_it(coord):
-    pending: list[Delivery] = []
+class AwaySession(MemorySession):
+    """The broker is away: publishes are queued, and acknowledged only when ``back()`` is called."""
 
-    def publish(topic: str, payload: bytes, *args: Any, **kwargs: Any) -> Delivery:
-        pending.append(Delivery(0))  # the broker is away: nothing acknowledged yet
-        return pending[-1]
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[Delivery] = []
 
-    coord.session.publish = publish  # type: ignore[method-assign]
+    def publish(self, topic: str, payload: bytes, *args: Any, **kwargs: Any) -> Delivery:
+        self.queued.append(Delivery(len(self.queued)))
+        return self.queued[-1]
+
+    def back(self) -> None:
+        for delivery in self.queued:
+            delivery._set(0)
+
+
+def test_a_final_is_marked_delivered_once_the_broker_acknowledges_it(tmp_path):
+    session = AwaySession()
+    coord = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db")), session=session)
     run(coord, prompt({"id": "away", "prompt": ""}))
     assert coord.ledger.get("dev/away")["delivered"] == 0  # no crash, and not marked
-    for delivery in pending:
-        delivery._set(0)  # the session came back and the PUBACK arrived
+    session.back()  # the session came back and the PUBACK arrived
     run(coord)
     assert coord.ledger.get("dev/away")["delivered"] == 1
+    coord.ledger.close()
 
 
 def test_the_ledger_forgets_old_finished_jobs(tmp_path):
@@ -179,3 +177,23 @@ def test_the_ledger_forgets_old_finished_jobs(tmp_path):
         assert ledger.prune(older_than=None, keep=4) == 6  # beyond `keep`, the oldest go
     assert sum(1 for i in range(30, 40) if ledger.get(f"d/{i}")) == 4
     ledger.close()
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"not json", "not_json"),
+    (b"[1, 2]", "not_object"),
+    (b'{"max_tokens": 5}', "missing_field"),
+    (b'{"prompt": "x", "max_tokens": "ten"}', "wrong_type"),
+    (b'{"prompt": "x", "priority": 12}', "invalid_value"),
+    (b'{"prompt": "x", "colour": "red"}', "unknown_field"),
+    (b'{"prompt": "   "}', "empty_prompt"),
+    (orjson.dumps({"prompt": "x" * 70_000}), "too_large"),
+    (b'{"prompt": "x", "max_tokens": 5000}', "max_tokens_too_large"),
+    (b'{"prompt": "x", "model": "nope"}', "unknown_model"),
+])
+def test_every_rejection_path_answers_its_precise_code(coord, payload, code):
+    run(coord, status("a1"))  # an agent holding model "m", so an unknown model is known to be unknown
+    run(coord, prompt(payload))
+    got = finals_of(coord)
+    assert [f["status"] for f in got] == ["rejected"] and got[0]["error"]["code"] == code
+    assert got[0]["error"]["message"] and not len(coord.jobs)

@@ -16,3 +16,9 @@ def test_each_part_imports_only_the_parts_below_it():
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "1 kept, 0 broken" in out.stdout
+
+
+def test_every_module_reads_in_one_sitting():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for package in ("agents", "broker", "cloud_bridge", "schemas") for p in (ROOT / package).rglob("*.py")}
+    assert {path: n for path, n in sizes.items() if n > 400} == {}

@@ -7,9 +7,10 @@ import time
 import orjson
 import pytest
 
-from broker.coordinator import loop as coordinator_module
+from broker.coordinator import dispatch as coordinator_module
 from broker.coordinator.loop import Coordinator
 from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.memory import MemorySession
 from broker.runtime.mqtt import Message
 from schemas import encode
 from schemas.messages import AgentStatus, ModelInfo
@@ -20,9 +21,7 @@ SITE = "loop"
 
 @pytest.fixture
 def coord(tmp_path):
-    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db")))
-    c.session.publish = lambda *a, **k: None  # never connected: effects go nowhere
-    c.session.ack = lambda *a, **k: None
+    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db")), session=MemorySession())
     yield c
     c.ledger.close()
 
@@ -53,10 +52,10 @@ def test_a_dispatch_pass_yields_to_the_inbox_after_its_time_budget(coord, monkey
     coord._handle(status("a1", 1, time.time()))
     for i in range(3):
         coord._handle(prompt(i))
-    coord._dispatch(time.time(), time.monotonic())
-    assert coord.counters["assigned"] == 1 and coord._dispatch_pending
-    coord._dispatch(time.time(), time.monotonic())
-    coord._dispatch(time.time(), time.monotonic())
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.counters["assigned"] == 1 and coord.dispatcher.pending
+    coord.dispatcher.run(time.time(), time.monotonic())
+    coord.dispatcher.run(time.time(), time.monotonic())
     assert coord.counters["assigned"] == 3
-    coord._dispatch(time.time(), time.monotonic())
-    assert not coord._dispatch_pending
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert not coord.dispatcher.pending

@@ -18,8 +18,10 @@ import orjson
 import sqlite_utils
 
 from broker.runtime.errors import LedgerError
+from schemas.messages import FINAL_STATES
 
-FINAL_STATES = ("done", "error", "rejected", "cancelled", "expired")
+# Migrations are history: the final states written in the first stay as written there;
+# FINAL_STATES (from the message types) is the list the code uses.
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE IF NOT EXISTS jobs (

@@ -20,7 +20,7 @@ import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 POLICIES = ("random", "weighted", "load-aware", "deadline")
 Policy = Literal["random", "weighted", "load-aware", "deadline"]
@@ -103,9 +103,18 @@ class Decision:
     candidates: tuple[Candidate, ...] = field(default=())
 
 
-def edge_cost(view: AgentView, tokens: int) -> float:
+class Priced(Protocol):
+    """What edge cost needs of an agent: an AgentView, or the agent's own AgentStatus."""
+
+    @property
+    def energy_j_per_token(self) -> float: ...
+    @property
+    def price_per_kwh(self) -> float: ...
+
+
+def edge_cost(agent: Priced, tokens: int) -> float:
     """Energy x price: joules per token x tokens / 3.6e6 J per kWh x price per kWh."""
-    return view.energy_j_per_token * tokens / J_PER_KWH * view.price_per_kwh
+    return agent.energy_j_per_token * tokens / J_PER_KWH * agent.price_per_kwh
 
 
 def cloud_cost(cloud: CloudTier, prompt_tokens: int, completion_tokens: int) -> float:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -27,8 +27,10 @@ from paho.mqtt.properties import Properties
 
 from broker.runtime.errors import BrokerUnavailable, ConfigError
 from broker.runtime.logs import kv
+from schemas import DecodeError, decode
 
 log = logging.getLogger("fogmesh.mqtt")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,16 @@ class Message:
     expiry_s: int | None = None
     received_at: float = field(default_factory=time.time)
 
+    def decoded(self, into: type[T], logger: logging.Logger, event: str, level: int = logging.WARNING,
+                **context: Any) -> T | None:
+        """The payload as ``into``; else None, after logging ``event`` with the reason code: one
+        bad message is logged and dropped, it never stops a daemon."""
+        try:
+            return decode(self.payload, into)
+        except DecodeError as exc:
+            logger.log(level, kv(event, **context, code=exc.code, detail=exc.message))
+            return None
+
 
 _DELIVERY_LOCK = threading.Lock()  # guards a Delivery's lazily made Event (most are never waited for)
 
@@ -125,6 +137,17 @@ class Delivery:
             event = self._event
         if event is not None:
             event.set()
+
+
+class Publisher(Protocol):
+    """What a daemon's logic needs of its MQTT session: :class:`Session`, or the in-memory
+    :class:`broker.runtime.memory.MemorySession` that unit tests hand it instead."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                correlation: bytes | None = None, expiry_s: int | None = None,
+                response_topic: str | None = None) -> Delivery: ...
+
+    def ack(self, message: Message) -> None: ...
 
 
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:

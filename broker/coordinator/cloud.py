@@ -1,0 +1,74 @@
+"""The cloud tier as the coordinator uses it: the bridge's retained status says whether it is
+there and what it costs; jobs the scheduler sends it go out on ``cloud/requests``, and their
+outcome comes back on ``cloud/events``."""
+
+from __future__ import annotations
+
+import logging
+
+from broker.coordinator.context import Core
+from broker.coordinator.explain import explained
+from broker.coordinator.finals import Finals
+from broker.coordinator.jobs import Job, JobState
+from broker.coordinator.scheduler import CloudTier, Decision, cloud_cost
+from broker.runtime.logs import kv
+from broker.runtime.mqtt import Message
+from schemas import encode
+from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo, ServedBy
+
+log = logging.getLogger("fogmesh.coordinator")
+
+
+class Cloud:
+    def __init__(self, core: Core, finals: Finals) -> None:
+        self.core = core
+        self.finals = finals
+
+    def on_bridge_status(self, msg: Message) -> None:
+        c = self.core
+        if not msg.payload:
+            return
+        st = msg.decoded(BridgeStatus, log, "bridge_status_invalid")
+        if st is None:
+            return
+        was = c.cloud
+        c.cloud = CloudTier(enabled=st.state == "online", reachable=st.reachable, latency_s=st.latency_s,
+                            decode_tps=st.decode_tps, price_in_per_1k=st.price_in_per_1k,
+                            price_out_per_1k=st.price_out_per_1k)
+        if (was.enabled, was.reachable) != (c.cloud.enabled, c.cloud.reachable):
+            log.info(kv("cloud_tier", enabled=c.cloud.enabled, reachable=c.cloud.reachable))
+
+    def offload(self, job: Job, decision: Decision) -> None:
+        c = self.core
+        job.attempt += 1
+        c.jobs.place(job, None)
+        job.state, job.decision = JobState.OFFLOADED, explained(decision)
+        c.count("offloaded")
+        c.ledger.update(job.key, "offloaded", job.decision, agent=None, attempt=job.attempt, tier="cloud")
+        req = CloudRequest(key=job.key, site=c.settings.site, device=job.device, job=job.job, attempt=job.attempt,
+                           prompt=job.req.prompt, max_tokens=job.req.max_tokens, priority=job.req.priority,
+                           model=job.req.model, deadline_at=job.deadline_at, offline_ok=job.req.offline_ok,
+                           created_at=job.created_at)
+        c.pending.publish(c.topics.cloud_requests, encode(req))
+        log.info(kv("job_offloaded", job=job.key, attempt=job.attempt, reason=decision.reason,
+                    predicted_ms=decision.predicted_s * 1000))
+
+    def on_event(self, msg: Message) -> None:
+        c = self.core
+        res = msg.decoded(CloudResult, log, "cloud_event_invalid")
+        if res is None:
+            return
+        job = c.jobs.get(res.key)
+        if job is None or job.state is not JobState.OFFLOADED or job.attempt != res.attempt:
+            c.count("duplicates")
+            log.info(kv("cloud_result_dropped", job=res.key, kind=res.kind, reason="job no longer waits for it"))
+            return
+        if res.kind == "done":
+            cost = ({"cloud": round(cloud_cost(c.cloud, res.usage.prompt_tokens, res.usage.completion_tokens), 9)}
+                    if res.usage else None)
+            self.finals.finish(job, "done", text=res.text, usage=res.usage, agent_timings=res.timings,
+                               served_by=ServedBy(tier="cloud", node=res.node), cost=cost)
+        elif res.kind == "expired":
+            self.finals.finish(job, "expired", error=res.error)
+        elif res.kind == "failed":
+            self.finals.finish(job, "error", error=res.error or ErrorInfo(code="cloud_error", message="cloud failed"))

@@ -1,0 +1,104 @@
+"""What the coordinator's parts share: its settings, clock, ledger, agents, jobs and metrics, and
+the publishes a batch will make once its ledger transaction has committed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.coordinator.jobs import Jobs
+from broker.coordinator.ledger import Ledger
+from broker.coordinator.registry import Registry
+from broker.coordinator.scheduler import CloudTier
+from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.metrics import TOKENS_PER_S, Metrics
+from broker.runtime.mqtt import Delivery, Message, Publisher
+from schemas.topics import Topics
+
+
+class Pending:
+    """A batch's publishes and acknowledgements, in order, held until its transaction commits:
+    nothing leaves the coordinator that the ledger does not hold."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, Any]] = []
+
+    def publish(self, topic: str, payload: bytes, *, correlation: bytes | None = None,
+                retain: bool = False, final_of: str | None = None) -> None:
+        """``final_of``: the job key whose final this is; its delivery is tracked for the ledger."""
+        self._items.append(("publish", (topic, payload, correlation, retain, final_of)))
+
+    def ack(self, msg: Message) -> None:
+        self._items.append(("ack", msg))
+
+    def flush(self, session: Publisher) -> list[tuple[str, Delivery]]:
+        """Do it all; returns the deliveries of the finals among it."""
+        items, self._items = self._items, []
+        finals = []
+        for kind, item in items:
+            if kind == "ack":
+                session.ack(item)
+                continue
+            topic, payload, correlation, retain, final_of = item
+            delivery = session.publish(topic, payload, qos=1, retain=retain, correlation=correlation)
+            if final_of is not None:
+                finals.append((final_of, delivery))
+        return finals
+
+
+@dataclass
+class CoordinatorMetrics:
+    metrics: Metrics
+    finals: Any = None
+    rejections: Any = None
+    unanswered: Any = None
+    queue_wait: Any = None
+    ttft: Any = None
+    latency: Any = None
+    tps: Any = None
+
+    @classmethod
+    def create(cls, counters: dict[str, int]) -> CoordinatorMetrics:
+        m = Metrics("coordinator", counters)
+        return cls(
+            metrics=m,
+            finals=m.counter("jobs_total", "Jobs finished, by final status and the tier that served them",
+                             ("status", "tier")),
+            rejections=m.counter("rejections_total", "Prompts rejected, by error code", ("code",)),
+            unanswered=m.counter("prompts_unanswered_total",
+                                 "Prompts that could not be answered on a result topic, by reason", ("reason",)),
+            queue_wait=m.histogram("queue_wait_seconds", "From accepted to started on an agent or the cloud"),
+            ttft=m.histogram("ttft_seconds", "Time to first token of finished jobs", labels=("tier",)),
+            latency=m.histogram("latency_seconds", "From accepted to the final message, done jobs",
+                                labels=("tier",)),
+            tps=m.histogram("decode_tokens_per_second", "Decode rate of done jobs", TOKENS_PER_S, ("tier",)),
+        )
+
+
+@dataclass
+class Core:
+    """The coordinator's shared state. One thread (the loop's) reads and changes it."""
+
+    settings: CoordinatorSettings
+    ledger: Ledger
+    clock: Callable[[], float] = time.time
+    topics: Topics = field(init=False)
+    registry: Registry = field(init=False)
+    jobs: Jobs = field(init=False)
+    pending: Pending = field(default_factory=Pending)
+    cloud: CloudTier = field(default_factory=CloudTier)  # enabled while a bridge's status says it is online
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "accepted": 0, "assigned": 0, "reassigned": 0, "done": 0, "rejected": 0, "cancelled": 0,
+        "expired": 0, "error": 0, "duplicates": 0, "unanswered": 0})
+    m: CoordinatorMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics(self.settings.site)
+        self.registry = Registry(self.settings.agent_timeout_factor)
+        self.jobs = Jobs(self.settings.aging_s)
+        self.m = CoordinatorMetrics.create(self.counters)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1

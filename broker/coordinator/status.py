@@ -1,0 +1,79 @@
+"""What the coordinator tells the fleet: its retained status (its heartbeat, with counters), the
+site's mesh status (agents, slots, queue, backpressure), and its Prometheus gauges."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.coordinator.context import Core
+from broker.coordinator.jobs import JobState
+from broker.coordinator.scheduler import AgentView
+from broker.runtime import __version__
+from broker.runtime.mqtt import Publisher
+from schemas import encode
+from schemas.messages import CoordinatorState, CoordinatorStatus, MeshStatus
+
+
+class StatusBoard:
+    def __init__(self, core: Core, views: Callable[[], list[AgentView]]) -> None:
+        self.core = core
+        self.views = views
+        self.last: MeshStatus | None = None
+        self._last_at = 0.0
+
+    def coordinator(self, state: CoordinatorState) -> CoordinatorStatus:
+        c = self.core
+        return CoordinatorStatus(state=state, host=socket.gethostname(), pid=os.getpid(), policy=c.settings.policy,
+                                 version=__version__, counters=dict(c.counters), ts=c.clock())
+
+    def publish(self, session: Publisher, state: CoordinatorState, wait: bool = False) -> None:
+        delivery = session.publish(self.core.topics.coordinator_status, encode(self.coordinator(state)), qos=1,
+                                   retain=True)
+        if wait:
+            delivery.wait(5.0)
+
+    def mesh(self) -> MeshStatus:
+        c = self.core
+        views = [v for v in self.views() if v.online]
+        queued = [j for j in c.jobs if j.state is JobState.QUEUED]
+        tps = sum(v.decode_tps * v.slots for v in views) or 0.0
+        backlog = sum(j.req.max_tokens for j in queued) + sum(v.outstanding_tokens for v in views)
+        return MeshStatus(
+            agents_online=len(views),
+            slots_total=sum(v.slots for v in views),
+            slots_free=sum(max(0, v.slots - v.outstanding) for v in views),
+            queue_depth=len(queued),
+            running=sum(1 for j in c.jobs if j.state.on_agent),
+            predicted_wait_ms=round(backlog / tps * 1000, 1) if tps else 0.0,
+            overloaded=len(queued) >= c.settings.max_queue * 0.8 or (bool(queued) and not views),
+            ts=c.clock(),
+        )
+
+    def publish_mesh(self, session: Publisher) -> None:
+        """On a change (at most 4 times a second), and at the status interval as a heartbeat."""
+        mono = time.monotonic()
+        if mono - self._last_at < 0.25:
+            return
+        mesh = self.mesh()
+        same = self.last is not None and _strip_ts(self.last) == _strip_ts(mesh)
+        if same and mono - self._last_at < self.core.settings.status_interval_s:
+            return
+        self.last, self._last_at = mesh, mono
+        session.publish(self.core.topics.mesh_status, encode(mesh), qos=1, retain=True)
+        self.publish(session, "online")  # its counters and timestamp are the coordinator's heartbeat
+
+    def gauges(self, reconnects: Callable[[], int]) -> None:
+        c, m = self.core, self.core.m.metrics
+        m.gauge("queue_depth", "Jobs waiting for an agent", lambda: len(c.jobs.waiting))
+        m.gauge("jobs_in_flight", "Jobs accepted and not yet finished", lambda: len(c.jobs))
+        m.gauge("agents_online", "Agents online", lambda: len(c.registry.online()))
+        m.gauge("slots_free", "Free slots across online agents", lambda: self.last.slots_free if self.last else 0)
+        m.reconnects(reconnects)
+
+
+def _strip_ts(m: MeshStatus) -> tuple[Any, ...]:
+    return (m.agents_online, m.slots_total, m.slots_free, m.queue_depth, m.running, m.overloaded)

@@ -1,0 +1,76 @@
+"""The edge agent driven in-process: an in-memory session, a synthetic backend, assignments
+handed to it as the broker would. The same agent runs with the real model in test_site.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.agent import Agent
+from agents.backends.synthetic import SyntheticBackend
+from agents.settings import AgentSettings
+from broker.runtime.memory import MemorySession
+from broker.runtime.mqtt import Message
+from schemas import encode
+from schemas.messages import Assignment, Control
+from schemas.topics import Topics
+from tests.services import wait_for
+
+SITE = "inproc"
+T = Topics(SITE)
+
+
+@pytest.fixture
+def agent():
+    a = Agent(AgentSettings(site=SITE, agent_id="a1", slots=1, calibrate_tokens=2, heartbeat_s=0.2),
+              lambda: {"m": SyntheticBackend(tokens_per_s=200.0)}, session=MemorySession())
+    a.start()
+    yield a
+    a.request_stop()
+
+
+def assign(agent: Agent, job: str, max_tokens: int = 8, **extra: Any) -> None:
+    spec = Assignment(key=f"dev/{job}", device="dev", job=job, attempt=1, prompt="x", max_tokens=max_tokens,
+                      result_topic=T.results("dev", job), assigned_at=time.time(), **extra)
+    agent._on_message(Message(topic=T.assign("a1"), payload=encode(spec), qos=1))
+
+
+def events(agent: Agent, job: str) -> list[str]:
+    return [body["kind"] for topic, body in agent.session.messages(T.events("a1")) if body["key"] == f"dev/{job}"]
+
+
+def test_an_assignment_is_accepted_started_streamed_and_done(agent):
+    assign(agent, "j1")
+    wait_for(lambda: "done" in events(agent, "j1"), 10, what="the done event")
+    assert events(agent, "j1") == ["accepted", "started", "done"]
+    chunks = [body for _, body in agent.session.messages(T.results("dev", "j1"))]
+    done = next(body for _, body in agent.session.messages(T.events("a1")) if body["kind"] == "done")
+    assert "".join(c["text"] for c in chunks) == done["text"] and done["usage"]["completion_tokens"] == 8
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+
+
+def test_a_response_topic_outside_the_devices_results_gets_no_chunk(agent):
+    assign(agent, "j2", response_topic="elsewhere/replies")
+    wait_for(lambda: "done" in events(agent, "j2"), 10, what="the done event")
+    assert not agent.session.messages("elsewhere/")
+
+
+def test_a_cancel_stops_the_generation(agent):
+    assign(agent, "long", max_tokens=1000)
+    wait_for(lambda: "started" in events(agent, "long"), 10, what="the job to start")
+    ctl = Control(cancel="dev/long", attempt=1)
+    agent._on_message(Message(topic=T.control("a1"), payload=encode(ctl), qos=1))
+    wait_for(lambda: len(events(agent, "long")) > 2, 10, what="the job to end")
+    last = [body for _, body in agent.session.messages(T.events("a1")) if body["key"] == "dev/long"][-1]
+    assert last["kind"] != "done" or last["usage"]["completion_tokens"] < 1000
+
+
+def test_a_malformed_assignment_is_dropped_and_the_agent_serves_on(agent):
+    agent._on_message(Message(topic=T.assign("a1"), payload=b'{"key": 5}', qos=1))
+    assign(agent, "after")
+    wait_for(lambda: "done" in events(agent, "after"), 10, what="the done event")
+    statuses = [orjson.loads(p) for t, p, _ in agent.session.published if t == T.agent_status("a1")]
+    assert statuses and statuses[-1]["state"] == "online"
