@@ -27,7 +27,7 @@ from broker.runtime.mqtt import Message, Session
 from broker.runtime.notify import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.outbox import Outbox
-from cloud_bridge.queue import Outgoing, SqsQueue
+from cloud_bridge.queue import CloudQueue, Outgoing, SqsQueue
 from cloud_bridge.settings import BridgeSettings
 from schemas import DecodeError, decode, encode
 from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo
@@ -44,7 +44,7 @@ def failpoint(name: str) -> None:
 
 
 class Bridge:
-    def __init__(self, settings: BridgeSettings, queue: SqsQueue | None = None) -> None:
+    def __init__(self, settings: BridgeSettings, queue: CloudQueue | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.site)
         self.outbox = Outbox(settings.outbox)

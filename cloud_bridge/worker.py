@@ -22,7 +22,7 @@ from broker.runtime.logs import kv
 from broker.runtime.metrics import Metrics
 from broker.runtime.notify import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
-from cloud_bridge.queue import Outgoing, Received, SqsQueue
+from cloud_bridge.queue import CloudQueue, Outgoing, Received, SqsQueue
 from cloud_bridge.settings import WorkerSettings
 from schemas import DecodeError, decode, encode
 from schemas.messages import CloudRequest, CloudResult, ErrorInfo, Usage
@@ -46,7 +46,7 @@ def make_backend(s: WorkerSettings) -> Backend:
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, backend: Backend, queue: SqsQueue | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, backend: Backend, queue: CloudQueue | None = None) -> None:
         self.settings = settings
         self.backend = backend
         self.queue = queue or SqsQueue(settings.endpoint_url or None, settings.region or None, settings.bucket,
