@@ -8,15 +8,13 @@ the Last Will says offline.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 import orjson
 
 from broker.runtime import __version__
+from schemas.topics import HA_PREFIX, Topics, ha_node_id
 
-HA_PREFIX = "homeassistant"
 SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
     # key, name, unit, value
     ("state", "State", None, "{{ value_json.state }}"),
@@ -27,24 +25,10 @@ SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
 )
 
 
-def node_id(site: str, agent: str) -> str:
-    """The agent's node id in Home Assistant's discovery topics, one per (site, agent).
-
-    HA allows [a-zA-Z0-9_-]; fogmesh ids may also hold _ . : @. Ids made of letters, digits and
-    ``-`` read as they are (``fogmesh_plant_edge-01``); any other id gets a hash of both ids as
-    well, because the ACL gives each agent its node's topics: without it agents ``edge.1`` and
-    ``edge_1``, or agent ``b_c`` of site ``a`` and agent ``c`` of site ``a_b``, would share one."""
-    plain = f"fogmesh_{site}_{agent}"
-    if re.fullmatch(r"[A-Za-z0-9-]+", site + agent):
-        return plain
-    digest = hashlib.sha256(f"{site}/{agent}".encode()).hexdigest()[:12]
-    return re.sub(r"[^A-Za-z0-9_-]", "_", plain) + f"_{digest}"
-
-
 def discovery(site: str, agent: str, status_topic: str, models: list[str],
               prefix: str = HA_PREFIX) -> list[tuple[str, bytes]]:
     """(topic, payload) of each retained discovery config message."""
-    node = node_id(site, agent)
+    node, topics = ha_node_id(site, agent), Topics(site)
     device: dict[str, Any] = {"identifiers": [node], "name": f"fogmesh agent {agent}", "manufacturer": "fogmesh",
                               "model": ", ".join(models) or "agent", "sw_version": __version__}
     out = []
@@ -58,5 +42,5 @@ def discovery(site: str, agent: str, status_topic: str, models: list[str],
         if unit:
             config["unit_of_measurement"] = unit
             config["state_class"] = "measurement"
-        out.append((f"{prefix}/sensor/{node}/{key}/config", orjson.dumps(config)))
+        out.append((topics.ha_discovery(agent, key, prefix), orjson.dumps(config)))
     return out

@@ -26,12 +26,14 @@ Internal::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 from schemas.errors import TopicError
 
 ROOT = "fogmesh"
+HA_PREFIX = "homeassistant"  # Home Assistant's MQTT discovery prefix (its default)
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"  # one topic level; the message types use it too
 _ID = re.compile(ID_PATTERN)
 
@@ -113,6 +115,12 @@ class Topics:
     def deadletter(self, device: str, job: str) -> str:
         return f"{self.prefix}/deadletter/{device}/{job}"
 
+    # Home Assistant MQTT discovery, outside fogmesh's tree: one node per agent
+
+    def ha_discovery(self, agent: str, sensor: str = "+", prefix: str = HA_PREFIX) -> str:
+        """Where an agent's retained discovery config for ``sensor`` lives."""
+        return f"{prefix}/sensor/{ha_node_id(self.site, agent)}/{sensor}/config"
+
     def parse(self, topic: str) -> tuple[str, ...]:
         """Split a topic of this site into its levels after the prefix.
 
@@ -122,3 +130,17 @@ class Topics:
         if not topic.startswith(head):
             raise TopicError(f"topic {topic!r} is not under {head!r}")
         return tuple(topic[len(head) :].split("/"))
+
+
+def ha_node_id(site: str, agent: str) -> str:
+    """The agent's node id in Home Assistant's discovery topics, one per (site, agent).
+
+    HA allows [a-zA-Z0-9_-]; fogmesh ids may also hold _ . : @. Ids made of letters, digits and
+    ``-`` read as they are (``fogmesh_plant_edge-01``); any other id gets a hash of both ids as
+    well, because the ACL gives each agent its node's topics: without it agents ``edge.1`` and
+    ``edge_1``, or agent ``b_c`` of site ``a`` and agent ``c`` of site ``a_b``, would share one."""
+    plain = f"fogmesh_{site}_{agent}"
+    if re.fullmatch(r"[A-Za-z0-9-]+", site + agent):
+        return plain
+    digest = hashlib.sha256(f"{site}/{agent}".encode()).hexdigest()[:12]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", plain) + f"_{digest}"

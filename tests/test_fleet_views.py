@@ -91,8 +91,8 @@ def test_the_web_dashboard_lists_live_agents_and_jobs_and_one_going_offline(daem
 def test_home_assistant_discovery_describes_the_agent_from_its_own_status(daemons, broker_url, site_id):
     import jinja2
 
-    from agents.homeassistant import node_id
     from broker.runtime.mqtt import BrokerAddress
+    from schemas.topics import ha_node_id as node_id
     from tests.services import Listener
 
     ha = Listener(BrokerAddress.parse(broker_url), f"homeassistant/sensor/{node_id(site_id, 'edge.7')}/+/config")

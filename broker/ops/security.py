@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.homeassistant import HA_PREFIX, node_id
 from broker.ops.mosquitto import MAX_PACKET_BYTES, WS_BIND_FIX, delivery_settings
 from broker.runtime.errors import ConfigError
 from broker.runtime.logs import kv
@@ -74,7 +73,7 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
         return [("read", topics.assign(name)), ("read", topics.control(name)),
                 ("write", topics.agent_status(name)), ("write", topics.events(name)),
                 ("write", f"{p}/results/#"),  # agents stream chunks straight to the devices
-                ("write", f"{HA_PREFIX}/sensor/{node_id(topics.site, name)}/+/config")]  # ha_discovery
+                ("write", topics.ha_discovery(name))]  # ha_discovery
     if role == "coordinator":
         return [("read", topics.prompts()), ("read", topics.cancel()), ("read", topics.agent_status()),
                 ("read", topics.events()), ("read", topics.bridge_status), ("read", topics.cloud_events),
