@@ -23,10 +23,9 @@ from agents.homeassistant import discovery
 from agents.settings import AgentSettings
 from agents.status import StatusBoard
 from agents.stream import Stream
+from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
-from broker.runtime.metrics import Metrics
 from broker.runtime.mqtt import Message, Session
-from broker.runtime.notify import Notifier
 from schemas import encode
 from schemas.messages import AgentEvent, Assignment, Control, ErrorInfo, EventKind, Usage
 from schemas.topics import Topics
@@ -45,7 +44,9 @@ class _Job:
     handback: bool = False
 
 
-class Agent:
+class Agent(Daemon):
+    name, stopped_event = "agent", "agent_stopped"
+
     def __init__(self, settings: AgentSettings, make_slot: Callable[[], dict[str, Backend]],
                  session: Any = None) -> None:
         """``make_slot`` builds one slot's backends by model name (the first is the default model);
@@ -56,6 +57,7 @@ class Agent:
         first used the context, and a context driven from another thread decoded
         2.5x slower here (50 -> 20 tokens/s with 2 threads on 2 cores).
         """
+        super().__init__(settings, {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0})
         self.settings = settings
         self._make_slot = make_slot
         self.slots: list[dict[str, Backend]] = []
@@ -72,15 +74,11 @@ class Agent:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._dirty = threading.Event()  # the status changed and should be republished
-        self.notifier = Notifier()
         self._closed = threading.Event()  # drained: no more status publishing
         self._status_thread: threading.Thread | None = None
         self._draining = False
         self._workers: list[threading.Thread] = []
-        self.counters = {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0}
-        self.metrics = Metrics("agent", self.counters)
         m = self.metrics
         self.m_ttft = m.histogram("agent_ttft_seconds", "Time to first token on this agent")
         self.m_tokens = m.counter("agent_tokens_total", "Tokens generated")
@@ -127,18 +125,23 @@ class Agent:
         log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
                     slots=self.settings.slots, models=",".join(m.name for m in self.board.models)))
 
-    def run(self) -> int:
-        """Serve until :meth:`request_stop`, then drain; returns the exit status."""
-        self.start()
-        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
+    def ready(self) -> str:
+        return (f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
+                f"models {','.join(m.name for m in self.board.models)}")
+
+    def serve(self) -> None:
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
-        self.notifier.ready(f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
-                            f"models {','.join(m.name for m in self.board.models)}")
         self._stop.wait()
-        self.notifier.stopping("draining: running jobs finish, queued ones go back")
+
+    def draining(self) -> str:
+        return "draining: running jobs finish, queued ones go back"
+
+    def stop(self) -> None:
         self.drain()
-        return 0
+
+    def identity(self) -> dict[str, str]:
+        return {"agent": self.settings.agent_id}
 
     def _status_loop(self) -> None:
         """Republish the status when it changed (at most every 100 ms) and on every heartbeat.
@@ -156,12 +159,9 @@ class Agent:
                 self.publish_status()
             except Exception:
                 log.exception(kv("status_publish_failed"))
-            self.notifier.tick()  # the heartbeat loop is what shows the agent alive
+            self.alive()  # the heartbeat loop is what shows the agent alive
             if changed:
                 self._closed.wait(0.1)
-
-    def request_stop(self) -> None:
-        self._stop.set()
 
     def drain(self) -> None:
         """Stop taking work, hand back what has not started, finish the rest, go offline."""
@@ -199,7 +199,6 @@ class Agent:
         for backends in self.slots:
             for backend in backends.values():
                 backend.close()
-        log.info(kv("agent_stopped", agent=self.settings.agent_id, **self.counters))
 
     def _running(self) -> bool:
         with self._lock:

@@ -21,10 +21,9 @@ from collections.abc import Callable
 
 import msgspec
 
+from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
-from broker.runtime.metrics import Metrics
 from broker.runtime.mqtt import Message, Session
-from broker.runtime.notify import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.outbox import Outbox
 from cloud_bridge.queue import CloudQueue, Outgoing, SqsQueue
@@ -43,8 +42,12 @@ def failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class Bridge:
+class Bridge(Daemon):
+    name, stopped_event = "bridge", "bridge_stopped"
+
     def __init__(self, settings: BridgeSettings, queue: CloudQueue | None = None) -> None:
+        super().__init__(settings, {"received": 0, "sent": 0, "answered": 0, "duplicates": 0, "expired": 0,
+                                    "failed": 0, "bad_messages": 0})
         self.settings = settings
         self.topics = Topics(settings.site)
         self.outbox = Outbox(settings.outbox)
@@ -52,17 +55,13 @@ class Bridge:
                                        settings.max_message_bytes)
         self.reachable = False
         self._urls: dict[str, str] = {}
-        self._stop = threading.Event()
         self._wake = threading.Event()
-        self.notifier = Notifier()
         self._dlq_depth = 0
-        self.counters = {"received": 0, "sent": 0, "answered": 0, "duplicates": 0, "expired": 0, "failed": 0,
-                         "bad_messages": 0}
+        self._threads: list[threading.Thread] = []
         will = BridgeStatus(state="offline", host=socket.gethostname(), pid=os.getpid())
         self.session = Session(settings.address(), f"fogmesh-bridge-{settings.site}",
                                self._on_message, will=(self.topics.bridge_status, encode(will)),
                                keepalive_s=settings.keepalive_s, manual_ack=True)
-        self.metrics = Metrics("bridge", self.counters)
         self.metrics.gauge("bridge_outbox_depth", "Jobs waiting in the outbox to be sent",
                            lambda: self.outbox.depth()[0])
         self.metrics.gauge("bridge_outbox_oldest_seconds", "Age of the oldest job in the outbox",
@@ -73,29 +72,28 @@ class Bridge:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def run(self) -> int:
-        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
+    def start(self) -> None:
         self.session.start()
         self.session.subscribe(self.topics.cloud_requests, qos=1)
-        threads = [threading.Thread(target=self._guard, args=(fn,), name=fn.__name__, daemon=True)
-                   for fn in (self._send_loop, self._receive_loop, self._status_loop)]
-        for t in threads:
+        self._threads = [threading.Thread(target=self._guard, args=(fn,), name=fn.__name__, daemon=True)
+                         for fn in (self._send_loop, self._receive_loop, self._status_loop)]
+        for t in self._threads:
             t.start()
         log.info(kv("bridge_online", broker=self.session.address.url, site=self.settings.site,
                      endpoint=self.settings.endpoint_url or "aws", outbox=self.settings.outbox))
-        self.notifier.ready(f"bridge of site {self.settings.site} to {self.settings.endpoint_url or 'AWS'}")
-        self._stop.wait()
-        self.notifier.stopping()
-        for t in threads:
+
+    def ready(self) -> str:
+        return f"bridge of site {self.settings.site} to {self.settings.endpoint_url or 'AWS'}"
+
+    def serve(self) -> None:
+        self._stop.wait()  # the status loop is what shows the bridge alive
+
+    def stop(self) -> None:
+        for t in self._threads:
             t.join(timeout=self.settings.wait_s + 5)
         self.publish_status("offline", wait=True)
         self.session.stop()
         self.outbox.close()
-        log.info(kv("bridge_stopped", **self.counters))
-        return 0
-
-    def request_stop(self) -> None:
-        self._stop.set()
         self._wake.set()
 
     def _guard(self, loop: Callable[[], None]) -> None:

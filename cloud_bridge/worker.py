@@ -18,9 +18,8 @@ import time
 
 from agents.backends.base import Backend
 from agents.errors import BackendError
+from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
-from broker.runtime.metrics import Metrics
-from broker.runtime.notify import Notifier
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.queue import CloudQueue, Outgoing, Received, SqsQueue
 from cloud_bridge.settings import WorkerSettings
@@ -45,30 +44,33 @@ def make_backend(s: WorkerSettings) -> Backend:
     return LlamaBackend(resolve(s.model), "", s.n_ctx, s.threads or os.cpu_count() or 1)
 
 
-class Worker:
+class Worker(Daemon):
+    name, stopped_event = "cloud-worker", "worker_stopped"
+
     def __init__(self, settings: WorkerSettings, backend: Backend, queue: CloudQueue | None = None) -> None:
+        super().__init__(settings, {"done": 0, "failed": 0, "expired": 0, "bad_messages": 0})
         self.settings = settings
         self.backend = backend
         self.queue = queue or SqsQueue(settings.endpoint_url or None, settings.region or None, settings.bucket,
                                        settings.max_message_bytes)
-        self._stop = threading.Event()
-        self.notifier = Notifier()
         self._url = ""
-        self.counters = {"done": 0, "failed": 0, "expired": 0, "bad_messages": 0}
-        self.metrics = Metrics("cloud-worker", self.counters)
         self.m_tokens = self.metrics.counter("worker_tokens_total", "Tokens generated")
         self.m_latency = self.metrics.histogram("worker_job_seconds", "From receiving a request to sending its result")
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> int:
+    def start(self) -> None:
         s = self.settings
-        self.metrics.serve(s.metrics_port, s.metrics_bind)
         log.info(kv("worker_online", worker=s.worker_id, endpoint=s.endpoint_url or "aws", backend=s.backend))
-        self.notifier.ready(f"cloud worker {s.worker_id}, backend {s.backend}")
-        while not self._stop.is_set():
-            self.notifier.tick()
+
+    def ready(self) -> str:
+        return f"cloud worker {self.settings.worker_id}, backend {self.settings.backend}"
+
+    def identity(self) -> dict[str, str]:
+        return {"worker": self.settings.worker_id}
+
+    def serve(self) -> None:
+        s = self.settings
+        while not self.stopping:
+            self.alive()
             try:
                 if not self._url:
                     self._url = self.queue.ensure(s.request_queue(), s.request_queue() + "-dlq", s.max_receives,
@@ -82,9 +84,6 @@ class Worker:
             except CloudError as exc:
                 log.error(kv("worker_error", reason=str(exc)[:200]))
                 self._stop.wait(1.0)
-        self.notifier.stopping()
-        log.info(kv("worker_stopped", worker=s.worker_id, **self.counters))
-        return 0
 
     def handle(self, m: Received) -> None:
         try:

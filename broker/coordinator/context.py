@@ -60,8 +60,7 @@ class CoordinatorMetrics:
     tps: Any = None
 
     @classmethod
-    def create(cls, counters: dict[str, int]) -> CoordinatorMetrics:
-        m = Metrics("coordinator", counters)
+    def create(cls, m: Metrics) -> CoordinatorMetrics:
         return cls(
             metrics=m,
             finals=m.counter("jobs_total", "Jobs finished, by final status and the tier that served them",
@@ -83,22 +82,21 @@ class Core:
 
     settings: CoordinatorSettings
     ledger: Ledger
+    counters: dict[str, int]
+    metrics: Metrics
     clock: Callable[[], float] = time.time
     topics: Topics = field(init=False)
     registry: Registry = field(init=False)
     jobs: Jobs = field(init=False)
     pending: Pending = field(default_factory=Pending)
     cloud: CloudTier = field(default_factory=CloudTier)  # enabled while a bridge's status says it is online
-    counters: dict[str, int] = field(default_factory=lambda: {
-        "accepted": 0, "assigned": 0, "reassigned": 0, "done": 0, "rejected": 0, "cancelled": 0,
-        "expired": 0, "error": 0, "duplicates": 0, "unanswered": 0})
     m: CoordinatorMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.settings.site)
         self.registry = Registry(self.settings.agent_timeout_factor)
         self.jobs = Jobs(self.settings.aging_s)
-        self.m = CoordinatorMetrics.create(self.counters)
+        self.m = CoordinatorMetrics.create(self.metrics)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

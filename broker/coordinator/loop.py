@@ -19,6 +19,7 @@ import queue
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -35,9 +36,9 @@ from broker.coordinator.ledger import Ledger
 from broker.coordinator.settings import CoordinatorSettings
 from broker.coordinator.status import StatusBoard
 from broker.runtime import __version__
+from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message, Session
-from broker.runtime.notify import Notifier
 from schemas import encode
 from schemas.codec import convert
 from schemas.messages import CoordinatorStatus, ErrorInfo, Prompt
@@ -49,23 +50,25 @@ BATCH = 512  # messages per transaction
 SUBSCRIPTIONS = ("prompts", "cancel", "events", "agent_status", "explain", "bridge_status", "cloud_events")
 
 
-class Coordinator:
+class Coordinator(Daemon):
+    name, stopped_event = "coordinator", "coordinator_stopped"
+
     def __init__(self, settings: CoordinatorSettings, clock: Callable[[], float] = time.time,
-                 session: Session | None = None, ledger: Ledger | None = None) -> None:
+                 session: Any = None, ledger: Ledger | None = None) -> None:
         """``session`` and ``ledger``: given by a test (an in-memory session, say), else the real ones."""
-        self.core = core = Core(settings, ledger or Ledger(settings.ledger, settings.ledger_sync), clock)
+        super().__init__(settings, {"accepted": 0, "assigned": 0, "reassigned": 0, "done": 0, "rejected": 0,
+                                    "cancelled": 0, "expired": 0, "error": 0, "duplicates": 0, "unanswered": 0})
+        self.core = core = Core(settings, ledger or Ledger(settings.ledger, settings.ledger_sync), self.counters,
+                                self.metrics, clock)
         self.settings, self.topics, self.ledger, self.registry = settings, core.topics, core.ledger, core.registry
-        self.jobs, self.counters, self.m = core.jobs, core.counters, core.m
+        self.jobs, self.m = core.jobs, core.m
         self.finals = Finals(core)
         self.admission = Admission(core, self.finals)
         self.edge = Edge(core, self.finals)
         self.cloud = Cloud(core, self.finals)
         self.dispatcher = Dispatcher(core, self.cloud)
         self.status = StatusBoard(core, self.dispatcher.views)
-        self.notifier = Notifier()
-        self.metrics = core.m.metrics
         self._inbox = Inbox()  # None in it: a PUBACK arrived, wake up
-        self._stop = False
         self._last_scan = self._last_prune = self._warned_behind = 0.0
         if session is None:
             will = CoordinatorStatus(state="offline", host=socket.gethostname(), pid=os.getpid(),
@@ -91,26 +94,19 @@ class Coordinator:
         log.info(kv("coordinator_online", broker=self.session.address.url, site=self.settings.site,
                     policy=self.settings.policy, ledger=self.ledger.path, open_jobs=len(self.jobs)))
 
-    def run(self) -> int:
-        self.start()
-        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
-        self.notifier.ready(f"coordinator of site {self.settings.site}, policy {self.settings.policy}")
-        while not self._stop:
-            self.step(timeout_s=0.1)
-            self.notifier.tick()
-        self.notifier.stopping()
-        self.stop()
-        return 0
+    def ready(self) -> str:
+        return f"coordinator of site {self.settings.site}, policy {self.settings.policy}"
 
-    def request_stop(self) -> None:
-        self._stop = True
+    def serve(self) -> None:
+        while not self.stopping:
+            self.step(timeout_s=0.1)
+            self.alive()
 
     def stop(self) -> None:
         self._confirm_deliveries(wait_s=2.0)
         self.status.publish(self.session, "offline", wait=True)
         self.session.stop()
         self.ledger.close()
-        log.info(kv("coordinator_stopped", **self.counters))
 
     def _recover(self) -> None:
         """Rebuild live jobs from the ledger; re-send finals the broker never acknowledged."""
