@@ -293,7 +293,8 @@ class Agent(Daemon):
         queue_s = time.monotonic() - job.accepted_at
         self._event(spec, "started")
         self._dirty.set()
-        stream = Stream(self.session, spec, self.settings.chunk_interval_ms / 1000) if spec.stream else None
+        interval_s = self.settings.chunk_interval_ms / 1000
+        stream = Stream(self.session, spec, interval_s, self.topics) if spec.stream else None
         try:
             gen = backend.generate(
                 spec.prompt, spec.max_tokens,

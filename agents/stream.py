@@ -7,12 +7,13 @@ import time
 from broker.runtime.mqtt import Publisher
 from schemas import encode
 from schemas.messages import Assignment, Chunk
+from schemas.topics import Topics
 
 
 class Stream:
     """Coalesces tokens into chunks: the first at once, then at most one publish per interval."""
 
-    def __init__(self, session: Publisher, spec: Assignment, interval_s: float) -> None:
+    def __init__(self, session: Publisher, spec: Assignment, interval_s: float, topics: Topics) -> None:
         self.session = session
         self.spec = spec
         self.interval_s = interval_s
@@ -21,10 +22,11 @@ class Stream:
         self.seq = 0
         self.correlation = bytes.fromhex(spec.correlation) if spec.correlation else None
         # The coordinator admits only Response Topics under the device's results; checked here too,
-        # because a publish the broker's ACL denies costs the agent its connection (mosquitto 2.0).
+        # with the same rule, because a publish the broker's ACL denies costs the agent its
+        # connection (mosquitto 2.0).
         rt = spec.response_topic
-        self.response_topic = rt if rt and rt != spec.result_topic and rt.startswith(
-            spec.result_topic.rsplit("/", 1)[0] + "/") else None
+        ok = rt and rt != spec.result_topic and topics.response_topic_problem(spec.device, rt) is None
+        self.response_topic = rt if ok else None
 
     def add(self, text: str) -> None:
         self.buffer.append(text)

@@ -121,6 +121,27 @@ class Topics:
         """Where an agent's retained discovery config for ``sensor`` lives."""
         return f"{prefix}/sensor/{ha_node_id(self.site, agent)}/{sensor}/config"
 
+    def response_topic_problem(self, device: str, topic: str | None) -> str | None:
+        """Why a prompt's MQTT 5 Response Topic cannot be honoured, if it cannot.
+
+        Only a topic under the device's own results is honoured: it is what the device may
+        read, and the one subtree where the coordinator and the agents may write for it. A
+        topic anywhere else would either let a device make them write where its own ACL does
+        not let it (another device's results, an agent's assignments), or, outside
+        ``fogmesh/``, make the broker disconnect them for an ACL-denied publish (mosquitto
+        closes the connection instead of answering with a reason code), which once took a
+        whole site down in a retry loop.
+        """
+        if topic is None:
+            return None
+        own = self.results(device, "")
+        if not topic or "+" in topic or "#" in topic or topic.startswith("$") or len(topic) > 512:
+            return f"response topic {topic[:128]!r} must be a plain topic name without wildcards or '$'"
+        if not topic.startswith(own) or topic == own:
+            return (f"response topic {topic[:128]!r} is not under this device's results; "
+                    f"use one under {own} (or none: answers always go to {own}<job id>)")
+        return None
+
     def parse(self, topic: str) -> tuple[str, ...]:
         """Split a topic of this site into its levels after the prefix.
 

@@ -36,7 +36,7 @@ class Admission:
                                    "the device id in the topic must be 1-128 characters of letters, digits and "
                                    "_ . : @ -; no result topic can be built for it")
             return
-        problem = self.response_topic_problem(device, msg.response_topic)
+        problem = c.topics.response_topic_problem(device, msg.response_topic)
         if problem:
             reject(device, peek_id(msg.payload), "bad_response_topic", problem,
                    dataclasses.replace(msg, response_topic=None))
@@ -103,27 +103,6 @@ class Admission:
                          "deadline_at": deadline})
         c.count("accepted")
         log.info(kv("job_accepted", job=job.key, max_tokens=req.max_tokens, priority=req.priority))
-
-    def response_topic_problem(self, device: str, topic: str | None) -> str | None:
-        """Why a prompt's MQTT 5 Response Topic cannot be honoured, if it cannot.
-
-        Only a topic under the device's own results is honoured: it is what the device may
-        read, and the one subtree where the coordinator and the agents may write for it. A
-        topic anywhere else would either let a device make them write where its own ACL does
-        not let it (another device's results, an agent's assignments), or, outside
-        ``fogmesh/``, make the broker disconnect them for an ACL-denied publish (mosquitto
-        closes the connection instead of answering with a reason code), which once took a
-        whole site down in a retry loop.
-        """
-        if topic is None:
-            return None
-        own = self.core.topics.results(device, "")
-        if not topic or "+" in topic or "#" in topic or topic.startswith("$") or len(topic) > 512:
-            return f"response topic {topic[:128]!r} must be a plain topic name without wildcards or '$'"
-        if not topic.startswith(own) or topic == own:
-            return (f"response topic {topic[:128]!r} is not under this device's results; "
-                    f"use one under {own} (or none: answers always go to {own}<job id>)")
-        return None
 
     def on_cancel(self, device: str, msg: Message) -> None:
         cancel = msg.decoded(Cancel, log, "cancel_invalid", device=device)
