@@ -15,8 +15,10 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fogmesh {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--broker", help="broker URL, mqtt://host:port (default: the site `fogmesh up` started)")
+    def common(sp: argparse.ArgumentParser, daemon: bool = False) -> None:
+        where = ("[site] broker in the config file, else mqtt://127.0.0.1:1883" if daemon else
+                 "[site] broker in the config file, else the site `fogmesh up` started")
+        sp.add_argument("--broker", help=f"broker URL, mqtt://host:port or mqtts://host:port (default: {where})")
         sp.add_argument("--site", help="site id (default: site)")
         sp.add_argument("--log-level", default=None)
         sp.add_argument("--log-format", choices=("kv", "json"), default=None)
@@ -48,7 +50,7 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
 
     sp = sub.add_parser("agent", help="run an edge agent")
     sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
-    common(sp)
+    common(sp, daemon=True)
     sp.add_argument("--agent-id")
     sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models")
     sp.add_argument("--threads", type=int)
@@ -59,14 +61,14 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
 
     sp = sub.add_parser("coordinator", help="run the site coordinator")
     sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
-    common(sp)
+    common(sp, daemon=True)
     sp.add_argument("--policy")
     sp.add_argument("--ledger", help="SQLite ledger path")
     sp.set_defaults(fn=commands.cmd_coordinator)
 
     sp = sub.add_parser("bridge", help="run the MQTT <-> SQS bridge for a site")
     sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
-    common(sp)
+    common(sp, daemon=True)
     sp.add_argument("--endpoint-url", help="an SQS-compatible endpoint (default: AWS via boto3's chain)")
     sp.add_argument("--outbox", help="SQLite outbox path")
     sp.set_defaults(fn=commands.cmd_bridge)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -72,6 +74,7 @@ class Site:
         self._started_at: dict[str, float] = {}
         self._deaths: dict[str, int] = {}  # quick deaths in a row
         self._restart_at: dict[str, float] = {}
+        self._lock_file: Any = None
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         """Start a daemon in a session of its own: Ctrl-C in the terminal reaches ``fogmesh up`` only,
@@ -89,8 +92,31 @@ class Site:
         self._started_at[name] = time.monotonic()
         log.info(kv("process_started", name=name, pid=self.procs[name].pid))
 
+    def lock(self) -> None:
+        """One ``fogmesh up`` per site on a machine: a second would share the first one's ledger and
+        broker store, adopt its agents and overwrite the current-site record."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "site.lock"
+        self._lock_file = path.open("a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            held = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise SiteError(f"site {self.plan.site!r} is already up on this machine ({held}); stop it first, or "
+                            "start another site with --site NAME") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"fogmesh up pid {os.getpid()}")
+        self._lock_file.flush()
+
     def start(self, ready_timeout_s: float = 120.0) -> None:
         p = self.plan
+        self.lock()
+        if p.port and not p.broker and free_port(p.port) != p.port:
+            raise SiteError(f"port {p.port} is taken on 127.0.0.1; choose another --port, or leave it out and "
+                            "fogmesh up takes 1883 or a free one")
         if not p.broker:
             port = free_port(p.port or 1883)
             ws_port = free_port(9001 if port == 1883 else None)
@@ -224,4 +250,7 @@ class Site:
             self.broker.stop()
         if self.sqs:
             self.sqs.stop()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the site's lock
+            self._lock_file = None
         log.info(kv("site_stopped", site=self.plan.site))

@@ -17,6 +17,7 @@ from broker.runtime.errors import ConfigError
 from broker.runtime.logs import kv
 
 log = logging.getLogger("fogmesh.systemd")
+SYSTEM_UNIT_DIRS = (Path("/etc/systemd/system"), Path("/usr/local/lib/systemd/system"), Path("/lib/systemd/system"))
 UNITS = ("fogmesh-broker", "fogmesh-coordinator", "fogmesh-agent", "fogmesh-bridge", "fogmesh-cloud-worker")
 
 
@@ -45,13 +46,17 @@ def fogmesh_executable() -> str:
 
 
 def install_units(dest: Path, config: str, user: str, mosquitto_conf: str, reload: bool = True) -> list[Path]:
-    """Write the five units into ``dest``; create the service user and reload systemd when we can."""
+    """Write the five units into ``dest``. Only when ``dest`` is systemd's own unit folder does it
+    also change the system: create the service user, reload systemd. Writing units to any other
+    folder (to read them, to package them) changes nothing else."""
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for name in UNITS:
         path = dest / f"{name}.service"
         path.write_text(render_unit(name, fogmesh_executable(), config, user, mosquitto_conf))
         written.append(path)
+    if dest.resolve() not in SYSTEM_UNIT_DIRS:
+        return written
     missing = subprocess.run(["id", "-u", user], capture_output=True).returncode != 0
     if missing and os.geteuid() == 0 and shutil.which("useradd"):
         subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/fogmesh", "--shell",
