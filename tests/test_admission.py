@@ -11,8 +11,9 @@ import pytest
 
 from broker.coordinator.loop import Coordinator
 from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.delivery import Delivery
 from broker.runtime.memory import MemorySession
-from broker.runtime.mqtt import Delivery, Message
+from broker.runtime.mqtt import Message
 from schemas import encode
 from schemas.messages import AgentStatus, ModelInfo
 from schemas.topics import Topics

@@ -242,3 +242,24 @@ def test_the_websockets_listener_binds_only_the_configured_address(secure):
     listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port in (secure.broker.port, secure.broker.ws_port)}
     assert listening == {("127.0.0.1", secure.broker.port), ("127.0.0.1", secure.broker.ws_port)}
+
+
+def test_each_connection_mistake_gets_its_own_error_at_once(secure, tmp_path):
+    from broker.ops.security import make_certs
+
+    other = make_certs(tmp_path / "other-ca", ["127.0.0.1"])  # a CA the broker's certificate is not from
+    cases = {
+        "wrong user name or password": secure.address("sensor-1", password="wrong"),
+        "wants a user name and password": secure.address(None),
+        "is not trusted": BrokerAddress(host="127.0.0.1", port=secure.broker.port, tls=True, username="sensor-1",
+                                        password="x", ca_file=str(other["ca"])),
+        "speaks TLS: use mqtts://": secure.address("sensor-1", tls=False),
+        "nothing listens on": BrokerAddress(host="127.0.0.1", port=free_port(), username="x", password="y"),
+    }
+    for expected, address in cases.items():
+        session = Session(address, f"test-{secrets.token_hex(3)}", lambda m: None, persistent=False)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable) as err:
+            session.start(timeout_s=10)
+        assert expected in str(err.value), (expected, str(err.value))
+        assert time.monotonic() - started < 5, f"{expected!r} took {time.monotonic() - started:.1f} s to say so"

@@ -13,8 +13,9 @@ from broker.coordinator.ledger import Ledger
 from broker.coordinator.registry import Registry
 from broker.coordinator.scheduler import CloudTier
 from broker.coordinator.settings import CoordinatorSettings
+from broker.runtime.delivery import Delivery
 from broker.runtime.metrics import TOKENS_PER_S, Metrics
-from broker.runtime.mqtt import Delivery, Message, Publisher
+from broker.runtime.mqtt import Message, Publisher
 from schemas.topics import Topics
 
 

@@ -10,8 +10,9 @@ import orjson
 
 from broker.coordinator.context import Core
 from broker.coordinator.jobs import Job, new_job_id
+from broker.runtime.delivery import Delivery
 from broker.runtime.logs import kv
-from broker.runtime.mqtt import Delivery, Message
+from broker.runtime.mqtt import Message
 from schemas import encode
 from schemas.messages import Control, DeadLetter, ErrorInfo, Final, ServedBy, Status, Usage
 from schemas.topics import is_valid_id

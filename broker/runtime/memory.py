@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from broker.runtime.mqtt import BrokerAddress, Delivery, Message
+from broker.runtime.delivery import Delivery
+from broker.runtime.mqtt import BrokerAddress, Message
 
 
 class MemorySession:

@@ -25,6 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broker.runtime import diagnose
+from broker.runtime.delivery import Delivery
 from broker.runtime.errors import BrokerUnavailable, ConfigError
 from broker.runtime.logs import kv
 from schemas import DecodeError, decode
@@ -95,50 +97,6 @@ class Message:
             return None
 
 
-_DELIVERY_LOCK = threading.Lock()  # guards a Delivery's lazily made Event (most are never waited for)
-
-
-class Delivery:
-    """The broker's acknowledgement of one publish, whether it was sent at once or queued while
-    the session was down (paho's own ``MQTTMessageInfo.is_published()`` raises ``RuntimeError``
-    for a message published while disconnected, even after it was delivered on reconnect)."""
-
-    __slots__ = ("_done", "_event", "mid", "reason")
-
-    def __init__(self, mid: int) -> None:
-        self.mid = mid
-        self.reason = 0  # the PUBACK's reason code; >= 0x80 means the broker refused the message
-        self._done = False
-        self._event: threading.Event | None = None
-
-    @property
-    def done(self) -> bool:
-        """The broker answered (for QoS 0: the message left this process)."""
-        return self._done
-
-    @property
-    def ok(self) -> bool:
-        return self._done and self.reason < 0x80
-
-    def wait(self, timeout_s: float | None) -> bool:
-        """True once the broker accepted the message; False on a refusal or a timeout."""
-        with _DELIVERY_LOCK:
-            if not self._done and self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        if event is not None:
-            event.wait(timeout_s)
-        return self.ok
-
-    def _set(self, reason: int) -> None:
-        self.reason = reason
-        with _DELIVERY_LOCK:
-            self._done = True
-            event = self._event
-        if event is not None:
-            event.set()
-
-
 class Publisher(Protocol):
     """What a daemon's logic needs of its MQTT session: :class:`Session`, or the in-memory
     :class:`broker.runtime.memory.MemorySession` that unit tests hand it instead."""
@@ -193,6 +151,7 @@ class Session:
         self._keepalive_s = keepalive_s
         self._subscriptions: dict[str, int] = {}
         self._connected = threading.Event()
+        self._refused: Any = None  # the reason of a CONNACK that refused us
         self._lock = threading.Lock()
         self.reconnects = 0
         self._ever_connected = False
@@ -211,11 +170,13 @@ class Session:
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         if address.username:
             client.username_pw_set(address.username, address.password)
+        self._tls: ssl.SSLContext | None = None
         if address.tls:
             ctx = ssl.create_default_context(cafile=address.ca_file)
             if address.cert_file:
                 ctx.load_cert_chain(address.cert_file, address.key_file)
             client.tls_set_context(ctx)
+            self._tls = ctx
         if will:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -227,7 +188,13 @@ class Session:
     # -------------------------------------------------------------- lifecycle
 
     def start(self, timeout_s: float = 10.0) -> None:
-        """Connect and start the network thread; raise BrokerUnavailable if not connected in time."""
+        """Connect and start the network thread; raise BrokerUnavailable, saying why, if not connected.
+
+        Nothing listening, an untrusted certificate, a refused user and ``mqtt://`` sent to a
+        TLS port are each reported at once, with what to do about them."""
+        problem = diagnose.unreachable(self.address.host, self.address.port, self._tls)
+        if problem:
+            raise BrokerUnavailable(problem)
         props = Properties(PacketTypes.CONNECT)
         if self._persistent:
             props.SessionExpiryInterval = self._session_expiry_s
@@ -242,12 +209,23 @@ class Session:
         except (OSError, ValueError) as exc:
             raise BrokerUnavailable(f"cannot connect to {self.address.url}: {exc}") from exc
         self._client.loop_start()
-        if not self._connected.wait(timeout_s):
-            self._client.loop_stop()
-            raise BrokerUnavailable(
-                f"no connection to the MQTT broker at {self.address.url} within {timeout_s:.0f} s; "
-                "is mosquitto running there? (fogmesh up starts one)"
-            )
+        deadline = time.monotonic() + timeout_s
+        asked_tls = False
+        while not self._connected.wait(0.05):
+            problem = None
+            if self._refused is not None:
+                problem = diagnose.refusal(self.address.url, self.address.username, self._refused)
+            elif not asked_tls and not self.address.tls and time.monotonic() > deadline - timeout_s + 1.5:
+                asked_tls = True  # a TLS listener just closes a plaintext CONNECT: find out why we hear nothing
+                if diagnose.speaks_tls(self.address.host, self.address.port):
+                    problem = (f"{self.address.host}:{self.address.port} speaks TLS: use "
+                               f"mqtts://{self.address.host}:{self.address.port} (and ca_file)")
+            elif time.monotonic() >= deadline:
+                problem = (f"no connection to the MQTT broker at {self.address.url} within {timeout_s:.0f} s "
+                           "(it accepted the TCP connection but never answered MQTT's CONNECT)")
+            if problem:
+                self._client.loop_stop()
+                raise BrokerUnavailable(problem)
 
     def stop(self) -> None:
         """Disconnect cleanly (the Last Will is not sent) and stop the network thread."""
@@ -329,6 +307,7 @@ class Session:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.error(kv("mqtt_refused", broker=self.address.url, client=self.client_id, reason=str(reason)))
+            self._refused = reason
             return
         with self._lock:
             subs = list(self._subscriptions.items())
