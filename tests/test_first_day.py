@@ -4,11 +4,15 @@ cause and the fix, and nothing on the system changes that the operator did not a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 
-from tests.services import FOGMESH, ROOT, cli
+import pytest
+
+from tests.conftest import agent_args, wait_online
+from tests.services import FOGMESH, ROOT, cli, wait_for
 
 
 def test_install_units_into_a_folder_changes_nothing_else(tmp_path):
@@ -54,3 +58,38 @@ def test_a_second_fogmesh_up_of_the_same_site_is_refused(tmp_path):
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_ask_cancels_its_job_and_ask_names_it(daemons, broker_url, site_id):
+    daemons("coordinator")
+    agent = daemons("agent", *agent_args("a1", threads=2))
+    wait_online(broker_url, site_id, 1)
+    ask = subprocess.Popen([*FOGMESH, "ask", "--broker", broker_url, "--site", site_id, "--max-tokens", "400",
+                            "Count from one to one thousand in words: one, two, three,"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert ask.stdout is not None
+    ask.stdout.read(20)  # it is streaming
+    ask.send_signal(signal.SIGINT)
+    err = ask.communicate(timeout=30)[1]
+    job = re.search(r"job (ask-\w+)", err)
+    assert job and ask.returncode == 130 and f"cancelled job {job[1]}" in err, err
+    done = wait_for(lambda: re.search(rf"job_done job=cli/{job[1]} stopped=(\w+) tokens=(\d+)", agent.log()), 10,
+                    what="the agent to stop the job")
+    assert done[1] == "cancelled" and int(done[2]) < 400
+
+
+def test_a_model_file_that_is_not_gguf_is_named_without_a_traceback(tmp_path):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("this is not a model")
+    out = cli("probe", "--model", f"notes={bad}", "--prompt-sizes", "8", "--decode-tokens", "4", timeout_s=120)
+    assert out.returncode == 1
+    assert "is not a GGUF model file" in out.stderr and "Traceback" not in out.stderr + out.stdout
+    assert "Exception ignored" not in out.stderr
+
+
+def test_plan_says_what_is_wrong_with_a_device_spec(tmp_path):
+    report = tmp_path / "probe.json"
+    report.write_text("{}")
+    out = cli("plan", "--device", f"{report}:x")
+    assert out.returncode == 1 and "must be a whole number" in out.stderr and "Traceback" not in out.stderr

@@ -18,7 +18,7 @@ from broker.runtime.errors import BrokerUnavailable
 from broker.runtime.mqtt import BrokerAddress, Session
 from broker.runtime.proc import free_port
 from schemas.topics import Topics
-from tests.services import ROOT, Daemon, Device, Listener, wait_for
+from tests.services import ROOT, Daemon, Device, Listener, cli, wait_for
 
 SITE = "secure"
 USERS = {"coordinator": "coordinator", "agent-1": "agent", "bridge": "bridge", "sensor-1": "device",
@@ -187,6 +187,12 @@ def test_the_mesh_works_end_to_end_over_tls_with_credentials(secure, tmp_path):
         time.sleep(0.5)
         watch.close()
         assert all(m.get("state") == "online" for _, m in watch.messages), "the agent went offline"
+        # `fogmesh ask` as the operator docs/deploy.md recommends works (as a device of its own name);
+        # as a dashboard, whose role may not publish, it says so at once
+        asked = cli("ask", "--max-tokens", "4", "Hello", *secure.flags("ops"), timeout_s=60)
+        assert asked.returncode == 0 and "-- done" in asked.stdout, asked.stderr
+        denied = cli("ask", "--max-tokens", "4", "Hello", *secure.flags("dash"), timeout_s=30)
+        assert denied.returncode == 1 and "refused the prompt" in denied.stderr, denied.stderr
         explain = subprocess.run([str(ROOT / ".venv" / "bin" / "fogmesh"), "explain", "--json", job,
                                   *secure.flags("ops")], capture_output=True, text=True, timeout=20)
         assert explain.returncode == 0, explain.stderr

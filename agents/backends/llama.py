@@ -9,6 +9,7 @@ tokens are decoded incrementally instead of being held back.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import re
 import time
@@ -19,6 +20,39 @@ from typing import Any
 from agents.backends.base import Generation
 from agents.errors import BackendError
 from schemas.messages import ModelInfo
+
+log = logging.getLogger("fogmesh.llama")
+_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp calls it from C
+
+
+def quiet_llama_cpp(llama_cpp: Any) -> None:
+    """llama.cpp's own notices (context sizes, the SWA cache) are not the operator's business, and
+    llama-cpp-python prints some of them to stderr even with ``verbose=False``: its errors go to
+    fogmesh's log as warnings, the rest to debug."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        def forward(level: int, text: bytes, user_data: Any) -> None:
+            line = text.decode("utf-8", "replace").rstrip()
+            if line:
+                # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line
+                log.log(logging.WARNING if level == 4 else logging.DEBUG, "llama.cpp: %s", line)
+
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(forward)
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def check_gguf(path: Path) -> None:
+    """A model file must be GGUF: say so plainly before llama.cpp fails on it (with a traceback
+    from llama-cpp-python's cleanup of the half-made model)."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise BackendError("model_load_failed", f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != b"GGUF":
+        raise BackendError("model_load_failed", f"{path} is not a GGUF model file (it starts with {magic!r}, not "
+                           "b'GGUF'); fogmesh runs llama.cpp models in GGUF format: use a .gguf file")
+
 
 _QUANT = re.compile(r"(?i)(q\d+_k_[sml]|q\d+_k|q\d+_\d|q\d+|f16|bf16|f32|iq\d\w*)")
 
@@ -39,9 +73,8 @@ class LlamaBackend:
     ) -> None:
         import llama_cpp  # deferred: importing loads the shared library
 
-        # llama.cpp's own notices (context sizes, SWA cache) are not the operator's business.
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
-
+        quiet_llama_cpp(llama_cpp)
+        check_gguf(path)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,

@@ -105,7 +105,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         wide_console().print(probe_table(report.to_dict()))
-    return 0 if all(m.fits for m in report.models) else 1
+    for m in report.models:
+        if m.error:  # in full: the table has room for its start only
+            print(f"fogmesh probe: model {m.name}: {m.error}", file=sys.stderr)
+    return 0 if all(m.fits and not m.error for m in report.models) else 1
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -118,6 +121,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     agents = []
     for spec in args.device:
         path, _, count = spec.partition(":")
+        if count and not (count.isdigit() and int(count) > 0):
+            raise FogmeshError(f"--device {spec}: the count after ':' must be a whole number of devices, "
+                               f"e.g. {path}:3")
         try:
             report = orjson.loads(Path(path).read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:

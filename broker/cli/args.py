@@ -38,7 +38,8 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
 
     def ask_flags(sp: argparse.ArgumentParser, standalone: bool = True) -> None:
         sp.add_argument("prompt", nargs=None if standalone else "?", default="MQTT is a protocol that")
-        sp.add_argument("--device", default="cli")
+        sp.add_argument("--device", help="the device id to ask as (default: your --username when you log in "
+                                         "with one, since a device may publish only as itself; else cli)")
         sp.add_argument("--max-tokens", type=int, default=64)
         sp.add_argument("--deadline-ms", type=int)
         sp.add_argument("--priority", type=int)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -177,7 +178,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
             sys.stdout.write(chunk.get("text", ""))
             sys.stdout.flush()
 
-    answer = ask(conn.address(), conn.site, prompt, args.device, args.timeout, show)
+    prompt.setdefault("id", f"ask-{secrets.token_hex(4)}")
+    device = args.device or conn.username or "cli"
+    print(f"job {prompt['id']} as device {device}  (why it went where it went: fogmesh explain {prompt['id']})",
+          file=sys.stderr, flush=True)
+    try:
+        answer = ask(conn.address(), conn.site, prompt, device, args.timeout, show)
+    except KeyboardInterrupt:
+        print(f"\ncancelled job {prompt['id']}", file=sys.stderr)
+        raise
     final = answer.final
     if args.json:
         print(orjson.dumps(final).decode() if final else "null")

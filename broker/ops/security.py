@@ -86,9 +86,10 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
         return [("read", topics.cloud_requests), ("write", topics.cloud_events), ("write", topics.bridge_status)]
     if role == "dashboard":
         return status
-    if role == "operator":
+    if role == "operator":  # may also ask, as a device of its own name (`fogmesh ask`)
         return [*status, ("read", f"{p}/deadletter/#"), ("write", topics.explain),
-                ("read", f"{topics.explain}/reply/#")]
+                ("read", f"{topics.explain}/reply/#"), ("write", topics.prompts(name)),
+                ("write", topics.cancel(name)), ("read", topics.results(name))]
     raise ConfigError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from broker.runtime.delivery import Delivery
+from broker.runtime.errors import PublishRefused
 from broker.runtime.mqtt import BrokerAddress, Message, Session
 from schemas.errors import TopicError
 from schemas.topics import Topics
@@ -64,10 +66,28 @@ class DeviceClient:
         job = payload.get("id", "") if isinstance(payload, dict) else ""
         if job:
             self.sent_at[job] = time.monotonic()
-        info = self.session.publish(self.topics.prompts(self.device_id), body, qos=1, **props)
+        topic = self.topics.prompts(self.device_id)
+        delivery = self.session.publish(topic, body, qos=1, **props)
         if wait:
-            info.wait(5)
+            self._confirm(delivery, topic)
         return str(job)
+
+    def _confirm(self, delivery: Delivery, topic: str, timeout_s: float = 5.0) -> None:
+        """Wait for the PUBACK; a refusal raises PublishRefused. mosquitto 2.0 answers a publish the
+        ACL denies by closing the connection, so a session lost meanwhile counts as a refusal too."""
+        deadline = time.monotonic() + timeout_s
+        while not delivery.wait(0.05) and time.monotonic() < deadline:
+            if delivery.done or not self.session.connected:
+                break
+        if delivery.ok:
+            return
+        who = f"user {self.session.address.username!r}" if self.session.address.username else "this client"
+        if delivery.done or not self.session.connected:
+            how = (f"reason code {delivery.reason}" if delivery.done else
+                   "it closed the connection, as mosquitto does for a publish the ACL denies")
+            raise PublishRefused(f"the broker refused the prompt on {topic} ({how}): {who} may not publish "
+                                 f"there. A device publishes only as itself: prompts/<its user name> "
+                                 f"(fogmesh ask --device <user>), and roles such as dashboard may not ask at all")
 
     def cancel(self, job_id: str) -> None:
         self.session.publish(self.topics.cancel(self.device_id), orjson.dumps({"id": job_id}), qos=1)
@@ -104,7 +124,12 @@ def ask(address: BrokerAddress, site: str, prompt: dict[str, Any], device: str,
     client = DeviceClient(address, site, device, (lambda _job, chunk: on_chunk(chunk)) if on_chunk else None)
     try:
         client.send(prompt)
-        final = client.wait_final(job_id, timeout_s)
+        try:
+            final = client.wait_final(job_id, timeout_s)
+        except KeyboardInterrupt:  # Ctrl-C: the job must not run on to its end for nobody
+            client.cancel(job_id)
+            client.wait_final(job_id, 3.0)
+            raise
         arrivals = client.arrivals.get(job_id, [])
         start = client.sent_at[job_id]
         chunks = client.chunks.get(job_id, [])

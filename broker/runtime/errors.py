@@ -11,6 +11,10 @@ class BrokerUnavailable(FogmeshError):
     """The MQTT broker could not be reached or refused the connection."""
 
 
+class PublishRefused(FogmeshError):
+    """The broker refused a publish: this user's ACL does not allow the topic."""
+
+
 class LedgerError(FogmeshError):
     """The job ledger could not be read or written."""
 
