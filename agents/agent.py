@@ -21,7 +21,7 @@ from agents.backends.base import Backend, Generation
 from agents.errors import AgentError, BackendError
 from agents.homeassistant import discovery
 from agents.settings import AgentSettings
-from agents.status import StatusBoard
+from agents.status import StatusBoard, id_holder
 from agents.stream import Stream
 from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
@@ -101,7 +101,14 @@ class Agent(Daemon):
         return gen
 
     def start(self, timeout_s: float = 300.0) -> None:
-        """Load the model in every slot, calibrate, connect, go online."""
+        """Check the id is free, load the model in every slot, calibrate, connect, go online."""
+        # Asked anonymously only: with a user name, the broker binds the client id to the user, and
+        # even this check's short session would take the live agent's (and fire its Will).
+        if isinstance(self.session, Session) and not self.session.address.username:
+            holder = id_holder(self.session.address, self.topics, self.settings.agent_id)
+            if holder:
+                raise AgentError(f"agent id {self.settings.agent_id!r} is in use by {holder}: give this agent "
+                                 "another --agent-id (agent.agent_id), or stop that one first")
         ready = threading.Semaphore(0)
         failures: list[BaseException] = []
         for i in range(self.settings.slots):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 import time
@@ -10,7 +11,10 @@ import time
 from agents.settings import AgentSettings
 from broker.runtime import __version__
 from broker.runtime.budget import TokenWindow
+from broker.runtime.mqtt import BrokerAddress, Session
+from schemas import decode
 from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
+from schemas.topics import Topics
 
 
 class Ewma:
@@ -121,3 +125,28 @@ class StatusBoard:
             agent=self.settings.agent_id, epoch=self.epoch, seq=0, state="offline",
             host=self.host, pid=os.getpid(), version=__version__,
         )
+
+
+def id_holder(address: BrokerAddress, topics: Topics, agent_id: str, wait_s: float = 0.5) -> str | None:
+    """Who holds ``agent_id`` now, if a live agent does: its retained status says online or draining
+    from another process and is fresh (three heartbeats). Asked before connecting with the id's own
+    client id, which would take the live agent's session (on a broker that does not bind client ids
+    to users, two agents with one id kicked each other off every second, for ever)."""
+    seen: list[AgentStatus] = []
+    probe = Session(address, f"fogmesh-idcheck-{secrets.token_hex(4)}", lambda m: seen.append(
+        decode(m.payload, AgentStatus)) if m.payload else None, persistent=False)
+    probe.start()
+    try:
+        probe.subscribe(topics.agent_status(agent_id), qos=1)
+        deadline = time.monotonic() + wait_s
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        probe.stop()
+    st = seen[-1] if seen else None
+    if st is None or st.state == "offline" or (st.host, st.pid) == (socket.gethostname(), os.getpid()):
+        return None
+    age = time.time() - st.ts
+    if age > 3 * max(st.heartbeat_s, 1.0):
+        return None  # a hung or vanished process: its heartbeat lapsed, the id is free again
+    return f"host {st.host} pid {st.pid} (its status is {age:.1f} s old)"

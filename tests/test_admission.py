@@ -198,3 +198,27 @@ def test_every_rejection_path_answers_its_precise_code(coord, payload, code):
     got = finals_of(coord)
     assert [f["status"] for f in got] == ["rejected"] and got[0]["error"]["code"] == code
     assert got[0]["error"]["message"] and not len(coord.jobs)
+
+
+def test_a_job_no_agent_can_take_ends_after_max_wait_instead_of_waiting_for_ever(coord):
+    coord.settings.max_wait_no_agent_s = 0.3
+    run(coord, prompt({"id": "alone", "prompt": "anyone?"}), prompt({"id": "other", "prompt": "x", "model": "m"}))
+    time.sleep(0.15)
+    run(coord)  # stranded from now on
+    assert not finals_of(coord)
+    time.sleep(0.4)
+    run(coord)
+    got = {f["job"]: f for f in finals_of(coord)}
+    assert got["alone"]["status"] == "error" and got["alone"]["error"]["code"] == "no_agent"
+    assert "max_wait_no_agent_s" in got["alone"]["error"]["message"]
+
+
+def test_a_job_waits_while_an_agent_could_take_it(coord):
+    coord.settings.max_wait_no_agent_s = 0.2
+    coord.settings.prefetch = 0
+    run(coord, status("a1"), prompt({"id": "busy", "prompt": "x"}), prompt({"id": "next", "prompt": "x"}))
+    time.sleep(0.4)
+    run(coord)
+    time.sleep(0.15)
+    run(coord)
+    assert not finals_of(coord)  # "next" waits for a1's slot: a1 is online and holds the model

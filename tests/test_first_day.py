@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -93,3 +94,28 @@ def test_plan_says_what_is_wrong_with_a_device_spec(tmp_path):
     report.write_text("{}")
     out = cli("plan", "--device", f"{report}:x")
     assert out.returncode == 1 and "must be a whole number" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_second_agent_with_a_live_agents_id_refuses_to_start_and_names_it(daemons, broker_url, site_id):
+    first = daemons("agent", *agent_args("twin"), name="twin-1")
+    wait_for(lambda: "agent_online" in first.log(), 60, what="the first agent online")
+    second = daemons("agent", *agent_args("twin"), name="twin-2")
+    assert second.proc is not None
+    assert second.proc.wait(60) != 0
+    assert f"agent id 'twin' is in use by host {socket.gethostname()} pid {first.pid}" in second.log()
+    time.sleep(1)
+    assert first.alive() and "mqtt_lost" not in first.log()
+
+
+def test_an_unknown_site_is_named_at_once_with_the_sites_there(daemons, broker_url, site_id):
+    coord = daemons("coordinator")
+    wait_for(lambda: "coordinator_online" in coord.log(), 30, what="the coordinator online")
+    started = time.monotonic()
+    out = cli("ask", "--broker", broker_url, "--site", "nosuch", "--timeout", "15", "hello")
+    assert out.returncode == 1 and "no site 'nosuch'" in out.stderr and site_id in out.stderr, out.stderr
+    assert time.monotonic() - started < 8
+    # with the site right but no agent, ask says so at once (and the job waits, bounded)
+    alone = subprocess.run([*FOGMESH, "ask", "--broker", broker_url, "--site", site_id, "--timeout", "1", "hi"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "no agent is online" in alone.stderr

@@ -162,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from broker.runtime.client import ask
+    from broker.runtime.client import ask, site_check
 
     conn = _client(args)
     prompt: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens}
@@ -180,6 +180,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     prompt.setdefault("id", f"ask-{secrets.token_hex(4)}")
     device = args.device or conn.username or "cli"
+    snap = site_check(conn.address(), conn.site)
+    if (snap["coordinator"] or {}).get("state") != "online":
+        print(f"note: the coordinator of site {conn.site!r} is offline; the prompt waits in the broker until it is "
+              "back", file=sys.stderr)
+    elif not (snap["mesh"] or {}).get("agents_online") and not (snap["bridge"] or {}).get("reachable"):
+        print(f"note: no agent is online on site {conn.site!r} (and no cloud): the job waits for one, up to the "
+              "coordinator's max_wait_no_agent_s", file=sys.stderr)
     print(f"job {prompt['id']} as device {device}  (why it went where it went: fogmesh explain {prompt['id']})",
           file=sys.stderr, flush=True)
     try:
@@ -218,7 +225,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from broker.cli.console import print_once, watch
-    from broker.runtime.client import Fleet, snapshot
+    from broker.runtime.client import Fleet, site_check
 
     conn = _client(args)
     if args.watch:
@@ -231,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         finally:
             fleet.close()
         return 0
-    snap = snapshot(conn.address(), conn.site)
+    snap = site_check(conn.address(), conn.site)
     if args.json:
         print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
     else:

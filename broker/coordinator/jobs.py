@@ -60,6 +60,7 @@ class Job:
     failures: int = 0
     exclude: set[str] = field(default_factory=set)  # agents it must not go to again
     size: int = 0  # bytes of the prompt held in memory (max_queue_bytes)
+    stranded_at: float | None = None  # since when no agent online (nor the cloud) could take it
     decision: dict[str, Any] | None = None
 
     def request_row(self) -> str:

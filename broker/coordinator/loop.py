@@ -229,8 +229,28 @@ class Coordinator(Daemon):
                     code="deadline", message="the job's deadline passed before it finished"))
             elif not judge:
                 continue
+            elif job.state is JobState.QUEUED:
+                self._strand(job, now)
             elif job.state is JobState.ASSIGNED and mono - job.assigned_mono > timeout:
                 self.edge.requeue(job, "agent did not accept in time")
             elif (job.agent and not self.registry.is_online(job.agent)
                   and mono - job.assigned_mono > timeout):
                 self.edge.requeue(job, "agent is not online")
+
+    def _strand(self, job: Job, now: float) -> None:
+        """A queued job nothing can take: no agent online holds its model, and the cloud cannot
+        have it. After ``max_wait_no_agent_s`` of that it ends, instead of waiting for ever."""
+        limit = self.settings.max_wait_no_agent_s
+        model = job.req.model or self.settings.default_model or None
+        servable = (self.core.cloud.enabled and job.req.privacy != "edge-only") or any(
+            k.accepting and (model is None or model in k.models) and k.status.agent not in job.exclude
+            for k in self.registry.agents.values())
+        if servable or limit <= 0:
+            job.stranded_at = None
+            return
+        job.stranded_at = job.stranded_at or now
+        if now - job.stranded_at >= limit:
+            what = f"with model {model!r} " if model else ""
+            self.finals.finish(job, "error", error=ErrorInfo(
+                code="no_agent", message=f"no agent {what}was online to take it for {limit:.0f} s "
+                "(max_wait_no_agent_s); check `fogmesh status`"))

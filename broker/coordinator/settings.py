@@ -26,6 +26,9 @@ class CoordinatorSettings(Connection):
     accept_timeout_s: float = 5.0
     agent_timeout_factor: float = 3.0  # heartbeats missed before an agent counts as gone
     max_attempts: int = 3
+    # A queued job that no agent online can take (none at all, none with its model) and the cloud
+    # cannot either ends in error "no_agent" after waiting this long (0: it waits for ever).
+    max_wait_no_agent_s: float = 120.0
     aging_s: float = 10.0  # a waiting job gains one priority level per aging_s
     prefetch: int = 1
     status_interval_s: float = 5.0

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 
 from broker.runtime.delivery import Delivery
-from broker.runtime.errors import PublishRefused
+from broker.runtime.errors import PublishRefused, SiteError
 from broker.runtime.mqtt import BrokerAddress, Message, Session
 from schemas.errors import TopicError
-from schemas.topics import Topics
+from schemas.topics import ROOT, Topics
 
 
 class DeviceClient:
@@ -190,6 +190,31 @@ def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[s
         return fleet.snapshot()
     finally:
         fleet.close()
+
+
+def sites(address: BrokerAddress, settle_s: float = 0.3) -> list[str]:
+    """The sites on a broker: those whose coordinator left a retained status."""
+    found: set[str] = set()
+    session = Session(address, f"fogmesh-sites-{secrets.token_hex(3)}",
+                      lambda m: found.add(m.topic.split("/")[1]) if m.payload else None, persistent=False)
+    session.start()
+    try:
+        session.subscribe(f"{ROOT}/+/coordinator/status", qos=1)
+        time.sleep(settle_s)
+    finally:
+        session.stop()
+    return sorted(found)
+
+
+def site_check(address: BrokerAddress, site: str) -> dict[str, Any]:
+    """The site's snapshot; SiteError at once if the broker has no such site (naming those it has)."""
+    snap = snapshot(address, site, settle_s=0.3)
+    if not snap["coordinator"]:
+        there = sites(address)
+        raise SiteError(f"no site {site!r} on {address.url}: " + (
+            f"the sites there are {', '.join(there)} (--site NAME)" if there else
+            "no fogmesh site has a coordinator there (is `fogmesh up` or the coordinator running?)"))
+    return snap
 
 
 def request(address: BrokerAddress, topic: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any] | None:
