@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from broker.runtime.settings import Connection
+from msgspec import Meta
+
+from broker.runtime.settings import Connection, NonNegative, NonNegativeFloat, Positive, Seconds
 
 
 @dataclass
@@ -15,22 +18,22 @@ class AgentSettings(Connection):
     # GGUF files this agent serves, each "path" or "name=path" (the name jobs ask for;
     # default: the file's stem). Empty: the bundled Gemma 3 270M. The first is the default.
     models: list[str] = field(default_factory=list)
-    n_ctx: int = 2048
-    threads: int = 0  # 0: all cores
-    slots: int = 1
-    heartbeat_s: float = 5.0
-    drain_timeout_s: float = 30.0
-    chunk_interval_ms: float = 50.0
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    repeat_penalty: float = 1.1
-    calibrate_tokens: int = 16
-    budget_tokens: int = 0  # sliding-window token budget; 0 = unlimited
-    budget_window_s: float = 60.0
-    energy_j_per_token: float = 0.0
-    power_w: float = 0.0  # when set, energy per token = power / measured decode rate
-    price_per_kwh: float = 0.30
+    n_ctx: Annotated[int, Meta(ge=16)] = 2048
+    threads: NonNegative = 0  # 0: all cores
+    slots: Positive = 1
+    heartbeat_s: Seconds = 5.0
+    drain_timeout_s: NonNegativeFloat = 30.0
+    chunk_interval_ms: NonNegativeFloat = 50.0
+    temperature: Annotated[float, Meta(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 0.95
+    top_k: NonNegative = 40
+    repeat_penalty: Annotated[float, Meta(gt=0)] = 1.1
+    calibrate_tokens: Positive = 16
+    budget_tokens: NonNegative = 0  # sliding-window token budget; 0 = unlimited
+    budget_window_s: Seconds = 60.0
+    energy_j_per_token: NonNegativeFloat = 0.0
+    power_w: NonNegativeFloat = 0.0  # when set, energy per token = power / measured decode rate
+    price_per_kwh: NonNegativeFloat = 0.30
     ha_discovery: bool = False  # Home Assistant MQTT discovery: the agent's status as HA sensors
     ha_prefix: str = "homeassistant"
 

@@ -102,3 +102,22 @@ def test_a_table_that_is_not_a_table_is_reported_not_a_crash(tmp_path):
         ("coordinator.max_queue", "Expected `int`, got `str`")]
     with pytest.raises(ConfigError, match=r"\[site\] must be a table"):
         load(CoordinatorSettings, "coordinator", cfg)
+
+
+def test_config_check_catches_values_out_of_range_unknown_choices_bad_urls_typos_and_non_gguf_models(tmp_path):
+    bad_model = tmp_path / "notes.gguf"
+    bad_model.write_text("not a model")
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text(f'[site]\nbroker = "mqtt//localhost:1883"\n\n[coordinator]\nmax_queue = -5\n'
+                   f'ledger_sync = "sometimes"\nmax_tokens_limit = 0\n\n[agent]\nagentid = "x"\n'
+                   f'temperature = -3\nmodels = ["{bad_model}"]\n')
+    out = cli("config", "check", "--config", str(cfg))  # both spellings: --config FILE and FILE
+    assert out.returncode == 1
+    for expected in ("line 2: site.broker: broker URL 'mqtt//localhost:1883' is not a URL",
+                     "line 5: coordinator.max_queue: Expected `int` >= 1",
+                     "line 6: coordinator.ledger_sync: unknown ledger sync 'sometimes'; one of normal, full",
+                     "line 7: coordinator.max_tokens_limit: Expected `int` >= 1",
+                     "line 10: agent.agentid: unknown key; did you mean agent_id?",
+                     "line 11: agent.temperature: Expected `float` >= 0.0",
+                     "line 12: agent.models:", "is not a GGUF model file"):
+        assert expected in out.stderr, (expected, out.stderr)

@@ -16,7 +16,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     from broker.ops.config import check, config_path
 
-    path = config_path(args.file)
+    path = config_path(args.file or args.config_file)
     if path is None:
         print("no config file: give one, set FOGMESH_CONFIG, or create /etc/fogmesh/fogmesh.toml "
               "(deploy/fogmesh.toml is a commented example)", file=sys.stderr)
@@ -159,6 +159,7 @@ def add_commands(sub: Any) -> None:
     csub = config.add_subparsers(dest="config_command", required=True)
     sp = csub.add_parser("check", help="validate a config file: every problem with its key and line")
     sp.add_argument("file", nargs="?", help="default: $FOGMESH_CONFIG, else /etc/fogmesh/fogmesh.toml")
+    sp.add_argument("--config", dest="config_file", help="the same, as every other command spells it")
     sp.set_defaults(fn=cmd_config_check)
 
     broker = sub.add_parser("broker", help="a production broker for the site: certificates, config, ACL")

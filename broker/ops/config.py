@@ -8,9 +8,11 @@ daemon shares (``broker``, ``site``) also read ``FOGMESH_BROKER`` / ``FOGMESH_SI
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,7 +66,7 @@ def load(cls: type[T], section: str, path: str | Path | None = None, **overrides
         raise ConfigError(f"{file}: [{section}] must be a table")
     unknown = sorted(set(table) - names)
     if unknown:
-        raise ConfigError(f"{file}: unknown key {section}.{unknown[0]} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{file}: unknown key {section}.{unknown[0]}{suggest(unknown[0], names)}")
     data = file_values(doc, section, names)
     prefix = f"FOGMESH_{section.upper().replace('-', '_')}_"
     for name in names:
@@ -76,7 +78,27 @@ def load(cls: type[T], section: str, path: str | Path | None = None, **overrides
     try:
         return msgspec.convert(data, cls, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"[{section}] {exc}".replace("$.", f"{section}.")) from exc
+        raise ConfigError(f"[{section}] {friendly(exc, cls)}".replace("$.", f"{section}.")) from exc
+
+
+def friendly(exc: Exception, cls: type) -> str:
+    """msgspec's validation message, with the allowed values spelled out for a choice."""
+    text = str(exc)
+    m = re.match(r"Invalid enum value (.+) - at `\$\.(\w+)`", text)
+    if m:
+        hints = typing.get_type_hints(cls, include_extras=False)
+        choices = typing.get_args(hints.get(m.group(2)))
+        if choices:
+            unique = list(dict.fromkeys(str(c) for c in choices))
+            name = m.group(2).replace("_", " ")
+            return f"unknown {name} {m.group(1)}; one of {', '.join(unique)} - at `$.{m.group(2)}`"
+    return text
+
+
+def suggest(key: str, names: set[str]) -> str:
+    """``; did you mean agent_id?`` for a typo, else the keys there are."""
+    close = difflib.get_close_matches(key.replace("-", "_"), sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f" (known: {', '.join(sorted(names))})"
 
 
 # ---------------------------------------------------------------------- fogmesh config check
@@ -120,16 +142,15 @@ def key_line(text: str, section: str, key: str | None = None) -> int | None:
 
 def _semantic(section: str, settings: Any) -> list[tuple[str, str]]:
     """(key, problem) pairs a type check cannot see: files that must exist, names that must be known."""
+    from agents.backends.llama import check_gguf
     from agents.errors import AgentError
     from agents.model import parse_models
-    from broker.coordinator.scheduler import POLICIES
 
     found: list[tuple[str, str]] = []
-    if section == "coordinator" and settings.policy not in POLICIES:
-        found.append(("policy", f"unknown policy {settings.policy!r}; one of {', '.join(POLICIES)}"))
     if section == "agent" and settings.models:
         try:
-            parse_models(settings.models)
+            for _, path in parse_models(settings.models):
+                check_gguf(path)
         except AgentError as exc:
             found.append(("models", str(exc)))
     if hasattr(settings, "address"):
@@ -171,7 +192,7 @@ def check(path: Path) -> list[Problem]:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in sorted(set(table) - names):
             problems.append(Problem(f"{section}.{key}", key_line(text, section, key),
-                                    f"unknown key (known: {', '.join(sorted(names))})"))
+                                    f"unknown key{suggest(key, names)}"))
         data = file_values(doc, section, names)
         settings: Any = None
         for _ in range(len(data) + 1):  # report every bad key, not just the first
@@ -179,11 +200,12 @@ def check(path: Path) -> list[Problem]:
                 settings = msgspec.convert(data, cls, strict=False)
                 break
             except (msgspec.ValidationError, ConfigError) as exc:
-                m = (re.search(r"\$\.([A-Za-z_-]+)", str(exc))
-                     or re.search(rf"{re.escape(section)}\.([\w.-]+)", str(exc)))
+                said = friendly(exc, cls)
+                m = (re.search(r"\$\.([A-Za-z_-]+)", said)
+                     or re.search(rf"{re.escape(section)}\.([\w.-]+)", said))
                 dotted = f"{section}.{m.group(1)}" if m else section
                 table_name, _, key = dotted.rpartition(".")
-                message = re.sub(r"\s*- at `\$[^`]*`", "", str(exc)).removeprefix(f"{dotted}: ")
+                message = re.sub(r"\s*- at `\$[^`]*`", "", said).removeprefix(f"{dotted}: ")
                 line = key_line(text, table_name, key) if table_name else key_line(text, section)
                 problems.append(Problem(dotted, line, message))
                 if not m or m.group(1).split(".")[0] not in data:

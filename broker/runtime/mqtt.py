@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -50,6 +51,8 @@ class BrokerAddress:
 
     @classmethod
     def parse(cls, url: str, **extra: Any) -> BrokerAddress:
+        if "://" not in url and not re.fullmatch(r"[\w.-]+(:\d+)?", url):
+            raise ConfigError(f"broker URL {url!r} is not a URL: write mqtt://host:port, or mqtts://host:port for TLS")
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")

@@ -5,9 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from msgspec import Meta
 
 from broker.runtime.errors import ConfigError
 from broker.runtime.mqtt import BrokerAddress
+
+# Declared constraints: `fogmesh config check` and every daemon's start refuse a value outside
+# them, naming the key (msgspec checks them when settings are loaded).
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+LogLevel = Literal["debug", "info", "warning", "error", "critical", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def state_dir() -> Path:
@@ -22,9 +34,9 @@ def state_dir() -> Path:
 class DaemonSettings:
     """What every daemon has, whether it talks MQTT or not: its logs and its metrics."""
 
-    log_level: str = "info"
-    log_format: str = "kv"
-    metrics_port: int = 0  # Prometheus /metrics on this port (0 = off)
+    log_level: LogLevel = "info"
+    log_format: Literal["kv", "json"] = "kv"
+    metrics_port: Port = 0  # Prometheus /metrics on this port (0 = off)
     metrics_bind: str = "127.0.0.1"
 
 
@@ -43,7 +55,7 @@ class Connection(DaemonSettings):
     ca_file: str = ""  # the site CA that signed the broker's certificate (mqtts://)
     cert_file: str = ""  # a client certificate, where the broker asks for one
     key_file: str = ""
-    keepalive_s: int = 10
+    keepalive_s: Annotated[int, Meta(ge=1, le=65535)] = 10
 
     def address(self) -> BrokerAddress:
         """The broker address with TLS and credentials; ConfigError says which key is wrong."""
