@@ -33,7 +33,8 @@ def test_the_daemons_broker_help_says_what_they_really_default_to():
 
 def up(tmp_path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "FOGMESH_STATE_DIR": str(tmp_path / "state")}
-    return subprocess.Popen([*FOGMESH, "up", "--agents", "0", *extra], cwd=ROOT, env=env, text=True,
+    agents = [] if "--agents" in extra else ["--agents", "0"]
+    return subprocess.Popen([*FOGMESH, "up", *agents, *extra], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -119,3 +120,27 @@ def test_an_unknown_site_is_named_at_once_with_the_sites_there(daemons, broker_u
     alone = subprocess.run([*FOGMESH, "ask", "--broker", broker_url, "--site", site_id, "--timeout", "1", "hi"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "no agent is online" in alone.stderr
+
+
+@pytest.mark.slow
+def test_fogmesh_up_passes_its_config_to_every_daemon_and_gives_each_agent_its_own_metrics_port(tmp_path):
+    import urllib.request
+
+    from broker.runtime.proc import free_port
+
+    agent_port, coord_port = free_port(), free_port()
+    cfg = tmp_path / "fogmesh.toml"
+    cfg.write_text(f"[agent]\nmetrics_port = {agent_port}\n\n[coordinator]\nmetrics_port = {coord_port}\n")
+    site = up(tmp_path, "--agents", "2", "--site", "withconfig", "--config", str(cfg))
+    try:
+        assert site.stdout is not None
+        for line in site.stdout:
+            if "is up" in line:
+                break
+        for port, name in ((agent_port, "agent"), (agent_port + 1, "agent"), (coord_port, "coordinator")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                assert f"fogmesh_{name}" in resp.read().decode()
+        assert site.poll() is None
+    finally:
+        site.send_signal(signal.SIGINT)
+        site.communicate(timeout=60)

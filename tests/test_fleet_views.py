@@ -115,3 +115,33 @@ def test_home_assistant_discovery_describes_the_agent_from_its_own_status(daemon
     finally:
         ha.close()
         status.close()
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("FOGMESH_REQUIRE_BROWSER"),
+                    reason="no chromium here (deploy/install-deps.sh --test installs it)")
+def test_the_dashboard_asks_for_a_password_instead_of_taking_it_from_its_url(daemons, site_id, mosquitto, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    secret = tmp_path / "dash.password"
+    secret.write_text("s3cret-not-for-urls\n")
+    port = free_port()
+    web = daemons("dashboard", "--port", str(port), "--ws", mosquitto.ws_url, "--username", "dash",
+                  "--password-file", str(secret))
+    url = wait_for(lambda: next((line.strip() for line in web.log().splitlines() if "http://" in line), None),
+                   10, what="the dashboard's URL")
+    assert "s3cret" not in web.log() and "password=" not in url
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("#login:not([hidden])", timeout=10_000)
+            page.fill("#password", "s3cret-not-for-urls")
+            page.click("#login button")
+            page.wait_for_selector('#conn[data-connected="true"]', timeout=15_000)
+            assert "s3cret" not in page.url
+            page.reload()  # the tab remembers it; the address still does not hold it
+            page.wait_for_selector('#conn[data-connected="true"]', timeout=15_000)
+            assert page.is_hidden("#login")
+        finally:
+            browser.close()

@@ -69,3 +69,15 @@ def test_plan_counts_edge_only_jobs_the_cloud_cannot_take(probe_file):
     cloud = next(o for o in out["options"] if o["option"] == "cloud")
     assert cloud["unservable"] > 0
     assert out["recommendation"] != "cloud"
+
+
+def test_plan_says_when_the_devices_cannot_keep_up_and_prints_money_a_person_reads(probe_file):
+    out = cli("plan", "--device", f"{probe_file}:1", "--jobs", "600", "--rate", "40", "--tokens", "64",
+              "--edge-only", "0.3")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "queue grows without bound" in text and "unbounded" in text
+    assert "e-0" not in out.stdout  # no 2.95e-05 dollars
+    data = plan(probe_file, "--rate", "1", "--edge-only", "0.5")
+    cloud = next(o for o in data["options"] if o["option"] == "cloud")
+    assert cloud["unservable"] > 0 and cloud["deadline_hit_rate"] <= 0.55  # the jobs it cannot take count

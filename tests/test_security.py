@@ -22,6 +22,7 @@ from tests.services import ROOT, Daemon, Device, Listener, cli, wait_for
 
 SITE = "secure"
 USERS = {"coordinator": "coordinator", "agent-1": "agent", "bridge": "bridge", "sensor-1": "device",
+         "ha": "homeassistant",
          "sensor-2": "device", "dash": "dashboard", "ops": "operator"}
 
 
@@ -269,3 +270,20 @@ def test_each_connection_mistake_gets_its_own_error_at_once(secure, tmp_path):
             session.start(timeout_s=10)
         assert expected in str(err.value), (expected, str(err.value))
         assert time.monotonic() - started < 5, f"{expected!r} took {time.monotonic() - started:.1f} s to say so"
+
+
+
+def test_home_assistant_reads_discovery_configs_that_a_dashboard_cannot(secure):
+    t = Topics(SITE)
+    topic = t.ha_discovery("agent-1", "state")
+    assert "RC:135" not in secure.pub("agent-1", topic, '{"name": "state"}', retain=True)
+    assert "RC:135" in secure.pub("agent-1", t.ha_discovery("agent-2", "state"), "{}", retain=True)
+    ha = Listener(secure.address("ha"), "homeassistant/#", settle_s=0.3)
+    dash = Listener(secure.address("dash"), "homeassistant/#", settle_s=0.3)
+    try:
+        assert ha.topics() == [topic] and dash.topics(0) == []
+        assert "RC:135" not in secure.pub("ha", "homeassistant/status", "online")
+        assert "RC:135" in secure.pub("ha", t.prompts("ha"), '{"prompt": "x"}')
+    finally:
+        ha.close()
+        dash.close()

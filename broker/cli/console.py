@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -133,14 +134,33 @@ def plan_table(rows: list[dict[str, Any]], choice: str, why: str, workload: Any,
     head = Text(f"{workload.rate_per_s:g} jobs/s of {workload.completion_tokens} tokens, deadline "
                 f"{workload.deadline_ms:.0f} ms, {workload.edge_only_share:.0%} edge-only, on {devices} device(s)")
     table = Table(show_edge=False, header_style="bold")
-    for name in ("option", "mean ms", "p95 ms", "deadlines met", "cloud tokens", "cost/response $", "utility",
+    for name in ("option", "mean ms", "p95 ms", "deadlines met", "cloud tokens", "$ per 1,000 answers", "utility",
                  "PCR", "unservable"):
         table.add_column(name, justify="left" if name == "option" else "right", no_wrap=True)
+    notes = []
     for r in rows:
         style = "bold green" if r["option"] == choice else ""
-        table.add_row(Text(r["option"], style=style), f"{r['latency_mean_ms']:,.0f}", f"{r['latency_p95_ms']:,.0f}",
+        over = r.get("over_capacity")
+        table.add_row(Text(r["option"], style=style), "unbounded" if over else f"{r['latency_mean_ms']:,.0f}",
+                      "unbounded" if over else f"{r['latency_p95_ms']:,.0f}",
                       f"{r['deadline_hit_rate']:.1%}", f"{r['cloud_token_share']:.1%}",
-                      f"{r['cost_per_response']:.2e}", f"{r['utility']:.3f}",
+                      money(r["cost_per_response"] * 1000), f"{r['utility']:.3f}",
                       "inf" if r["pcr"] == float("inf") else f"{r['pcr']:,.0f}", str(r["unservable"]))
-    return Group(head, Text(""), table, Text(""), Text.assemble(("recommended: ", "bold"), (choice, "bold green"),
-                                                              f" - {why}"))
+        if over:
+            notes.append(Text(f"{r['option']}: the devices serve about {r['capacity_jobs_per_s']:g} jobs/s, fewer than "
+                              f"the {workload.rate_per_s:g} that arrive: its queue grows without bound", style="red"))
+        if r["unservable"]:
+            notes.append(Text(f"{r['option']}: {r['unservable']} edge-only jobs cannot go there at all (counted as "
+                              "missed deadlines)"))
+    return Group(head, Text(""), table, *notes, Text(""), Text.assemble(("recommended: ", "bold"),
+                                                                        (choice, "bold green"), f" - {why}"))
+
+
+def money(amount: float) -> str:
+    """Dollars a person reads: 0.0295, 1.20, 1,234.50 (never 2.95e-05)."""
+    if amount == 0:
+        return "0"
+    if amount >= 1:
+        return f"{amount:,.2f}"
+    digits = max(2, 3 - math.floor(math.log10(amount)))
+    return f"{amount:.{digits}f}"

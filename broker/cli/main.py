@@ -123,7 +123,7 @@ def _plan(args: argparse.Namespace) -> Any:
 
     return SitePlan(site=args.site or "site", agents=args.agents, port=args.port, broker=args.broker,
                     model=args.model or "", slots=args.slots, policy=args.policy, log_format=args.log_format,
-                    local_cloud=args.local_cloud)
+                    local_cloud=args.local_cloud, config=args.config)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -247,17 +247,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from broker.cli.webui import page_url, serve
     from broker.ops.site import current
 
     conn = _client(args)
     ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
-    password = Path(conn.password_file).read_text().strip() if conn.password_file else ""
     server = serve(args.bind, args.port)
     print(f"fogmesh dashboard for site {conn.site!r}: open\n  "
-          f"{page_url(args.bind, server.server_address[1], ws, conn.site, conn.username, password)}", flush=True)
+          f"{page_url(args.bind, server.server_address[1], ws, conn.site, conn.username)}", flush=True)
+    if conn.username:
+        where = f" (it is in {conn.password_file})" if conn.password_file else ""
+        print(f"  the page asks for the password of {conn.username!r}{where}; it never goes in a URL", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -29,9 +29,9 @@ class _Handler(SimpleHTTPRequestHandler):
         log.debug(kv("http", request=format % args))
 
 
-def page_url(bind: str, port: int, ws: str, site: str, username: str = "", password: str = "") -> str:
-    query = {"broker": ws, "site": site, **({"username": username} if username else {}),
-             **({"password": password} if password else {})}
+def page_url(bind: str, port: int, ws: str, site: str, username: str = "") -> str:
+    """The page's address: never a password in it (the page asks for one, and keeps it in the tab)."""
+    query = {"broker": ws, "site": site, **({"username": username} if username else {})}
     host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
     return f"http://{host}:{port}/?{urlencode(query)}"
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from broker.ops.mosquitto import MAX_PACKET_BYTES, WS_BIND_FIX, delivery_settings
 from broker.runtime.errors import ConfigError
 from broker.runtime.logs import kv
-from schemas.topics import Topics, check_id
+from schemas.topics import HA_PREFIX, Topics, check_id
 
 log = logging.getLogger("fogmesh.security")
-ROLES = ("device", "agent", "coordinator", "bridge", "dashboard", "operator")
+ROLES = ("device", "agent", "coordinator", "bridge", "dashboard", "operator", "homeassistant")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for its $7$ (PBKDF2-SHA512) hashes
 
 
@@ -86,6 +86,8 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
         return [("read", topics.cloud_requests), ("write", topics.cloud_events), ("write", topics.bridge_status)]
     if role == "dashboard":
         return status
+    if role == "homeassistant":  # its MQTT integration: the discovery configs, the states they point at
+        return [*status, ("read", f"{HA_PREFIX}/#"), ("write", f"{HA_PREFIX}/status")]
     if role == "operator":  # may also ask, as a device of its own name (`fogmesh ask`)
         return [*status, ("read", f"{p}/deadletter/#"), ("write", topics.explain),
                 ("read", f"{topics.explain}/reply/#"), ("write", topics.prompts(name)),

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from agents.settings import AgentSettings
+from broker.ops.config import load
 from broker.ops.mosquitto import Mosquitto
 from broker.runtime.client import snapshot
 from broker.runtime.errors import SiteError
@@ -45,6 +47,7 @@ class SitePlan:
     log_format: str = "kv"
     log_to_files: bool = False  # daemons' logs to <data dir>/logs/<name>.log instead of the console
     local_cloud: bool = False  # a local SQS-compatible server, a bridge and a cloud worker
+    config: str | None = None  # a fogmesh.toml every daemon reads (else $FOGMESH_CONFIG or /etc/fogmesh)
 
 
 def record_current(broker: str, site: str, ws: str | None = None) -> Path:
@@ -123,7 +126,11 @@ class Site:
             self.broker = Mosquitto(port, self.data_dir / "mosquitto", ws_port=ws_port)
             self.broker.start()
             self.url = self.broker.url
-        common = ["--broker", self.url, "--site", p.site, "--log-format", p.log_format]
+        common = ["--broker", self.url, "--site", p.site, "--log-format", p.log_format,
+                  *(["--config", p.config] if p.config else [])]
+        # One metrics port each: N agents reading one [agent] metrics_port would fight over it
+        # (and the site stopped); agent i gets that port + i - 1.
+        agent_metrics = load(AgentSettings, "agent", p.config).metrics_port
         self._spawn("coordinator", ["coordinator", *common, "--policy", p.policy,
                                     "--ledger", str(self.data_dir / "ledger.db")])
         threads = p.threads or max(1, (os.cpu_count() or 1) // max(p.agents, 1))
@@ -132,6 +139,8 @@ class Site:
                     "--slots", str(p.slots)]
             if p.model:
                 args += ["--model", p.model]
+            if agent_metrics:
+                args += ["--metrics-port", str(agent_metrics + i - 1)]
             self._spawn(f"agent-{i}", args)
         if p.local_cloud:
             self.sqs = LocalSqs(free_port(), self.data_dir / "cloud")
@@ -140,6 +149,7 @@ class Site:
             self._spawn("bridge", ["bridge", *common, "--endpoint-url", self.sqs.url,
                                    "--outbox", str(self.data_dir / "outbox.db")], env)
             self._spawn("cloud-worker", ["cloud-worker", "--endpoint-url", self.sqs.url, "--threads", str(threads),
+                                         *(["--config", p.config] if p.config else []),
                                          "--log-format", p.log_format, *(["--model", p.model] if p.model else [])],
                         env)
         record_current(self.url, p.site, self.broker.ws_url if self.broker else None)

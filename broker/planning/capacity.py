@@ -102,6 +102,13 @@ def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quali
         fig = figures(jobs, out, fleet)
         row: dict[str, Any] = {"option": option, "jobs": len(jobs), "unservable": unservable, **fig,
                                **_score(jobs, out, quality)}
+        # a job the option cannot take at all misses its deadline too
+        row["deadline_hit_rate"] = fig["deadline_hit_rate"] * len(jobs) / (len(jobs) + unservable)
+        # Where jobs arrive faster than the devices can serve them (and no cloud takes the rest), the
+        # queue grows without bound: the simulated latencies then only say how long the trace was.
+        capacity = sum(a.slots * a.tps for a in fleet) / max(1, workload.completion_tokens)
+        row["capacity_jobs_per_s"] = round(capacity, 3) if fleet else None
+        row["over_capacity"] = option == "edge" and workload.rate_per_s > capacity
         row.pop("load_balance", None)
         cpr = row["cost_per_response"]
         row["pcr"] = row["utility"] / cpr if cpr > 0 else float("inf")

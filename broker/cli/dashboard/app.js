@@ -1,5 +1,6 @@
 // fogmesh's web dashboard: the site's retained status topics over MQTT over WebSockets.
-// Query parameters: broker (ws:// or wss:// URL), site, username, password.
+// Query parameters: broker (ws:// or wss:// URL), site, username. A password never travels in a
+// URL: the page asks for it, and keeps it in this tab's sessionStorage.
 // It reads status topics only, so a `dashboard` user of the generated ACL is enough.
 "use strict";
 
@@ -91,37 +92,68 @@ function render() {
   }
 }
 
-const client = mqtt.connect(brokerUrl, {
-  username: params.get("username") || undefined,
-  password: params.get("password") || undefined,
-  protocolVersion: 5,
-  reconnectPeriod: 2000,
-  clientId: `fogmesh-dashboard-${Math.random().toString(16).slice(2, 10)}`,
-});
-client.on("connect", () => {
-  $("conn").textContent = `connected to ${brokerUrl}`;
-  $("conn").dataset.connected = "true";
-  client.subscribe([`${prefix}/agents/+/status`, `${prefix}/coordinator/status`, `${prefix}/mesh/status`,
-    `${prefix}/bridge/status`], { qos: 1 });
-});
-client.on("close", () => {
-  $("conn").textContent = `disconnected from ${brokerUrl}; retrying`;
-  $("conn").dataset.connected = "false";
-});
-client.on("error", (err) => { $("conn").textContent = `broker error: ${err.message}`; });
-client.on("message", (topic, payload) => {
-  const level = topic.slice(prefix.length + 1).split("/");
-  let data = null;
-  try {
-    data = payload.length ? JSON.parse(new TextDecoder().decode(payload)) : null;
-  } catch (e) {
-    return; // not ours to render
-  }
-  if (level[0] === "agents") {
-    if (data) state.agents[level[1]] = data; else delete state.agents[level[1]];
-  } else if (["coordinator", "mesh", "bridge"].includes(level[0])) {
-    state[level[0]] = data;
-  }
-  render();
-});
+function start(password) {
+  let connected = false;
+  const client = mqtt.connect(brokerUrl, {
+    username: params.get("username") || undefined,
+    password: password || undefined,
+    protocolVersion: 5,
+    reconnectPeriod: 2000,
+    clientId: `fogmesh-dashboard-${Math.random().toString(16).slice(2, 10)}`,
+  });
+  client.on("connect", () => {
+    connected = true;
+    $("conn").textContent = `connected to ${brokerUrl}`;
+    $("conn").dataset.connected = "true";
+    client.subscribe([`${prefix}/agents/+/status`, `${prefix}/coordinator/status`, `${prefix}/mesh/status`,
+      `${prefix}/bridge/status`], { qos: 1 });
+  });
+  client.on("close", () => {
+    $("conn").dataset.connected = "false";
+    if (connected) {
+      $("conn").textContent = `disconnected from ${brokerUrl}; retrying`;
+    } else if (brokerUrl.startsWith("wss:")) {
+      // A browser says nothing to a page about a certificate it refused.
+      $("conn").textContent = `cannot connect to ${brokerUrl}; retrying. If the broker's certificate is from the ` +
+        "site's own CA, this browser must trust it first: import certs/ca.crt as an authority (docs/deploy.md)";
+    } else {
+      $("conn").textContent = `cannot connect to ${brokerUrl}; retrying (is the broker's WebSockets listener there?)`;
+    }
+  });
+  client.on("error", (err) => {
+    $("conn").textContent = `broker error: ${err.message}` +
+      (/auth|password/i.test(err.message) ? " (wrong user name or password?)" : "");
+    if (/auth|password/i.test(err.message)) sessionStorage.removeItem(passwordKey);
+  });
+  client.on("message", (topic, payload) => {
+    const level = topic.slice(prefix.length + 1).split("/");
+    let data = null;
+    try {
+      data = payload.length ? JSON.parse(new TextDecoder().decode(payload)) : null;
+    } catch (e) {
+      return; // not ours to render
+    }
+    if (level[0] === "agents") {
+      if (data) state.agents[level[1]] = data; else delete state.agents[level[1]];
+    } else if (["coordinator", "mesh", "bridge"].includes(level[0])) {
+      state[level[0]] = data;
+    }
+    render();
+  });
+}
+
+const passwordKey = `fogmesh-password ${brokerUrl} ${params.get("username") || ""}`;
+if (params.get("username") && !sessionStorage.getItem(passwordKey)) {
+  $("login-user").textContent = params.get("username");
+  $("login").hidden = false;
+  $("conn").textContent = `log in to ${brokerUrl}`;
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(passwordKey, $("password").value);
+    $("login").hidden = true;
+    start($("password").value);
+  });
+} else {
+  start(sessionStorage.getItem(passwordKey));
+}
 setInterval(render, 1000); // "last seen" and staleness move with the clock
