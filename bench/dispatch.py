@@ -19,7 +19,7 @@ from agents.backends.base import Generation
 from agents.backends.synthetic import SyntheticBackend
 from agents.settings import AgentSettings
 from bench.harness import site, summary, write
-from broker.ops.site import SitePlan
+from broker.ops.site import SiteSpec
 from broker.runtime.client import DeviceClient
 from broker.runtime.mqtt import BrokerAddress
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     marks: dict[str, dict[str, float]] = {}
     results = []
-    with site(SitePlan(site="bench", agents=0)) as s:
+    with site(SiteSpec(site="bench", agents=0)) as s:
         agents = start_agents(s.url, "bench", args.agents, args.slots, marks)
         time.sleep(2.0)
         client = DeviceClient(BrokerAddress.parse(s.url), "bench", "bench-dev")

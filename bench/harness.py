@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from broker.ops.mosquitto import Mosquitto
-from broker.ops.site import Site, SitePlan
+from broker.ops.site import Site, SiteSpec
 from broker.planning.simulation import percentile as pct
 from broker.runtime.proc import free_port
 
@@ -50,12 +50,12 @@ def broker() -> Iterator[Mosquitto]:
 
 
 @contextmanager
-def site(plan: SitePlan) -> Iterator[Site]:
-    """A real site (its own broker unless the plan names one), daemons' logs to files."""
+def site(spec: SiteSpec) -> Iterator[Site]:
+    """A real site (its own broker unless the spec names one), daemons' logs to files."""
     with tempfile.TemporaryDirectory(prefix="fogmesh-bench-") as tmp:
-        plan.data_dir = Path(tmp)
-        plan.log_to_files = True
-        s = Site(plan)
+        spec.data_dir = Path(tmp)
+        spec.log_to_files = True
+        s = Site(spec)
         s.start()
         try:
             yield s

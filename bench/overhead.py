@@ -23,7 +23,7 @@ from typing import Any
 
 from agents.model import default_model_path
 from bench.harness import site, summary, write
-from broker.ops.site import SitePlan
+from broker.ops.site import SiteSpec
 from broker.runtime.client import DeviceClient
 from broker.runtime.mqtt import BrokerAddress
 from broker.runtime.proc import free_port, wait_port
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert wait_port("127.0.0.1", port, 60), "llama_cpp.server did not start"
         llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=args.threads, verbose=False)
-        with site(SitePlan(site="bench", agents=1, slots=1, threads=args.threads)) as s:
+        with site(SiteSpec(site="bench", agents=1, slots=1, threads=args.threads)) as s:
             client = DeviceClient(BrokerAddress.parse(s.url), "bench", "bench-dev")
             for warm in range(2):
                 mesh(client, f"warm{warm}", 16), direct(llm, 16), server(port, 16)

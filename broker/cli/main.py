@@ -118,10 +118,10 @@ def cmd_cloud_worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- the site
 
 
-def _plan(args: argparse.Namespace) -> Any:
-    from broker.ops.site import SitePlan
+def _site_spec(args: argparse.Namespace) -> Any:
+    from broker.ops.site import SiteSpec
 
-    return SitePlan(site=args.site or "site", agents=args.agents, port=args.port, broker=args.broker,
+    return SiteSpec(site=args.site or "site", agents=args.agents, port=args.port, broker=args.broker,
                     model=args.model or "", slots=args.slots, policy=args.policy, log_format=args.log_format,
                     local_cloud=args.local_cloud, config=args.config)
 
@@ -130,7 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from broker.ops.site import Site
 
     logs.setup(args.log_level, args.log_format, "up")
-    site = Site(_plan(args))
+    site = Site(_site_spec(args))
     stop = threading.Event()
     _on_signals(stop.set)
     try:
@@ -146,13 +146,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from broker.ops.site import Site
 
     logs.setup("warning", args.log_format, "demo")
-    plan = _plan(args)
-    plan.log_to_files = True
-    site = Site(plan)
+    spec = _site_spec(args)
+    spec.log_to_files = True
+    site = Site(spec)
     try:
         site.start()
         print(site.describe(), flush=True)
-        args.broker, args.site = site.url, site.plan.site
+        args.broker, args.site = site.url, site.spec.site
         return cmd_ask(args)
     finally:
         site.stop()

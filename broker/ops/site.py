@@ -34,7 +34,7 @@ STEADY_S = 60.0  # a process that ran this long starts the backoff afresh when i
 
 
 @dataclass
-class SitePlan:
+class SiteSpec:
     site: str = "site"
     agents: int = 2
     port: int | None = None
@@ -66,13 +66,13 @@ def current() -> dict[str, str]:
 
 
 class Site:
-    def __init__(self, plan: SitePlan) -> None:
-        self.plan = plan
-        self.data_dir = plan.data_dir or state_dir() / plan.site
+    def __init__(self, spec: SiteSpec) -> None:
+        self.spec = spec
+        self.data_dir = spec.data_dir or state_dir() / spec.site
         self.broker: Mosquitto | None = None
         self.sqs: LocalSqs | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.url = plan.broker or ""
+        self.url = spec.broker or ""
         self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self._started_at: dict[str, float] = {}
         self._deaths: dict[str, int] = {}  # quick deaths in a row
@@ -84,7 +84,7 @@ class Site:
         which then stops the site in order instead of every process dying at once."""
         self._commands[name] = (args, env)
         cmd = [sys.executable, "-m", "broker.cli", *args]
-        if self.plan.log_to_files:
+        if self.spec.log_to_files:
             log_dir = self.data_dir / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
             with (log_dir / f"{name}.log").open("ab") as out:
@@ -107,7 +107,7 @@ class Site:
             self._lock_file.seek(0)
             held = self._lock_file.read().strip() or "another process"
             self._lock_file.close()
-            raise SiteError(f"site {self.plan.site!r} is already up on this machine ({held}); stop it first, or "
+            raise SiteError(f"site {self.spec.site!r} is already up on this machine ({held}); stop it first, or "
                             "start another site with --site NAME") from None
         self._lock_file.seek(0)
         self._lock_file.truncate()
@@ -115,7 +115,7 @@ class Site:
         self._lock_file.flush()
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
-        p = self.plan
+        p = self.spec
         self.lock()
         if p.port and not p.broker and free_port(p.port) != p.port:
             raise SiteError(f"port {p.port} is taken on 127.0.0.1; choose another --port, or leave it out and "
@@ -162,28 +162,28 @@ class Site:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise SiteError(f"{name} exited with status {proc.returncode} while the site was starting")
-            snap = snapshot(address, self.plan.site, settle_s=0.3)
+            snap = snapshot(address, self.spec.site, settle_s=0.3)
             online = [a for a in snap["agents"].values() if a.get("state") == "online"]
             coordinator = snap["coordinator"] or {}
-            bridge_ok = not self.plan.local_cloud or (snap["bridge"] or {}).get("reachable")
-            if len(online) >= self.plan.agents and coordinator.get("state") == "online" and bridge_ok:
+            bridge_ok = not self.spec.local_cloud or (snap["bridge"] or {}).get("reachable")
+            if len(online) >= self.spec.agents and coordinator.get("state") == "online" and bridge_ok:
                 return
             time.sleep(0.2)
         raise SiteError(f"the site was not ready within {timeout_s:.0f} s; see the logs above")
 
     def describe(self) -> str:
-        lines = [f"fogmesh site {self.plan.site!r} is up", f"  broker       {self.url}"
+        lines = [f"fogmesh site {self.spec.site!r} is up", f"  broker       {self.url}"
                  + (f"  (mosquitto pid {self.broker.proc.pid}, config {self.broker.config})"
                     if self.broker and self.broker.proc else "  (existing)")]
         if self.broker and self.broker.ws_url:
             lines.append(f"  websockets   {self.broker.ws_url}  (for the web dashboard)")
         for name, proc in self.procs.items():
-            where = f"  log {self.data_dir / 'logs' / (name + '.log')}" if self.plan.log_to_files else ""
+            where = f"  log {self.data_dir / 'logs' / (name + '.log')}" if self.spec.log_to_files else ""
             lines.append(f"  {name:<12} pid {proc.pid}{where}")
         if self.sqs:
             lines.append(f"  local SQS    {self.sqs.url}  (moto server mode)")
-        lines += [f"  prompts      fogmesh/{self.plan.site}/prompts/<device_id>",
-                  f"  results      fogmesh/{self.plan.site}/results/<device_id>/<job_id>",
+        lines += [f"  prompts      fogmesh/{self.spec.site}/prompts/<device_id>",
+                  f"  results      fogmesh/{self.spec.site}/results/<device_id>/<job_id>",
                   "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status --watch"
                   + ("     fogmesh dashboard" if self.broker and self.broker.ws_url else "")]
         return "\n".join(lines)
@@ -263,4 +263,4 @@ class Site:
         if self._lock_file is not None:
             self._lock_file.close()  # releases the site's lock
             self._lock_file = None
-        log.info(kv("site_stopped", site=self.plan.site))
+        log.info(kv("site_stopped", site=self.spec.site))

@@ -133,9 +133,8 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             a.busy_tokens -= j.max_tokens
             a.served += 1
             a.window.add(j.tokens, now)
-            view = AgentView(agent=a.name, energy_j_per_token=a.energy_j_per_token, price_per_kwh=a.price_per_kwh)
             out[j.key] = {"tier": "edge", "node": a.name, "latency_s": now - j.arrival + DISPATCH_S,
-                          "cost": edge_cost(view, j.tokens + j.prompt_tokens), "tokens": j.tokens}
+                          "cost": edge_cost(a, j.tokens + j.prompt_tokens), "tokens": j.tokens}
         dispatch(now)
         if not events and pending:  # only budget-blocked jobs left: advance to when windows drain
             heapq.heappush(events, (now + 1.0, n, "tick", None))
