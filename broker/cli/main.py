@@ -181,7 +181,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     prompt.setdefault("id", f"ask-{secrets.token_hex(4)}")
     device = args.device or conn.username or "cli"
     snap = site_check(conn.address(), conn.site)
-    if (snap["coordinator"] or {}).get("state") != "online":
+    if snap["coordinator"] is None:
+        pass  # this user may not read the site's statuses (a device): nothing to say
+    elif snap["coordinator"].get("state") != "online":
         print(f"note: the coordinator of site {conn.site!r} is offline; the prompt waits in the broker until it is "
               "back", file=sys.stderr)
     elif not (snap["mesh"] or {}).get("agents_online") and not (snap["bridge"] or {}).get("reachable"):

@@ -211,9 +211,12 @@ def site_check(address: BrokerAddress, site: str) -> dict[str, Any]:
     snap = snapshot(address, site, settle_s=0.3)
     if not snap["coordinator"]:
         there = sites(address)
-        raise SiteError(f"no site {site!r} on {address.url}: " + (
-            f"the sites there are {', '.join(there)} (--site NAME)" if there else
-            "no fogmesh site has a coordinator there (is `fogmesh up` or the coordinator running?)"))
+        if there:
+            raise SiteError(f"no site {site!r} on {address.url}: the sites there are {', '.join(there)} (--site NAME)")
+        if not address.username:  # anonymous reads everything: there is no site at all
+            raise SiteError(f"no site {site!r} on {address.url}: no fogmesh site has a coordinator there "
+                            "(is `fogmesh up` or the coordinator running?)")
+        # a user whose role may not read statuses (a device) sees nothing either way: go on
     return snap
 
 
