@@ -33,6 +33,7 @@ from broker.coordinator.finals import Finals
 from broker.coordinator.inbox import Inbox
 from broker.coordinator.jobs import Job, JobState
 from broker.coordinator.ledger import Ledger
+from broker.coordinator.registry import Known
 from broker.coordinator.settings import CoordinatorSettings
 from broker.coordinator.status import StatusBoard
 from broker.runtime import __version__
@@ -221,6 +222,8 @@ class Coordinator(Daemon):
             log.warning(kv("agent_lapsed", agent=agent, reason="no heartbeat"))
             self.edge.agent_gone(agent, "agent heartbeat lapsed")
         timeout = self.settings.accept_timeout_s
+        accepting = [k for k in self.registry.agents.values() if k.accepting]
+        on_offer = frozenset().union(*(k.models for k in accepting))  # once a scan, not once a job
         for job in self.jobs:
             if job.key not in self.jobs:
                 continue  # ended earlier in this scan
@@ -230,21 +233,25 @@ class Coordinator(Daemon):
             elif not judge:
                 continue
             elif job.state is JobState.QUEUED:
-                self._strand(job, now)
+                self._strand(job, now, accepting, on_offer)
             elif job.state is JobState.ASSIGNED and mono - job.assigned_mono > timeout:
                 self.edge.requeue(job, "agent did not accept in time")
             elif (job.agent and not self.registry.is_online(job.agent)
                   and mono - job.assigned_mono > timeout):
                 self.edge.requeue(job, "agent is not online")
 
-    def _strand(self, job: Job, now: float) -> None:
+    def _strand(self, job: Job, now: float, accepting: list[Known], on_offer: frozenset[str]) -> None:
         """A queued job nothing can take: no agent online holds its model, and the cloud cannot
         have it. After ``max_wait_no_agent_s`` of that it ends, instead of waiting for ever."""
         limit = self.settings.max_wait_no_agent_s
         model = job.req.model or self.settings.default_model or None
-        servable = (self.core.cloud.enabled and job.req.privacy != "edge-only") or any(
-            k.accepting and (model is None or model in k.models) and k.status.agent not in job.exclude
-            for k in self.registry.agents.values())
+        if self.core.cloud.enabled and job.req.privacy != "edge-only":
+            servable = True
+        elif job.exclude:  # rare: agents it failed on do not count
+            servable = any((model is None or model in k.models) and k.status.agent not in job.exclude
+                           for k in accepting)
+        else:
+            servable = bool(accepting) if model is None else model in on_offer
         if servable or limit <= 0:
             job.stranded_at = None
             return
