@@ -29,6 +29,21 @@ def rss_bytes() -> int:
     return proc_kib("/proc/self/status", "VmRSS")
 
 
+def cpu_busy(sample_s: float = 0.5) -> float:
+    """The share of this machine's CPU time spent busy over ``sample_s`` (Linux /proc/stat; 0 elsewhere)."""
+    def times() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+    try:
+        total0, idle0 = times()
+        time.sleep(sample_s)
+        total1, idle1 = times()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def mem_total_bytes() -> int:
     return proc_kib("/proc/meminfo", "MemTotal")
 

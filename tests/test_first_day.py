@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -120,6 +121,8 @@ def test_an_unknown_site_is_named_at_once_with_the_sites_there(daemons, broker_u
     alone = subprocess.run([*FOGMESH, "ask", "--broker", broker_url, "--site", site_id, "--timeout", "1", "hi"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "no agent is online" in alone.stderr
+    status = cli("status", "--broker", broker_url, "--site", site_id)
+    assert "no agent online" in status.stdout and "predicted wait 0 ms" not in status.stdout, status.stdout
 
 
 @pytest.mark.slow
@@ -144,3 +147,19 @@ def test_fogmesh_up_passes_its_config_to_every_daemon_and_gives_each_agent_its_o
     finally:
         site.send_signal(signal.SIGINT)
         site.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_probe_warns_when_the_machine_is_busy():
+    spin = "import time\nt = time.time() + 30\nwhile time.time() < t: pass"  # bounded: 30 s at most
+    burners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        out = cli("probe", "--prompt-sizes", "8", "--decode-tokens", "2", timeout_s=120)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert "this machine is busy" in out.stderr, out.stderr
+    quiet = cli("probe", "--prompt-sizes", "8", "--decode-tokens", "2", timeout_s=120)
+    assert "this machine is busy" not in quiet.stderr

@@ -40,6 +40,7 @@ def test_probe_prints_a_table():
     out = cli("probe", "--threads", "2", "--prompt-sizes", "16", "--decode-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert "gemma-3-270m-q4_k_m" in out.stdout and "yes" in out.stdout and "advertises" in out.stdout
+    assert "n_ctx_per_seq" not in out.stdout + out.stderr  # llama.cpp's own notices stay in the debug log
 
 
 def plan(probe_file: str, *args: str) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -87,7 +86,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from agents.model import default_model_path, parse_models
-    from agents.probe import probe
+    from agents.probe import cpu_busy, probe
     from agents.settings import AgentSettings
     from broker.cli.console import probe_table, wide_console
     from broker.ops.config import load
@@ -97,11 +96,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
                                                                      default_model_path())]
     sizes = tuple(int(x) for x in args.prompt_sizes.split(","))
     err = Console(stderr=True)
-    cores = os.cpu_count() or 1
-    busy = os.getloadavg()[0]
-    if busy > 0.5 * cores:  # agents (or anything else) running here take the cores the figures need
-        err.print(f"[bold yellow]warning:[/] this machine is busy (load {busy:.1f} on {cores} cores): the figures "
-                  "will be lower than the device can do; probe while agents here are idle or stopped")
+    busy = cpu_busy()
+    if busy > 0.5:  # agents (or anything else) running here take the cores the figures need
+        err.print(f"[bold yellow]warning:[/] this machine is busy ({busy:.0%} of its CPU time): the figures will "
+                  "be lower than the device can do; probe while agents here are idle or stopped")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as progress:
         task = progress.add_task("probing", total=None)

@@ -45,9 +45,12 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     head.add_row("coordinator", line)
     mesh = snap["mesh"] or {}
     if mesh:
+        # with no agent there is no wait to predict: say so, not "predicted wait 0 ms"
+        wait = (f"predicted wait {mesh.get('predicted_wait_ms', 0):.0f} ms" if mesh.get("agents_online") else
+                "no agent online: jobs wait for one")
         text = Text(f"{mesh.get('agents_online', 0)} agents · slots {mesh.get('slots_free', 0)}/"
                     f"{mesh.get('slots_total', 0)} free · queue {mesh.get('queue_depth', 0)} · running "
-                    f"{mesh.get('running', 0)} · predicted wait {mesh.get('predicted_wait_ms', 0):.0f} ms")
+                    f"{mesh.get('running', 0)} · {wait}")
         if mesh.get("overloaded"):
             text.append("  OVERLOADED", style="bold red")
         head.add_row("mesh", text)
