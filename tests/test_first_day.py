@@ -161,5 +161,3 @@ def test_probe_warns_when_the_machine_is_busy():
             b.kill()
             b.wait()
     assert "this machine is busy" in out.stderr, out.stderr
-    quiet = cli("probe", "--prompt-sizes", "8", "--decode-tokens", "2", timeout_s=120)
-    assert "this machine is busy" not in quiet.stderr
