@@ -4,6 +4,7 @@ device; rejections, dead letters, and the prompts no result topic can carry."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -130,10 +131,19 @@ class Finals:
             ctl = Control(cancel=job.key, attempt=max(job.attempt, 1))
             self.core.pending.publish(self.core.topics.control(job.agent), encode(ctl))
 
-    def confirm(self) -> list[str]:
-        """Keys of the finals the broker has acknowledged since the last call."""
-        done = [key for key, delivery in self.unconfirmed if delivery.done]
+    def record_deliveries(self, wait_s: float = 0.0) -> None:
+        """Mark finals the broker acknowledged, so a restart does not send them again.
+
+        A final published while the broker is away stays queued in the session and is sent on
+        reconnect; it is marked once its PUBACK comes, however long that takes."""
+        deadline = time.monotonic() + wait_s
+        while any(not d.done for _, d in self.unconfirmed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done: list[tuple[str, Delivery]] = []
+        waiting: list[tuple[str, Delivery]] = []
+        for key, delivery in self.unconfirmed:  # one pass: a PUBACK landing meanwhile is not lost
+            (done if delivery.done else waiting).append((key, delivery))
         if done:
-            confirmed = set(done)
-            self.unconfirmed = [(k, d) for k, d in self.unconfirmed if k not in confirmed]
-        return done
+            self.unconfirmed = waiting
+            with self.core.ledger.transaction():
+                self.core.ledger.mark_delivered([key for key, _ in done])

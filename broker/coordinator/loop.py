@@ -104,7 +104,7 @@ class Coordinator(Daemon):
             self.alive()
 
     def stop(self) -> None:
-        self._confirm_deliveries(wait_s=2.0)
+        self.finals.record_deliveries(wait_s=2.0)
         self.status.publish(self.session, "offline", wait=True)
         self.session.stop()
         self.ledger.close()
@@ -142,7 +142,7 @@ class Coordinator(Daemon):
                     self._handle(msg)
             self._tick()
         self.finals.unconfirmed += self.core.pending.flush(self.session)
-        self._confirm_deliveries()
+        self.finals.record_deliveries()
         self.status.publish_mesh(self.session)
         return len(batch)
 
@@ -166,20 +166,6 @@ class Coordinator(Daemon):
         except Exception:  # one bad message must never stop the coordinator
             log.exception(kv("message_failed", topic=msg.topic))
         self.core.pending.ack(msg)
-
-    def _confirm_deliveries(self, wait_s: float = 0.0) -> None:
-        """Mark finals the broker acknowledged, so a restart does not send them again.
-
-        A final published while the broker is away stays queued in the session and is sent on
-        reconnect; it is marked once its PUBACK comes, however long that takes."""
-        deadline = time.monotonic() + wait_s
-        while self.finals.unconfirmed and not all(d.done for _, d in self.finals.unconfirmed) \
-                and time.monotonic() < deadline:
-            time.sleep(0.01)
-        done = self.finals.confirm()
-        if done:
-            with self.ledger.transaction():
-                self.ledger.mark_delivered(done)
 
     # ------------------------------------------------------------------ time
 
