@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -11,10 +11,12 @@ import time
 from agents.settings import AgentSettings
 from broker.runtime import __version__
 from broker.runtime.budget import TokenWindow
-from broker.runtime.mqtt import BrokerAddress, Session
-from schemas import decode
+from broker.runtime.client import retained
+from broker.runtime.mqtt import BrokerAddress
 from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
 from schemas.topics import Topics
+
+log = logging.getLogger("fogmesh.agent")
 
 
 class Ewma:
@@ -132,17 +134,8 @@ def id_holder(address: BrokerAddress, topics: Topics, agent_id: str, wait_s: flo
     from another process and is fresh (three heartbeats). Asked before connecting with the id's own
     client id, which would take the live agent's session (on a broker that does not bind client ids
     to users, two agents with one id kicked each other off every second, for ever)."""
-    seen: list[AgentStatus] = []
-    probe = Session(address, f"fogmesh-idcheck-{secrets.token_hex(4)}", lambda m: seen.append(
-        decode(m.payload, AgentStatus)) if m.payload else None, persistent=False)
-    probe.start()
-    try:
-        probe.subscribe(topics.agent_status(agent_id), qos=1)
-        deadline = time.monotonic() + wait_s
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        probe.stop()
+    seen = [m.decoded(AgentStatus, log, "status_invalid", topic=m.topic)
+            for m in retained(address, topics.agent_status(agent_id), wait_s)]
     st = seen[-1] if seen else None
     if st is None or st.state == "offline" or (st.host, st.pid) == (socket.gethostname(), os.getpid()):
         return None

@@ -192,18 +192,24 @@ def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[s
         fleet.close()
 
 
-def sites(address: BrokerAddress, settle_s: float = 0.3) -> list[str]:
-    """The sites on a broker: those whose coordinator left a retained status."""
-    found: set[str] = set()
-    session = Session(address, f"fogmesh-sites-{secrets.token_hex(3)}",
-                      lambda m: found.add(m.topic.split("/")[1]) if m.payload else None, persistent=False)
+def retained(address: BrokerAddress, topic_filter: str, settle_s: float = 0.3) -> list[Message]:
+    """The retained messages on ``topic_filter`` (empty ones, which clear a topic, left out), read
+    by a short clean session; the broker sends them right after the SUBACK."""
+    found: list[Message] = []
+    session = Session(address, f"fogmesh-read-{secrets.token_hex(4)}",
+                      lambda m: found.append(m) if m.payload else None, persistent=False)
     session.start()
     try:
-        session.subscribe(f"{ROOT}/+/coordinator/status", qos=1)
+        session.subscribe(topic_filter, qos=1)
         time.sleep(settle_s)
     finally:
         session.stop()
-    return sorted(found)
+    return found
+
+
+def sites(address: BrokerAddress) -> list[str]:
+    """The sites on a broker: those whose coordinator left a retained status."""
+    return sorted({m.topic.split("/")[1] for m in retained(address, f"{ROOT}/+/coordinator/status")})
 
 
 def site_check(address: BrokerAddress, site: str) -> dict[str, Any]:
