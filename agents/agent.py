@@ -26,8 +26,8 @@ from agents.stream import Stream
 from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message, Session
-from schemas import encode
-from schemas.messages import AgentEvent, Assignment, Control, ErrorInfo, EventKind, Usage
+from schemas import encode, output
+from schemas.messages import AgentEvent, Assignment, Control, ErrorInfo, EventKind, Request, Usage
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.agent")
@@ -93,7 +93,8 @@ class Agent(Daemon):
     def calibrate(self, backend: Backend) -> Generation:
         """Run one short real generation so the first status carries measured TTFT and tokens/s."""
         gen = backend.generate(
-            CALIBRATION_PROMPT, self.settings.calibrate_tokens, lambda _t: None, lambda: False
+            Request(prompt=CALIBRATION_PROMPT, max_tokens=self.settings.calibrate_tokens), lambda _t: None,
+            lambda: False,
         )
         self.board.record(gen.ttft_s, gen.decode_tps, 0, prior=True)
         log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000,
@@ -303,12 +304,10 @@ class Agent(Daemon):
         interval_s = self.settings.chunk_interval_ms / 1000
         stream = Stream(self.session, spec, interval_s, self.topics) if spec.stream else None
         try:
-            gen = backend.generate(
-                spec.prompt, spec.max_tokens,
-                stream.add if stream else (lambda _t: None),
-                job.cancel.is_set,
-            )
-        except BackendError as exc:
+            gen = backend.generate(spec, stream.add if stream else (lambda _t: None), job.cancel.is_set)
+            if gen.stopped != "cancelled":  # an answer asked for as JSON must be that JSON before it is done
+                output.parse(gen.text, gen.stopped, spec.response_format)
+        except (BackendError, output.OutputError) as exc:
             self.counters["failed"] += 1
             log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))
             self._event(spec, "failed", error=ErrorInfo(code=exc.code, message=exc.message))
@@ -331,7 +330,7 @@ class Agent(Daemon):
             "generate_ms": round(gen.total_s * 1000, 2),
         }
         usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
-        self._event(spec, "done", text=gen.text, usage=usage, timings=timings)
+        self._event(spec, "done", text=gen.text, usage=usage, timings=timings, finish_reason=gen.stopped)
         self.counters["cancelled" if gen.stopped == "cancelled" else "done"] += 1
         stop_ms = (time.monotonic() - job.cancelled_at) * 1000 if job.cancelled_at else None
         log.info(kv("job_done", job=spec.key, stopped=gen.stopped, tokens=gen.completion_tokens,
@@ -373,7 +372,7 @@ def build(settings: AgentSettings) -> Agent:
     per_slot = max(1, settings.threads // settings.slots)
 
     def make_slot() -> dict[str, Backend]:
-        return {name: LlamaBackend(path, name, settings.n_ctx, per_slot, settings.temperature, settings.top_p,
-                                   settings.top_k, settings.repeat_penalty) for name, path in models}
+        return {name: LlamaBackend(path, name, settings.n_ctx, per_slot, settings.sampling(),
+                                   settings.chat_formats.get(name, "auto")) for name, path in models}
 
     return Agent(settings, make_slot)

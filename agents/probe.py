@@ -18,8 +18,10 @@ from typing import Any
 
 from agents.agent import CALIBRATION_PROMPT
 from agents.backends.llama import LlamaBackend
+from agents.backends.sampling import Sampling
 from agents.errors import AgentError
 from agents.status import mem_free_bytes, proc_kib
+from schemas.messages import Request
 
 FILLER = "Sensor 12 on line four reports a pressure of 3.2 bar and a temperature of 41 degrees. "
 RESERVE_BYTES = 256 * 2**20  # left to the OS and the agent's own Python
@@ -116,17 +118,18 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
     before = rss_bytes()
     t0 = time.perf_counter()
     largest = max(prompt_sizes) + decode_tokens + 16
-    backend = LlamaBackend(path, name, n_ctx=largest, threads=threads, temperature=0.0)
+    backend = LlamaBackend(path, name, n_ctx=largest, threads=threads, sampling=Sampling(temperature=0.0))
     report.load_s = time.perf_counter() - t0
     report.rss_bytes = max(0, rss_bytes() - before)
     try:
         report.kv_bytes_per_token, report.n_ctx_train = kv_bytes_per_token(backend._llm.metadata)
         step(f"{name}: calibration, as an agent would advertise")
-        gen = backend.generate(CALIBRATION_PROMPT, 16, lambda _t: None, lambda: False)
+        gen = backend.generate(Request(prompt=CALIBRATION_PROMPT, max_tokens=16), lambda _t: None, lambda: False)
         report.advertises = {"decode_tps": round(gen.decode_tps, 2), "ttft_ms": round(gen.ttft_s * 1000, 2)}
         for size in prompt_sizes:
             step(f"{name}: prompt of {size} tokens")
-            gen = backend.generate(_prompt_of(backend, size), decode_tokens, lambda _t: None, lambda: False)
+            gen = backend.generate(Request(prompt=_prompt_of(backend, size), max_tokens=decode_tokens),
+                                   lambda _t: None, lambda: False)
             report.runs.append(ContextRun(prompt_tokens=gen.prompt_tokens, ttft_ms=round(gen.ttft_s * 1000, 2),
                                           prefill_tps=round(gen.prompt_tokens / gen.ttft_s, 1) if gen.ttft_s else 0,
                                           decode_tps=round(gen.decode_tps, 2)))

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
+from agents.backends.sampling import Sampling
 from broker.runtime.settings import Connection, NonNegative, NonNegativeFloat, Positive, Seconds
 
 
@@ -27,7 +28,11 @@ class AgentSettings(Connection):
     temperature: Annotated[float, Meta(ge=0, le=2)] = 0.7
     top_p: Annotated[float, Meta(gt=0, le=1)] = 0.95
     top_k: NonNegative = 40
+    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.05
     repeat_penalty: Annotated[float, Meta(gt=0)] = 1.1
+    # How each model renders chat messages, by model name: "auto" (the GGUF's own template, else
+    # Gemma's format for Gemma models), "gemma", "chatml", "none" or a Jinja file. Unlisted: auto.
+    chat_formats: dict[str, str] = field(default_factory=dict)
     calibrate_tokens: Positive = 16
     budget_tokens: NonNegative = 0  # sliding-window token budget; 0 = unlimited
     budget_window_s: Seconds = 60.0
@@ -44,3 +49,8 @@ class AgentSettings(Connection):
             self.threads = os.cpu_count() or 1
         if self.slots < 1:
             raise ValueError("agent.slots must be at least 1")
+
+    def sampling(self) -> Sampling:
+        """The sampling a request gets for the fields it leaves out."""
+        return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                        repeat_penalty=self.repeat_penalty)

@@ -38,7 +38,7 @@ class Stream:
     def flush(self) -> None:
         if not self.buffer:
             return
-        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer)))
+        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer), attempt=self.spec.attempt))
         self.buffer.clear()
         self.seq += 1
         session = self.session

@@ -22,6 +22,7 @@ from bench.harness import site, summary, write
 from broker.ops.site import SiteSpec
 from broker.runtime.client import DeviceClient
 from broker.runtime.mqtt import BrokerAddress
+from schemas.messages import Request
 
 
 class Probe(SyntheticBackend):
@@ -31,11 +32,10 @@ class Probe(SyntheticBackend):
         super().__init__(tokens_per_s=2000, ttft_s=0.0005)
         self.marks = marks
 
-    def generate(self, prompt: str, max_tokens: int, on_text: Callable[[str], None],
-                 cancelled: Callable[[], bool]) -> Generation:
-        mark = self.marks.setdefault(prompt, {})
+    def generate(self, request: Request, on_text: Callable[[str], None], cancelled: Callable[[], bool]) -> Generation:
+        mark = self.marks.setdefault(request.prompt or "", {})
         mark["start"] = time.monotonic()
-        gen = super().generate(prompt, max_tokens, on_text, cancelled)
+        gen = super().generate(request, on_text, cancelled)
         mark["last"] = time.monotonic()
         return gen
 

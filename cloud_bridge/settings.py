@@ -56,6 +56,8 @@ class WorkerSettings(DaemonSettings, CloudSettings):
     model: str = ""  # local: GGUF path (empty: the bundled model); openai: the model name
     openai_url: str = "http://127.0.0.1:8000"
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the API key, never the key itself
+    openai_chat_only: bool = False  # send plain prompts to /v1/chat/completions too (hosted chat-only models)
+    chat_format: str = "auto"  # local: how the model renders chat messages (see agent.chat_formats)
     threads: int = 0
     n_ctx: int = 4096
     synthetic_ttft_s: float = 0.8

@@ -23,17 +23,20 @@ from broker.runtime.logs import kv
 from cloud_bridge.errors import CloudError, CloudUnreachable
 from cloud_bridge.queue import CloudQueue, Outgoing, Received, SqsQueue
 from cloud_bridge.settings import WorkerSettings
-from schemas import DecodeError, decode, encode
+from schemas import DecodeError, decode, encode, output
 from schemas.messages import CloudRequest, CloudResult, ErrorInfo, Usage
 
 log = logging.getLogger("fogmesh.cloud-worker")
+# Failures the request itself causes: answered at once, not retried by SQS.
+REQUEST_FAULTS = frozenset({"output_truncated", "output_invalid", "bad_messages", "chat_unsupported",
+                            "schema_unsupported", "prompt_too_long"})
 
 
 def make_backend(s: WorkerSettings) -> Backend:
     if s.backend == "openai":
         from agents.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""))
+        return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""), chat_only=s.openai_chat_only)
     if s.backend == "synthetic":
         from agents.backends.synthetic import SyntheticBackend
 
@@ -41,7 +44,7 @@ def make_backend(s: WorkerSettings) -> Backend:
     from agents.backends.llama import LlamaBackend
     from agents.model import resolve
 
-    return LlamaBackend(resolve(s.model), "", s.n_ctx, s.threads or os.cpu_count() or 1)
+    return LlamaBackend(resolve(s.model), "", s.n_ctx, s.threads or os.cpu_count() or 1, chat_format=s.chat_format)
 
 
 class Worker(Daemon):
@@ -103,20 +106,25 @@ class Worker(Daemon):
         beat.start()
         start = time.time()
         try:
-            gen = self.backend.generate(req.prompt, req.max_tokens, lambda _t: None, lambda: False)
-        except BackendError as exc:
+            gen = self.backend.generate(req, lambda _t: None, lambda: False)
+            output.parse(gen.text, gen.stopped, req.response_format)
+        except (BackendError, output.OutputError) as exc:
             done.set()
             self.counters["failed"] += 1
             log.warning(kv("job_failed", job=req.key, code=exc.code, receives=m.receive_count, detail=exc.message))
-            if m.receive_count >= self.settings.max_receives:
+            final = exc.code in REQUEST_FAULTS or m.receive_count >= self.settings.max_receives
+            if final:
                 self._reply(req, CloudResult(key=req.key, attempt=req.attempt, kind="failed",
                                              node=self.settings.worker_id,
                                              error=ErrorInfo(code=exc.code, message=exc.message)))
-            return  # not deleted: SQS retries it, then dead-letters it
+            if exc.code in REQUEST_FAULTS:  # another try would fail the same way
+                self.queue.delete(self._url, m.receipt)
+            return  # else not deleted: SQS retries it, then dead-letters it
         finally:
             done.set()
         result = CloudResult(
             key=req.key, attempt=req.attempt, kind="done", node=self.settings.worker_id, text=gen.text,
+            finish_reason=gen.stopped,
             usage=Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens),
             timings={"ttft_ms": round(gen.ttft_s * 1000, 2), "decode_tps": round(gen.decode_tps, 2),
                      "generate_ms": round(gen.total_s * 1000, 2),

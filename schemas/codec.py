@@ -18,6 +18,7 @@ _REASONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^Object contains unknown field `([^`]+)`"), "unknown_field"),
     (re.compile(r"^Expected `[^`]+`, got `[^`]+`"), "wrong_type"),
     (re.compile(r"^Invalid enum value"), "invalid_value"),
+    (re.compile(r"^A request has `prompt` or `messages`, not both"), "prompt_and_messages"),
 ]
 
 

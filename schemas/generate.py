@@ -15,6 +15,7 @@ import msgspec
 import orjson
 
 from schemas.messages import ALL_MESSAGES
+from schemas.request import Request
 
 OUT_DIR = Path(__file__).parent / "json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -22,6 +23,8 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 def schema_for(name: str, kind: type[Any]) -> dict[str, Any]:
     body = msgspec.json.schema(kind)
+    if isinstance(kind, type) and issubclass(kind, Request):  # what Request.__post_init__ checks
+        body["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
     return {
         "$schema": DIALECT,
         "$id": f"https://fogmesh.dev/schemas/{name}.schema.json",

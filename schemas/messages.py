@@ -10,7 +10,18 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+from schemas.request import (
+    DEFAULT_MAX_TOKENS,
+    ChatMessage,
+    JsonSchemaFormat,
+    Request,
+    ResponseFormat,
+    _field,
+    request_of,
+)
 from schemas.topics import ID_PATTERN
+
+__all__ = ["DEFAULT_MAX_TOKENS", "ChatMessage", "JsonSchemaFormat", "Request", "ResponseFormat", "request_of"]
 
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
@@ -18,13 +29,13 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 Status = Literal["done", "error", "rejected", "cancelled", "expired"]
+FinishReason = Literal["stop", "length", "cancelled"]
 FINAL_STATES: tuple[str, ...] = get_args(Status)  # a job in one of these has had its one final
 Tier = Literal["edge", "cloud"]
 Privacy = Literal["edge-only", "cloud-ok"]
 AgentState = Literal["online", "draining", "offline"]
 CoordinatorState = Literal["online", "offline"]
 
-DEFAULT_MAX_TOKENS = 64
 DEFAULT_PRIORITY = 5
 
 
@@ -35,18 +46,18 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 # ---------------------------------------------------------------- device-facing
 
 
-class Prompt(_Message, frozen=True):
-    """What a device publishes to ``fogmesh/<site>/prompts/<device_id>``. Only ``prompt`` is required."""
+class Prompt(Request, frozen=True):
+    """What a device publishes to ``fogmesh/<site>/prompts/<device_id>``: ``prompt`` or ``messages`` is required."""
 
-    prompt: Annotated[str, msgspec.Meta(min_length=1, description="The text to complete.")]
-    id: Id | None = None
-    max_tokens: Positive = DEFAULT_MAX_TOKENS
-    stream: bool = True
-    deadline_ms: Positive | None = None
-    priority: Priority = DEFAULT_PRIORITY
-    privacy: Privacy = "cloud-ok"
-    offline_ok: bool = False
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    id: Annotated[str, _field("The job id (default: one is made). Reusing an id returns the first answer.",
+                              "reading-0042", pattern=ID_PATTERN)] | None = None
+    stream: Annotated[bool, _field("Stream the answer in chunks before the final message.", True)] = True
+    deadline_ms: Annotated[int, _field("Give up (status expired) if not answered within this many ms.", 5000,
+                                       ge=1)] | None = None
+    priority: Annotated[int, _field("0 (lowest) to 9 (highest).", 5, ge=0, le=9)] = DEFAULT_PRIORITY
+    privacy: Annotated[Privacy, _field("edge-only keeps the job off the cloud.", "cloud-ok")] = "cloud-ok"
+    offline_ok: Annotated[bool, _field("May wait in the bridge's outbox while the cloud is unreachable.",
+                                       False)] = False
 
 
 class Cancel(_Message, frozen=True):
@@ -56,12 +67,16 @@ class Cancel(_Message, frozen=True):
 
 
 class Chunk(_Message, frozen=True):
-    """A piece of a streamed answer on ``fogmesh/<site>/results/<device_id>/<job_id>``."""
+    """A piece of a streamed answer on ``fogmesh/<site>/results/<device_id>/<job_id>``.
+
+    ``seq`` counts from 0 within an attempt; a chunk with a higher ``attempt`` starts the answer
+    again (the job was restarted on another agent or the cloud): drop what the earlier attempt sent."""
 
     job: str
     seq: NonNegative
     text: str
     final: Literal[False] = False
+    attempt: Positive = 1
 
 
 class ServedBy(_Message, frozen=True):
@@ -91,6 +106,8 @@ class Final(_Message, frozen=True):
     timings: dict[str, float] | None = None
     error: ErrorInfo | None = None
     cost: dict[str, float] | None = None
+    finish_reason: FinishReason | None = None  # why generation ended (done and cancelled jobs)
+    json: Any = None  # the parsed answer, when the request asked for JSON (response_format)
 
 
 # ---------------------------------------------------------------- status (retained)
@@ -101,6 +118,7 @@ class ModelInfo(_Message, frozen=True):
     quant: str = ""
     n_ctx: NonNegative = 0
     file_bytes: NonNegative = 0
+    chat: bool = False  # the agent can render chat messages for this model (its template or a configured one)
 
 
 class Budget(_Message, frozen=True):
@@ -182,18 +200,15 @@ class BridgeStatus(_Message, frozen=True):
 # ---------------------------------------------------------------- internal
 
 
-class Assignment(_Message, frozen=True):
+class Assignment(Request, frozen=True, kw_only=True):
     """Coordinator -> agent: run this job. ``attempt`` tells a reassignment from the original."""
 
     key: str
     device: str
     job: str
     attempt: Positive
-    prompt: str
-    max_tokens: Positive
     result_topic: str
     stream: bool = True
-    model: str | None = None
     response_topic: str | None = None
     correlation: str | None = None  # hex of the MQTT 5 Correlation Data
     deadline_at: float | None = None  # unix seconds
@@ -222,12 +237,13 @@ class AgentEvent(_Message, frozen=True):
     usage: Usage | None = None
     timings: dict[str, float] | None = None
     error: ErrorInfo | None = None
+    finish_reason: FinishReason | None = None
 
 
 # ---------------------------------------------------------------------- the cloud path
 
 
-class CloudRequest(_Message, frozen=True):
+class CloudRequest(Request, frozen=True, kw_only=True):
     """Coordinator -> bridge (MQTT ``cloud/requests``) -> SQS request queue -> cloud worker."""
 
     key: str
@@ -235,10 +251,7 @@ class CloudRequest(_Message, frozen=True):
     device: str
     job: str
     attempt: int
-    prompt: str
-    max_tokens: int
     priority: int = 5
-    model: str | None = None
     deadline_at: float | None = None
     offline_ok: bool = False
     created_at: float = 0.0
@@ -256,6 +269,7 @@ class CloudResult(_Message, frozen=True):
     usage: Usage | None = None
     timings: dict[str, float] | None = None
     error: ErrorInfo | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ClaimCheck(_Message, frozen=True):

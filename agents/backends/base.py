@@ -1,4 +1,5 @@
-"""The inference backend interface, and a synthetic backend for unit and load tests.
+"""The inference backend interface, and what every backend shares: stop strings and how a
+generation ends.
 
 The real backend is :class:`agents.backends.llama.LlamaBackend`; the synthetic one only
 stands in where the model is not what is being tested (scheduler load tests,
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-from schemas.messages import ModelInfo
+from schemas.messages import ModelInfo, Request
+
+Stopped = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Generation:
     completion_tokens: int
     ttft_s: float
     total_s: float
-    stopped: str  # "eos", "length" or "cancelled"
+    stopped: Stopped  # the final message's finish_reason: an end token or stop string, max_tokens, a cancel
 
     @property
     def decode_tps(self) -> float:
@@ -34,14 +37,14 @@ class Generation:
 
 
 class Backend(Protocol):
-    """Runs one generation at a time; an agent holds one backend per slot."""
+    """Runs one generation at a time; an agent holds one backend per slot. ``info.chat`` says whether
+    it can render ``messages``; a request it cannot serve raises BackendError with a precise code."""
 
     info: ModelInfo
 
     def generate(
         self,
-        prompt: str,
-        max_tokens: int,
+        request: Request,
         on_text: Callable[[str], None],
         cancelled: Callable[[], bool],
     ) -> Generation: ...
@@ -49,3 +52,55 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class StopStrings:
+    """Ends an answer at the first of the request's stop strings, which is not part of the answer.
+
+    Text that could be the start of a stop string is held back until the next piece shows
+    whether it is, so the device's stream never carries a stop string or a piece of one.
+    """
+
+    def __init__(self, stops: list[str], emit: Callable[[str], None]) -> None:
+        self.stops = [s for s in stops if s]
+        self.emit = emit
+        self.parts: list[str] = []
+        self.pending = ""
+        self.hit = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def _out(self, text: str) -> None:
+        if text:
+            self.parts.append(text)
+            self.emit(text)
+
+    def feed(self, piece: str) -> bool:
+        """Take the next piece of text; True once a stop string is complete (generation should end)."""
+        if self.hit:
+            return True
+        if not self.stops:
+            self._out(piece)
+            return False
+        self.pending += piece
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self._out(self.pending[: min(found)])
+            self.pending, self.hit = "", True
+            return True
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if s.startswith(self.pending[-k:]):
+                    keep = max(keep, k)
+                    break
+        cut = len(self.pending) - keep
+        self._out(self.pending[:cut])
+        self.pending = self.pending[cut:]
+        return False
+
+    def close(self) -> None:
+        """Generation ended without a stop string: what was held back is part of the answer."""
+        if not self.hit:
+            self._out(self.pending)
+            self.pending = ""

@@ -1,9 +1,10 @@
 """The llama.cpp backend (llama-cpp-python): token-level generation with cancellation.
 
-Token-level ``Llama.generate`` rather than ``create_completion``: usage counts are
-exact, cancellation is checked between tokens (a token is ~20 ms here, so a
-cancel stops generation well inside 100 ms), and UTF-8 sequences split across
-tokens are decoded incrementally instead of being held back.
+Token by token over llama.cpp's evaluation and sampler API rather than ``create_completion``:
+usage counts are exact, cancellation is checked between tokens (a token is ~20 ms here, so a
+cancel stops generation well inside 100 ms), UTF-8 sequences split across tokens are decoded
+incrementally instead of being held back, and each request brings its own sampling, stop
+strings, chat rendering and output grammar (:mod:`agents.backends.sampling`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.backends.base import Generation
+from agents.backends.base import Generation, Stopped, StopStrings
+from agents.backends.sampling import Sampler, Sampling
+from agents.chat import ChatRenderer, template_for
 from agents.errors import BackendError
-from schemas.messages import ModelInfo
+from schemas import output
+from schemas.messages import ModelInfo, Request
 
 log = logging.getLogger("fogmesh.llama")
 _LOG_CALLBACK: Any = None  # kept referenced: llama.cpp calls it from C
@@ -60,17 +64,8 @@ _QUANT = re.compile(r"(?i)(q\d+_k_[sml]|q\d+_k|q\d+_\d|q\d+|f16|bf16|f32|iq\d\w*
 class LlamaBackend:
     """One llama.cpp context; not thread-safe, so an agent creates one per slot."""
 
-    def __init__(
-        self,
-        path: Path,
-        name: str = "",
-        n_ctx: int = 2048,
-        threads: int = 1,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        repeat_penalty: float = 1.1,
-    ) -> None:
+    def __init__(self, path: Path, name: str = "", n_ctx: int = 2048, threads: int = 1,
+                 sampling: Sampling | None = None, chat_format: str = "auto") -> None:
         import llama_cpp  # deferred: importing loads the shared library
 
         quiet_llama_cpp(llama_cpp)
@@ -82,65 +77,103 @@ class LlamaBackend:
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError("model_load_failed", f"cannot load {path}: {exc}") from exc
+        self._lib = llama_cpp
+        model = self._llm._model
+        template, self.chat_source = template_for(self._llm.metadata, chat_format)
+        self._chat = None
+        if template is not None:
+            text = lambda token: model.token_get_text(token) if token != -1 else ""  # noqa: E731
+            self._chat = ChatRenderer(template, bos=text(self._llm.token_bos()), eos=text(self._llm.token_eos()))
         quant = _QUANT.search(path.name)
         self.info = ModelInfo(
             name=name or path.stem,
             quant=quant.group(1).upper() if quant else "",
             n_ctx=self._llm.n_ctx(),
             file_bytes=path.stat().st_size,
+            chat=self._chat is not None,
         )
-        self._sampling: dict[str, Any] = dict(temp=temperature, top_p=top_p, top_k=top_k,
-                                              repeat_penalty=repeat_penalty)
+        self.defaults = sampling or Sampling()
         # Gemma's <end_of_turn> ends a generation as EOS does: ask llama.cpp which tokens end one.
-        vocab = self._llm._model.vocab
+        vocab = model.vocab
+        self._vocab = vocab
         self._is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+    def tokens(self, request: Request) -> list[int]:
+        """The request as the model's input: the prompt, or the messages rendered with the chat template."""
+        if request.messages is None:
+            return self._llm.tokenize((request.prompt or "").encode("utf-8"), add_bos=True)
+        if self._chat is None:
+            raise BackendError("chat_unsupported", f"model {self.info.name} has no chat template: "
+                               f"{self.chat_source}")
+        text = self._chat([{"role": m.role, "content": m.content} for m in request.messages])
+        # The template writes the special tokens (<bos>, <start_of_turn>) as text.
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def sampling(self, request: Request) -> Sampling:
+        d = self.defaults
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return Sampling(temperature=pick(request.temperature, d.temperature), top_p=pick(request.top_p, d.top_p),
+                        top_k=pick(request.top_k, d.top_k), min_p=pick(request.min_p, d.min_p),
+                        repeat_penalty=pick(request.repeat_penalty, d.repeat_penalty), seed=request.seed)
 
     def generate(
         self,
-        prompt: str,
-        max_tokens: int,
+        request: Request,
         on_text: Callable[[str], None],
         cancelled: Callable[[], bool],
     ) -> Generation:
         start = time.perf_counter()
-        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+        tokens = self.tokens(request)
         room = self.info.n_ctx - len(tokens)
         if room <= 0:
             raise BackendError(
                 "prompt_too_long",
                 f"prompt is {len(tokens)} tokens; the model's context is {self.info.n_ctx}",
             )
-        limit = min(max_tokens, room)
+        limit = min(request.max_tokens, room)
+        try:
+            gbnf = output.grammar(request.response_format)
+        except output.OutputError as exc:
+            raise BackendError(exc.code, exc.message) from exc
+        llm = self._llm
+        sampler = Sampler(self._lib, llm._ctx.ctx, self._vocab, llm.n_vocab(), self.sampling(request), gbnf)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        parts: list[str] = []
+        stops = StopStrings(request.stops(), on_text)
         first = 0.0
         count = 0
-        stopped = "length"
+        stopped: Stopped = "length"
         try:
-            for token in self._llm.generate(tokens, reset=True, **self._sampling):
+            # Every request starts from an empty cache: reusing a cached prefix evaluates the last
+            # prompt token alone, which can change the logits' rounding, and a seeded request must
+            # give the same answer every time.
+            llm.reset()
+            llm.eval(tokens)
+            while True:
+                token = sampler.sample()
                 if count == 0:
                     first = time.perf_counter() - start
                 if self._is_end(token):
-                    stopped = "eos"
+                    stopped = "stop"
                     break
                 count += 1
-                piece = decoder.decode(self._llm.detokenize([token]))
-                if piece:
-                    parts.append(piece)
-                    on_text(piece)
+                if stops.feed(decoder.decode(llm.detokenize([token]))):
+                    stopped = "stop"
+                    break
                 if count >= limit:
                     break
                 if cancelled():
                     stopped = "cancelled"
                     break
+                llm.eval([token])
         except (RuntimeError, ValueError) as exc:
             raise BackendError("generation_failed", str(exc)) from exc
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            parts.append(tail)
-            on_text(tail)
+        finally:
+            sampler.close()
+        if stopped != "stop" or not stops.hit:
+            stops.feed(decoder.decode(b"", final=True))
+            stops.close()
         return Generation(
-            text="".join(parts),
+            text=stops.text,
             prompt_tokens=len(tokens),
             completion_tokens=count,
             ttft_s=first,

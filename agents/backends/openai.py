@@ -1,5 +1,10 @@
-"""An OpenAI-compatible completions endpoint as an inference backend (vLLM, llama.cpp's server,
-Ollama, a hosted API): the cloud worker's choice when the larger model runs elsewhere."""
+"""An OpenAI-compatible server as an inference backend (vLLM, llama.cpp's server, Ollama, a hosted
+API): the cloud worker's choice when the larger model runs elsewhere.
+
+Chat messages and structured output go to ``/v1/chat/completions`` with ``response_format``;
+plain prompts go to ``/v1/completions``, or to the chat endpoint as one user message when the
+server only serves chat (``chat_only``). Sampling fields the request sets are passed through.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +12,76 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import orjson
 
-from agents.backends.base import Generation
+from agents.backends.base import Generation, Stopped
 from agents.errors import BackendError
-from schemas.messages import ModelInfo
+from schemas.messages import ChatMessage, ModelInfo, Request
+
+PASSED = ("temperature", "top_p", "seed", "stop")  # OpenAI's own names for fogmesh's sampling fields
+EXTRA = ("top_k", "min_p", "repeat_penalty")  # understood by llama.cpp's server, vLLM and others
+FINISH: dict[str, Stopped] = {"stop": "stop", "length": "length"}
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible ``/v1/completions`` endpoint (text completion, not chat)."""
+    """One OpenAI-compatible endpoint; not streamed (the cloud path returns whole answers)."""
 
-    def __init__(self, url: str, model: str, api_key: str = "", timeout_s: float = 120.0) -> None:
-        self.url = url.rstrip("/") + "/v1/completions"
+    def __init__(self, url: str, model: str, api_key: str = "", timeout_s: float = 120.0,
+                 chat_only: bool = False) -> None:
+        self.base = url.rstrip("/")
         self.model = model
         self.api_key = api_key
         self.timeout_s = timeout_s
-        self.info = ModelInfo(name=model or "openai")
+        self.chat_only = chat_only
+        self.info = ModelInfo(name=model or "openai", chat=True)
 
-    def generate(self, prompt: str, max_tokens: int, on_text: Callable[[str], None],
+    def body(self, request: Request) -> tuple[str, dict[str, Any]]:
+        """The endpoint and JSON body for ``request``."""
+        body: dict[str, Any] = {"model": self.model, "max_tokens": request.max_tokens, "stream": False}
+        for name in (*PASSED, *EXTRA):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.response_format is not None:
+            body["response_format"] = msgspec.to_builtins(request.response_format)
+        if request.messages is not None or request.response_format is not None or self.chat_only:
+            messages = request.messages or [ChatMessage(role="user", content=request.prompt or "")]
+            body["messages"] = msgspec.to_builtins(messages)
+            return "/v1/chat/completions", body
+        body["prompt"] = request.prompt
+        return "/v1/completions", body
+
+    def generate(self, request: Request, on_text: Callable[[str], None],
                  cancelled: Callable[[], bool]) -> Generation:
         start = time.perf_counter()
-        body = orjson.dumps({"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": False})
+        path, body = self.body(request)
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        req = urllib.request.Request(self.base + path, data=orjson.dumps(body), headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 data = orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace")
+            raise BackendError("cloud_backend_failed", f"{self.base + path}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, orjson.JSONDecodeError) as exc:
-            raise BackendError("cloud_backend_failed", f"{self.url}: {exc}") from exc
-        text = data["choices"][0].get("text", "")
+            raise BackendError("cloud_backend_failed", f"{self.base + path}: {exc}") from exc
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or "" if "message" in choice else choice.get("text", "")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise BackendError("cloud_backend_failed", f"{self.base + path}: unexpected answer {str(data)[:200]}") \
+                from exc
         usage = data.get("usage") or {}
         total = time.perf_counter() - start
         on_text(text)
         return Generation(text=text, prompt_tokens=int(usage.get("prompt_tokens", 0)),
                           completion_tokens=int(usage.get("completion_tokens", 0)), ttft_s=total, total_s=total,
-                          stopped="length")
+                          stopped=FINISH.get(choice.get("finish_reason") or "", "stop"))
 
     def close(self) -> None:
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import orjson
 
@@ -17,7 +18,7 @@ from broker.coordinator.finals import Finals
 from broker.coordinator.jobs import Job, new_job_id
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
-from schemas import DecodeError, decode
+from schemas import DecodeError, decode, output
 from schemas.messages import Cancel, ErrorInfo, Prompt
 from schemas.topics import is_valid_id
 
@@ -48,11 +49,11 @@ class Admission:
         try:
             req = decode(msg.payload, Prompt)
         except DecodeError as exc:
-            code = "empty_prompt" if exc.field == "prompt" and exc.code == "invalid_value" else exc.code
-            reject(device, peek_id(msg.payload), code, exc.message, msg)
+            reject(device, peek_id(msg.payload), rejection_code(exc), exc.message, msg)
             return
-        if not req.prompt.strip():
-            reject(device, req.id, "empty_prompt", "prompt is empty or only whitespace", msg)
+        unfit = request_problem(req)
+        if unfit:
+            reject(device, req.id, *unfit, msg)
             return
         if req.max_tokens > c.settings.max_tokens_limit:
             reject(device, req.id, "max_tokens_too_large", f"max_tokens {req.max_tokens} is over this site's "
@@ -63,6 +64,12 @@ class Admission:
         if model and known and model not in known:
             reject(device, req.id, "unknown_model",
                    f"no agent on this site holds model {model!r}; known: {', '.join(sorted(known))}", msg)
+            return
+        cloud_may = c.cloud.enabled and req.privacy != "edge-only"
+        if req.is_chat and known and (model or "") not in c.registry.chat_models() and not cloud_may:
+            reject(device, req.id, "chat_unsupported", f"no agent on this site can render chat messages for "
+                   f"{'model ' + repr(model) if model else 'its default model'} (no chat template); send `prompt` "
+                   "instead, or configure agent.chat_formats", msg)
             return
         job_id = req.id or new_job_id()
         key = f"{device}/{job_id}"
@@ -113,6 +120,33 @@ class Admission:
             log.info(kv("cancel_unknown", job=f"{device}/{cancel.id}"))
             return
         self.finals.finish(job, "cancelled", error=ErrorInfo(code="cancelled", message="cancelled by the device"))
+
+
+# Fields whose invalid values get a code naming the field (invalid_temperature, ...).
+NAMED_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "messages",
+                          "response_format"})
+
+
+def rejection_code(exc: DecodeError) -> str:
+    top = re.split(r"[.\[]", exc.field or "", maxsplit=1)[0]
+    if exc.field == "prompt" and exc.code == "invalid_value":
+        return "empty_prompt"
+    if top in NAMED_FIELDS and exc.code in ("invalid_value", "wrong_type"):
+        return f"invalid_{top}"
+    return exc.code
+
+
+def request_problem(req: Prompt) -> tuple[str, str] | None:
+    """(code, message) for a well-typed request that still cannot be run as asked."""
+    if req.prompt is not None and not req.prompt.strip():
+        return "empty_prompt", "prompt is empty or only whitespace"
+    if req.messages is not None and not any(m.content.strip() for m in req.messages):
+        return "empty_prompt", "every message's content is empty or only whitespace"
+    try:
+        output.check(req.response_format)
+    except output.OutputError as exc:
+        return exc.code, exc.message
+    return None
 
 
 def peek_id(raw: bytes) -> str | None:

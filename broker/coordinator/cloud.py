@@ -14,7 +14,7 @@ from broker.coordinator.scheduler import CloudTier, Decision, cloud_cost
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
 from schemas import encode
-from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo, ServedBy
+from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo, ServedBy, request_of
 
 log = logging.getLogger("fogmesh.coordinator")
 
@@ -46,9 +46,8 @@ class Cloud:
         c.count("offloaded")
         c.ledger.update(job.key, "offloaded", job.decision, agent=None, attempt=job.attempt, tier="cloud")
         req = CloudRequest(key=job.key, site=c.settings.site, device=job.device, job=job.job, attempt=job.attempt,
-                           prompt=job.req.prompt, max_tokens=job.req.max_tokens, priority=job.req.priority,
-                           model=job.req.model, deadline_at=job.deadline_at, offline_ok=job.req.offline_ok,
-                           created_at=job.created_at)
+                           priority=job.req.priority, deadline_at=job.deadline_at, offline_ok=job.req.offline_ok,
+                           created_at=job.created_at, **request_of(job.req))
         c.pending.publish(c.topics.cloud_requests, encode(req))
         log.info(kv("job_offloaded", job=job.key, attempt=job.attempt, reason=decision.reason,
                     predicted_ms=decision.predicted_s * 1000))
@@ -67,7 +66,8 @@ class Cloud:
             cost = ({"cloud": round(cloud_cost(c.cloud, res.usage.prompt_tokens, res.usage.completion_tokens), 9)}
                     if res.usage else None)
             self.finals.finish(job, "done", text=res.text, usage=res.usage, agent_timings=res.timings,
-                               served_by=ServedBy(tier="cloud", node=res.node), cost=cost)
+                               served_by=ServedBy(tier="cloud", node=res.node), cost=cost,
+                               finish_reason=res.finish_reason)
         elif res.kind == "expired":
             self.finals.finish(job, "expired", error=res.error)
         elif res.kind == "failed":

@@ -14,7 +14,7 @@ from broker.coordinator.jobs import Job, JobState
 from broker.coordinator.scheduler import AgentView, Decision, DispatchPass, JobSpec, Policy, decide
 from broker.runtime.logs import kv
 from schemas import encode
-from schemas.messages import Assignment
+from schemas.messages import Assignment, request_of
 
 log = logging.getLogger("fogmesh.coordinator")
 # A dispatch pass yields to the inbox after this long: deciding over 1,000 agents costs ~2 ms a
@@ -39,6 +39,7 @@ class Dispatcher:
             n, toks = load.get(st.agent, (0, 0))
             views.append(AgentView(
                 agent=st.agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
+                chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
                 outstanding=n, outstanding_tokens=toks, decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
                 budget_tokens=st.budget.tokens if st.budget else 0,
                 budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
@@ -94,7 +95,8 @@ class Dispatcher:
         return self.core.settings.policy  # type: ignore[return-value]  # checked when settings load
 
     def spec(self, job: Job) -> JobSpec:
-        return JobSpec(key=job.key, max_tokens=job.req.max_tokens, prompt_tokens=len(job.req.prompt) // 4,
+        return JobSpec(key=job.key, max_tokens=job.req.max_tokens, prompt_tokens=job.req.text_size() // 4,
+                       chat=job.req.is_chat,
                        model=job.req.model or self.core.settings.default_model or None, priority=job.req.priority,
                        deadline_at=job.deadline_at, privacy=job.req.privacy, offline_ok=job.req.offline_ok,
                        exclude=frozenset(job.exclude))
@@ -110,9 +112,8 @@ class Dispatcher:
         job.decision = explained(decision)
         c.count("assigned")
         c.ledger.update(job.key, "assigned", job.decision, agent=agent, attempt=job.attempt, tier="edge")
-        spec = Assignment(key=job.key, device=job.device, job=job.job, attempt=job.attempt, prompt=job.req.prompt,
-                          max_tokens=job.req.max_tokens, stream=job.req.stream, model=job.req.model,
-                          result_topic=c.topics.results(job.device, job.job),
+        spec = Assignment(key=job.key, device=job.device, job=job.job, attempt=job.attempt, stream=job.req.stream,
+                          result_topic=c.topics.results(job.device, job.job), **request_of(job.req),
                           response_topic=job.response_topic, correlation=job.correlation,
                           deadline_at=job.deadline_at, assigned_at=c.clock())
         c.pending.publish(c.topics.assign(agent), encode(spec))

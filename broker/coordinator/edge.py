@@ -16,7 +16,8 @@ from broker.runtime.mqtt import Message
 from schemas.messages import AgentEvent, AgentStatus, ErrorInfo, ServedBy, Usage
 
 log = logging.getLogger("fogmesh.coordinator")
-NOT_RETRYABLE = {"cancelled"}
+# Failures that another agent would repeat: the request itself is at fault.
+NOT_RETRYABLE = {"cancelled", "output_truncated", "bad_messages", "schema_unsupported"}
 
 
 class Edge:
@@ -73,7 +74,8 @@ class Edge:
             if known and ev.usage:
                 known.window.add(ev.usage.completion_tokens)
             self.finals.finish(job, "done", text=ev.text, usage=ev.usage, agent_timings=ev.timings,
-                               served_by=ServedBy(tier="edge", node=ev.agent), cost=self.cost(ev.agent, ev.usage))
+                               served_by=ServedBy(tier="edge", node=ev.agent), cost=self.cost(ev.agent, ev.usage),
+                               finish_reason=ev.finish_reason)
         elif ev.kind == "refused":
             if ev.error and ev.error.code == "draining":
                 job.exclude.add(ev.agent)

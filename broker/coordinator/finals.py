@@ -14,8 +14,8 @@ from broker.coordinator.jobs import Job, new_job_id
 from broker.runtime.delivery import Delivery
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
-from schemas import encode
-from schemas.messages import Control, DeadLetter, ErrorInfo, Final, ServedBy, Status, Usage
+from schemas import encode, output
+from schemas.messages import Control, DeadLetter, ErrorInfo, Final, FinishReason, ServedBy, Status, Usage
 from schemas.topics import is_valid_id
 
 log = logging.getLogger("fogmesh.coordinator")
@@ -28,9 +28,18 @@ class Finals:
 
     def finish(self, job: Job, status: Status, *, text: str = "", usage: Usage | None = None,
                agent_timings: dict[str, float] | None = None, served_by: ServedBy | None = None,
-               error: ErrorInfo | None = None, cost: dict[str, float] | None = None) -> None:
+               error: ErrorInfo | None = None, cost: dict[str, float] | None = None,
+               finish_reason: FinishReason | None = None) -> None:
         c = self.core
         now = c.clock()
+        answer = None
+        if status == "done" and job.req.wants_json:
+            try:  # the agent or cloud worker checked it; the device gets nothing that was not checked here too
+                answer = output.parse(text, finish_reason, job.req.response_format)
+            except output.OutputError as exc:
+                status, error = "error", ErrorInfo(code=exc.code, message=exc.message)
+        if status == "cancelled":
+            finish_reason = "cancelled"
         if status in ("cancelled", "expired") and job.agent:
             self.send_cancel(job)
         timings = dict(agent_timings or {})
@@ -40,7 +49,8 @@ class Finals:
         if job.decision and "predicted_ms" in job.decision:
             timings["predicted_ms"] = job.decision["predicted_ms"]
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
-                      timings=timings, error=error, cost=cost if status == "done" else None)
+                      timings=timings, error=error, cost=cost if status == "done" else None,
+                      finish_reason=finish_reason if status in ("done", "cancelled") else None, json=answer)
         c.jobs.remove(job)
         body = encode(final)
         c.ledger.update(job.key, status, {"error": error.code} if error else None, final=body.decode(), delivered=0)

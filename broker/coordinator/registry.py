@@ -36,6 +36,11 @@ class Known:
     def models(self) -> frozenset[str]:
         return frozenset(m.name for m in self.status.models)
 
+    @property
+    def chat_models(self) -> frozenset[str]:
+        """The models this agent can render chat messages for."""
+        return frozenset(m.name for m in self.status.models if m.chat)
+
 
 class Registry:
     def __init__(self, timeout_factor: float = 3.0) -> None:
@@ -77,6 +82,12 @@ class Registry:
 
     def models(self) -> set[str]:
         return {name for k in self.agents.values() for name in k.models}
+
+    def chat_models(self) -> set[str]:
+        """Models some known agent can chat with (a model with no name given: the agents' defaults)."""
+        out = {name for k in self.agents.values() for name in k.chat_models}
+        out |= {"" for k in self.agents.values() if k.status.models and k.status.models[0].chat}
+        return out
 
     def online(self) -> list[Known]:
         return [k for k in self.agents.values() if k.online]

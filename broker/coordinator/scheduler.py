@@ -11,7 +11,8 @@ Policies:
   job's deadline, the cheapest; if none can, the cloud when the job's privacy
   allows it; else the fastest agent, flagged at risk.
 
-Eligible means online, fresh, holding the model, and inside its token budget.
+Eligible means online, fresh, holding the model (with a chat template, for chat messages), and
+inside its token budget.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class AgentView:
     online: bool = True
     fresh: bool = True
     models: frozenset[str] = frozenset()
+    chat_models: frozenset[str] = frozenset()  # the models it can render chat messages for
+    default_model: str = ""  # what it runs for a job that names no model
     slots: int = 1
     outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
     outstanding_tokens: int = 0  # their max_tokens, summed
@@ -70,6 +73,7 @@ class JobSpec:
     max_tokens: int
     prompt_tokens: int = 0
     model: str | None = None
+    chat: bool = False  # the job is chat messages: only agents whose model has a chat template
     priority: int = 5
     deadline_at: float | None = None  # same clock as ``now``
     privacy: str = "cloud-ok"
@@ -138,6 +142,8 @@ def assess(view: AgentView, job: JobSpec, now: float) -> Candidate:
         reason = "stale"
     elif job.model and job.model not in view.models:
         reason = "model_missing"
+    elif job.chat and (job.model or view.default_model) not in view.chat_models:
+        reason = "no_chat_template"
     elif view.agent in job.exclude:
         reason = "failed_before"
     elif view.budget_tokens and view.budget_used + job.max_tokens > view.budget_tokens:
