@@ -54,24 +54,25 @@ FORMATS = ("auto", "none", *BUILT_IN)
 
 
 def template_for(metadata: dict[str, str], setting: str) -> tuple[str | None, str]:
-    """(the Jinja template, where it came from) for a model with GGUF ``metadata``; (None, why) when the
-    model cannot chat."""
+    """(the Jinja template, where it came from) for a model with GGUF ``metadata``; (None, why not) when
+    the model cannot chat. Where it came from is what the agent's status shows: ``gguf`` (the model's
+    own), ``gemma`` or ``chatml`` (fogmesh's), or ``file``."""
     if setting == "none":
-        return None, "chat turned off (agent.chat_formats)"
+        return None, "chat is turned off for this model (agent.chat_formats)"
     if setting in BUILT_IN:
-        return BUILT_IN[setting], f"configured: {setting}"
+        return BUILT_IN[setting], setting
     if setting != "auto":
         path = Path(setting).expanduser()
         try:
-            return path.read_text(), f"configured: {path}"
+            return path.read_text(), "file"
         except OSError as exc:
             raise BackendError("model_load_failed", f"chat template {path} (agent.chat_formats): {exc.strerror}; "
                                f"give a Jinja file or one of {', '.join(FORMATS)}") from exc
     own = metadata.get("tokenizer.chat_template")
     if own:
-        return own, "the model's own (GGUF tokenizer.chat_template)"
+        return own, "gguf"
     if metadata.get("general.architecture", "").startswith("gemma"):
-        return GEMMA, "Gemma's published format (the model file has no template)"
+        return GEMMA, "gemma"  # Gemma's published format: the bundled file has no template
     return None, "the model file has no chat template; set one in agent.chat_formats"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from typing import Literal
 
 from broker.runtime.settings import Connection, DaemonSettings, state_dir
 
@@ -57,6 +58,9 @@ class WorkerSettings(DaemonSettings, CloudSettings):
     openai_url: str = "http://127.0.0.1:8000"
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the API key, never the key itself
     openai_chat_only: bool = False  # send plain prompts to /v1/chat/completions too (hosted chat-only models)
+    # How the server takes a JSON Schema: "openai" (response_format json_schema: OpenAI, vLLM, llama.cpp's
+    # server) or "llama-cpp-python" (its server takes {"type": "json_object", "schema": ...} only)
+    openai_schema_style: Literal["openai", "llama-cpp-python"] = "openai"
     chat_format: str = "auto"  # local: how the model renders chat messages (see agent.chat_formats)
     threads: int = 0
     n_ctx: int = 4096

@@ -36,7 +36,8 @@ def make_backend(s: WorkerSettings) -> Backend:
     if s.backend == "openai":
         from agents.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""), chat_only=s.openai_chat_only)
+        return OpenAIBackend(s.openai_url, s.model, os.environ.get(s.api_key_env, ""), chat_only=s.openai_chat_only,
+                             schema_style=s.openai_schema_style)
     if s.backend == "synthetic":
         from agents.backends.synthetic import SyntheticBackend
 
@@ -119,7 +120,9 @@ class Worker(Daemon):
                                              error=ErrorInfo(code=exc.code, message=exc.message)))
             if exc.code in REQUEST_FAULTS:  # another try would fail the same way
                 self.queue.delete(self._url, m.receipt)
-            return  # else not deleted: SQS retries it, then dead-letters it
+            elif not final:  # SQS retries it (then dead-letters it): soon, not after a whole visibility timeout
+                self._retry_soon(m)
+            return
         finally:
             done.set()
         result = CloudResult(
@@ -135,6 +138,12 @@ class Worker(Daemon):
         self.m_tokens.inc(gen.completion_tokens)
         self.m_latency.observe(time.time() - start)
         log.info(kv("job_done", job=req.key, tokens=gen.completion_tokens, decode_tps=gen.decode_tps))
+
+    def _retry_soon(self, m: Received) -> None:
+        try:
+            self.queue.extend(self._url, m.receipt, min(self.settings.visibility_s, 2 * m.receive_count))
+        except CloudError as exc:
+            log.warning(kv("retry_backoff_failed", reason=str(exc)[:200]))
 
     def _reply(self, req: CloudRequest, result: CloudResult) -> None:
         key = f"{self.settings.queue_prefix}/{req.site}/{req.key}/{req.attempt}.result.json"

@@ -118,7 +118,13 @@ class ModelInfo(_Message, frozen=True):
     quant: str = ""
     n_ctx: NonNegative = 0
     file_bytes: NonNegative = 0
-    chat: bool = False  # the agent can render chat messages for this model (its template or a configured one)
+    # How the agent renders chat messages for this model: gguf (the model's own template), gemma or
+    # chatml (fogmesh's), file (a configured Jinja file); empty: it cannot, and takes no chat requests.
+    chat_template: str = ""
+
+    @property
+    def chat(self) -> bool:
+        return bool(self.chat_template)
 
 
 class Budget(_Message, frozen=True):

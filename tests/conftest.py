@@ -145,3 +145,23 @@ def sqs_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     server.start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real chat model file: a copy of the bundled GGUF with Gemma's template written into its metadata
+    (``tokenizer.chat_template``), as a model published with its own template has it."""
+    import subprocess
+    import sys
+
+    from agents.chat import GEMMA
+    from agents.model import default_model_path
+
+    folder = tmp_path_factory.mktemp("chat-model")
+    template = folder / "gemma.jinja"
+    template.write_text(GEMMA)
+    out = folder / "gemma-3-270m-chat.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--force", "--chat-template-file",
+                    str(template), str(default_model_path()), str(out)],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out

@@ -199,3 +199,63 @@ def test_a_malformed_sqs_message_ends_in_the_dead_letter_queue(daemons, broker_u
     assert device.final("fine", timeout_s=60)["status"] == "done"
     wait_for(lambda: (snapshot(BrokerAddress.parse(broker_url), site_id)["bridge"] or {}).get("dlq_depth", 0) >= 1,
              15, what="the dead-letter depth in the bridge's status")
+
+
+VERDICT = {"type": "object", "properties": {"level": {"enum": ["ok", "warn", "alarm"]}}, "required": ["level"]}
+CHAT = {"messages": [{"role": "user", "content": "Server room at 31 C: ok, warn or alarm?"}], "max_tokens": 40,
+        "temperature": 0.5, "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}}
+
+
+def structured_through_the_cloud(device):
+    """A chat request with sampling and a schema, answered by the cloud tier: valid, parsed, the same twice."""
+    import jsonschema
+
+    device.send({**CHAT, "id": "c1"})
+    device.send({**CHAT, "id": "c2"})
+    first, second = device.final("c1", timeout_s=90), device.final("c2", timeout_s=90)
+    assert first["status"] == "done", first
+    assert first["served_by"]["tier"] == "cloud"
+    jsonschema.validate(first["json"], VERDICT)
+    assert first["finish_reason"] == "stop"
+    assert second["text"] == first["text"]  # the seed travelled with the request
+
+
+def test_the_cloud_tier_carries_chat_sampling_and_structured_output(daemons, broker_url, site_id, device,
+                                                                     sqs_endpoint, tmp_path):
+    daemons("coordinator")  # no edge agent: everything goes to the cloud
+    cloud(daemons, sqs_endpoint, tmp_path)
+    wait_cloud(broker_url, site_id)
+    structured_through_the_cloud(device)
+    device.send({**CHAT, "id": "cut", "max_tokens": 2})
+    cut = device.final("cut", timeout_s=90)
+    assert (cut["status"], cut["error"]["code"]) == ("error", "output_truncated")
+
+
+def test_an_openai_compatible_cloud_backend_gets_chat_and_response_format(daemons, broker_url, site_id, device,
+                                                                          sqs_endpoint, tmp_path):
+    """The worker's OpenAI backend against a real OpenAI-compatible server (llama-cpp-python's):
+    /v1/chat/completions with response_format, in the form that server takes a schema."""
+    import subprocess
+    import sys
+
+    from agents.model import default_model_path
+    from broker.runtime.proc import wait_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+                               "--model_alias", "big", "--chat_format", "gemma", "--n_threads", "1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port("127.0.0.1", port, 60), "llama_cpp.server did not start"
+        daemons("coordinator")
+        start_bridge(daemons, sqs_endpoint, tmp_path)
+        start_worker(daemons, sqs_endpoint, {"FOGMESH_CLOUD_WORKER_BACKEND": "openai",
+                                             "FOGMESH_CLOUD_WORKER_MODEL": "big",
+                                             "FOGMESH_CLOUD_WORKER_OPENAI_SCHEMA_STYLE": "llama-cpp-python",
+                                             "FOGMESH_CLOUD_WORKER_OPENAI_URL": f"http://127.0.0.1:{port}"})
+        wait_cloud(broker_url, site_id)
+        structured_through_the_cloud(device)
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -79,7 +79,7 @@ class LlamaBackend:
             raise BackendError("model_load_failed", f"cannot load {path}: {exc}") from exc
         self._lib = llama_cpp
         model = self._llm._model
-        template, self.chat_source = template_for(self._llm.metadata, chat_format)
+        template, source = template_for(self._llm.metadata, chat_format)
         self._chat = None
         if template is not None:
             text = lambda token: model.token_get_text(token) if token != -1 else ""  # noqa: E731
@@ -90,8 +90,9 @@ class LlamaBackend:
             quant=quant.group(1).upper() if quant else "",
             n_ctx=self._llm.n_ctx(),
             file_bytes=path.stat().st_size,
-            chat=self._chat is not None,
+            chat_template=source if template is not None else "",
         )
+        self._no_chat = source if template is None else ""
         self.defaults = sampling or Sampling()
         # Gemma's <end_of_turn> ends a generation as EOS does: ask llama.cpp which tokens end one.
         vocab = model.vocab
@@ -103,8 +104,8 @@ class LlamaBackend:
         if request.messages is None:
             return self._llm.tokenize((request.prompt or "").encode("utf-8"), add_bos=True)
         if self._chat is None:
-            raise BackendError("chat_unsupported", f"model {self.info.name} has no chat template: "
-                               f"{self.chat_source}")
+            raise BackendError("chat_unsupported", f"model {self.info.name} cannot render chat messages: "
+                               f"{self._no_chat}")
         text = self._chat([{"role": m.role, "content": m.content} for m in request.messages])
         # The template writes the special tokens (<bos>, <start_of_turn>) as text.
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

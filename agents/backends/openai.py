@@ -30,13 +30,14 @@ class OpenAIBackend:
     """One OpenAI-compatible endpoint; not streamed (the cloud path returns whole answers)."""
 
     def __init__(self, url: str, model: str, api_key: str = "", timeout_s: float = 120.0,
-                 chat_only: bool = False) -> None:
+                 chat_only: bool = False, schema_style: str = "openai") -> None:
         self.base = url.rstrip("/")
         self.model = model
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.chat_only = chat_only
-        self.info = ModelInfo(name=model or "openai", chat=True)
+        self.schema_style = schema_style
+        self.info = ModelInfo(name=model or "openai", chat_template="server")
 
     def body(self, request: Request) -> tuple[str, dict[str, Any]]:
         """The endpoint and JSON body for ``request``."""
@@ -45,8 +46,11 @@ class OpenAIBackend:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
-        if request.response_format is not None:
-            body["response_format"] = msgspec.to_builtins(request.response_format)
+        fmt = request.response_format
+        if fmt is not None:
+            body["response_format"] = msgspec.to_builtins(fmt)
+            if self.schema_style == "llama-cpp-python" and fmt.json_schema is not None:
+                body["response_format"] = {"type": "json_object", "schema": fmt.json_schema.schema}
         if request.messages is not None or request.response_format is not None or self.chat_only:
             messages = request.messages or [ChatMessage(role="user", content=request.prompt or "")]
             body["messages"] = msgspec.to_builtins(messages)

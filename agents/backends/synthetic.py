@@ -16,7 +16,7 @@ class SyntheticBackend:
     def __init__(self, tokens_per_s: float = 1000.0, ttft_s: float = 0.001, name: str = "synthetic"):
         self.tokens_per_s = tokens_per_s
         self.ttft_s = ttft_s
-        self.info = ModelInfo(name=name, quant="none", n_ctx=4096, file_bytes=0, chat=True)
+        self.info = ModelInfo(name=name, quant="none", n_ctx=4096, file_bytes=0, chat_template="synthetic")
 
     def generate(
         self,

@@ -57,6 +57,8 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int)
     sp.add_argument("--slots", type=int)
     sp.add_argument("--n-ctx", type=int, help="context size per slot")
+    sp.add_argument("--chat-format", action="append", metavar="MODEL=FORMAT",
+                    help="how MODEL renders chat messages: auto, gemma, chatml, none or a Jinja file; repeatable")
     sp.add_argument("--budget-tokens", type=int, help="sliding-window token budget (see budget_window_s)")
     sp.set_defaults(fn=commands.cmd_agent)
 

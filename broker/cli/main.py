@@ -73,9 +73,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agents.settings import AgentSettings
     from broker.ops.config import load
 
+    formats = None
+    if args.chat_format:
+        bad = [entry for entry in args.chat_format if "=" not in entry]
+        if bad:
+            raise FogmeshError(f"--chat-format {bad[0]!r}: write MODEL=FORMAT, e.g. --chat-format mymodel=chatml")
+        formats = dict(entry.split("=", 1) for entry in args.chat_format)
     settings = load(AgentSettings, "agent", args.config, **_conn(args),
                     agent_id=args.agent_id, models=args.model, threads=args.threads, slots=args.slots,
-                    n_ctx=args.n_ctx, budget_tokens=args.budget_tokens)
+                    n_ctx=args.n_ctx, budget_tokens=args.budget_tokens, chat_formats=formats)
     return _serve(settings, f"agent/{settings.agent_id}", build)
 
 
