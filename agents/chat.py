@@ -11,8 +11,8 @@ template inside a model file is not trusted code.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
 
 from agents.errors import BackendError
 
@@ -77,7 +77,13 @@ def template_for(metadata: dict[str, str], setting: str) -> tuple[str | None, st
 
 
 class ChatRenderer:
-    """Renders messages with one template, the way the model's tokenizer expects them."""
+    """Renders messages with one template, the way the model's tokenizer expects them.
+
+    The template's own text (``<start_of_turn>user``) is tokenized with special tokens; what the
+    device wrote is not. A message whose content spells ``<end_of_turn>`` or ``<start_of_turn>model``
+    stays text to the model instead of closing the turn and opening another (prompt injection
+    through a template). Each content is rendered as a placeholder, then put back in between.
+    """
 
     def __init__(self, template: str, bos: str, eos: str) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -87,8 +93,21 @@ class ChatRenderer:
         except Exception as exc:  # jinja2's TemplateSyntaxError and friends
             raise BackendError("model_load_failed", f"the chat template does not parse: {exc}") from exc
 
-    def __call__(self, messages: list[Any]) -> str:
+    def __call__(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """The rendered conversation as (text, is the template's own) pieces, in order."""
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
         try:
-            return self._format(messages=messages).prompt
+            text = self._format(messages=[{"role": m["role"], "content": mark}  # type: ignore[misc]
+                                          for m, mark in zip(messages, marks, strict=True)]).prompt
         except Exception as exc:  # raise_exception() in the template, or a template error
             raise BackendError("bad_messages", f"the model's chat template refused the messages: {exc}") from exc
+        pieces: list[tuple[str, bool]] = []
+        for part in PLACEHOLDER.split(text):
+            if PLACEHOLDER.fullmatch(part):
+                pieces.append((messages[int(part[1:-1])]["content"], False))
+            elif part:
+                pieces.append((part, True))
+        return pieces
+
+
+PLACEHOLDER = re.compile("(\ue000\\d+\ue001)")

@@ -142,7 +142,23 @@ def simulate() -> str:
                                           "cloud token share", "cost/response", "simulated in s"], rows)
 
 
-SECTIONS = {"OVERHEAD": overhead, "DISPATCH": dispatch, "SCALE": scale, "CLUSTER": cluster, "SIMULATE": simulate}
+def structured() -> str:
+    r = load("structured")
+    if not r:
+        return ""
+    names = {"free": "free (no response_format)", "fogmesh": "json_schema, fogmesh's sampler",
+             "llama-cpp-python": "json_schema, grammar in llama-cpp-python's chain"}
+    rows = [[label, r[key]["decode_tps"]["p50"], r[key]["decode_tps"]["p50"] / r["free"]["decode_tps"]["p50"],
+             r[key]["ttft_ms"]["p50"], r[key]["tokens"]["p50"]] for key, label in names.items()]
+    return (f"{r['rounds']} interleaved rounds, {r['threads']} threads, the bundled Gemma 3 270M, up to "
+            f"{r['max_tokens']} tokens ({r['meta']['when']}):\n\n"
+            + table(["decoding", "decode tok/s p50", "x free", "TTFT p50 ms", "tokens p50"], rows)
+            + f"\n\nConstrained at **{r['ratio_fogmesh']:.2f}x** the free rate (target >= 0.8x); invalid "
+              f"answers: **{len(r['invalid'])}**.")
+
+
+SECTIONS = {"OVERHEAD": overhead, "STRUCTURED": structured, "DISPATCH": dispatch, "SCALE": scale, "CLUSTER": cluster,
+            "SIMULATE": simulate}
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bench import cluster, dispatch, harness, overhead, scale, simulate
+from bench import cluster, dispatch, harness, overhead, scale, simulate, structured
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,12 @@ def test_overhead_runs(results_in_tmp):
     assert overhead.main(["--rounds", "1", "--max-tokens", "8", "--threads", "1"]) == 0
     r = orjson.loads((results_in_tmp / "overhead-threads1.json").read_bytes())
     assert r["mesh"]["decode_tps"]["p50"] > 0 and r["direct"]["ttft_ms"]["p50"] > 0
+
+
+def test_structured_runs(results_in_tmp):
+    assert structured.main(["--rounds", "1", "--max-tokens", "120", "--threads", "1"]) == 0
+    r = orjson.loads((results_in_tmp / "structured.json").read_bytes())
+    assert r["fogmesh"]["decode_tps"]["p50"] > 0 and r["invalid"] == []
 
 
 def test_dispatch_runs(results_in_tmp):

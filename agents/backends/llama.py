@@ -106,9 +106,11 @@ class LlamaBackend:
         if self._chat is None:
             raise BackendError("chat_unsupported", f"model {self.info.name} cannot render chat messages: "
                                f"{self._no_chat}")
-        text = self._chat([{"role": m.role, "content": m.content} for m in request.messages])
-        # The template writes the special tokens (<bos>, <start_of_turn>) as text.
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        pieces = self._chat([{"role": m.role, "content": m.content} for m in request.messages])
+        # The template writes its special tokens (<bos>, <start_of_turn>) as text; the device's text
+        # is tokenized as text.
+        return [token for text, own in pieces
+                for token in self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=own)]
 
     def sampling(self, request: Request) -> Sampling:
         d = self.defaults
@@ -144,11 +146,7 @@ class LlamaBackend:
         count = 0
         stopped: Stopped = "length"
         try:
-            # Every request starts from an empty cache: reusing a cached prefix evaluates the last
-            # prompt token alone, which can change the logits' rounding, and a seeded request must
-            # give the same answer every time.
-            llm.reset()
-            llm.eval(tokens)
+            self._prefill(tokens, reuse=request.seed is None)
             while True:
                 token = sampler.sample()
                 if count == 0:
@@ -181,6 +179,21 @@ class LlamaBackend:
             total_s=time.perf_counter() - start,
             stopped=stopped,
         )
+
+    def _prefill(self, tokens: list[int], reuse: bool) -> None:
+        """Evaluate the prompt. The longest prefix it shares with what the cache holds is reused (a site's
+        prompts often share a system prompt), except for a seeded request: llama.cpp's logits are not
+        bit-for-bit the same when a prompt is evaluated in different batches, and a seed promises
+        the same answer every time, so a seeded request starts from an empty cache."""
+        llm = self._llm
+        keep = 0
+        if reuse:
+            for cached, new in zip(llm.input_ids[: llm.n_tokens], tokens[:-1], strict=False):
+                if cached != new:
+                    break
+                keep += 1
+        llm.n_tokens = keep  # eval() drops the cache beyond this
+        llm.eval(tokens[keep:])
 
     def close(self) -> None:
         self._llm.close()

@@ -48,6 +48,13 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
         sp.add_argument("--privacy", choices=("edge-only", "cloud-ok"))
         sp.add_argument("--timeout", type=float, default=60.0)
         sp.add_argument("--json", action="store_true", help="print the final message as JSON")
+        sp.add_argument("--chat", action="store_true", help="send the prompt as a chat message (messages)")
+        sp.add_argument("--system", help="a system message before the prompt (implies --chat)")
+        sp.add_argument("--temperature", type=float)
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--stop", action="append", help="a stop string; repeatable, up to 4")
+        sp.add_argument("--schema", metavar="FILE", help="answer with JSON following this JSON Schema file")
+        sp.add_argument("--json-object", action="store_true", help="answer with a JSON object")
 
     sp = sub.add_parser("agent", help="run an edge agent")
     sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -167,13 +168,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- clients
 
 
+def request_shape(args: argparse.Namespace) -> dict[str, Any]:
+    """The prompt or chat messages, and the response format, that ``ask``'s flags ask for."""
+    shape: dict[str, Any] = {"prompt": args.prompt}
+    if args.chat or args.system:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        shape = {"messages": [*system, {"role": "user", "content": args.prompt}]}
+    if args.schema:
+        try:
+            schema = orjson.loads(Path(args.schema).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise FogmeshError(f"--schema {args.schema}: {exc}; give a file holding a JSON Schema") from exc
+        shape["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    elif args.json_object:
+        shape["response_format"] = {"type": "json_object"}
+    return shape
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from broker.runtime.client import ask, site_check
 
     conn = _client(args)
-    prompt: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens}
+    prompt: dict[str, Any] = {"max_tokens": args.max_tokens, **request_shape(args)}
     asks_model = args.command == "ask"
-    for key in ("deadline_ms", "priority", "model", "privacy"):
+    for key in ("deadline_ms", "priority", "model", "privacy", "temperature", "seed", "stop"):
         if key == "model" and not asks_model:
             continue
         if getattr(args, key, None) is not None:
