@@ -13,6 +13,7 @@ validated against the schema by a real JSON Schema validator (``jsonschema``) be
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import orjson
@@ -30,6 +31,10 @@ ANNOTATIONS = frozenset({"title", "description", "examples", "default", "$schema
                          "deprecated", "readOnly", "writeOnly"})
 FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
 MAX_SCHEMA_BYTES = 16_384
+MAX_DEPTH = 32  # nesting of subschemas
+COUNTS = frozenset({"minItems", "maxItems", "minLength", "maxLength"})
+MAX_COUNT = 1024
+MAX_GRAMMAR_BYTES = 1 << 20
 
 
 class OutputError(SchemaError):
@@ -41,9 +46,12 @@ class OutputError(SchemaError):
         self.message = message
 
 
-def _walk(node: Any, path: str) -> None:
+def _walk(node: Any, path: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise OutputError("schema_unsupported", f"the schema nests deeper than {MAX_DEPTH} levels at {path}")
     if isinstance(node, bool):
-        return  # true / false schemas
+        raise OutputError("schema_unsupported", f"{path or 'the schema'} is {str(node).lower()}: the grammar "
+                          "builder takes schemas as objects; write {} for any value")
     if not isinstance(node, dict):
         raise OutputError("invalid_schema", f"{path or 'the schema'} must be an object, not {type(node).__name__}")
     for key, value in node.items():
@@ -53,20 +61,38 @@ def _walk(node: Any, path: str) -> None:
         if key not in ENFORCED:
             raise OutputError("schema_unsupported", f"keyword {key!r} at {where} cannot be enforced while generating "
                               f"(fogmesh enforces: {', '.join(sorted(ENFORCED))}); remove it or check it yourself")
-        if key == "format" and value not in FORMATS:
+        if key == "format" and (not isinstance(value, str) or value not in FORMATS):
             raise OutputError("schema_unsupported", f"format {value!r} at {where} cannot be enforced (supported: "
                               f"{', '.join(sorted(FORMATS))})")
         if key == "$ref" and not (isinstance(value, str) and value.startswith("#/")):
             raise OutputError("schema_unsupported", f"$ref {value!r} at {where}: only references inside the "
                               "schema (#/...) are followed")
+        if key == "pattern" and isinstance(value, str):
+            _check_pattern(value, where)
+        if key in COUNTS and isinstance(value, int) and value > MAX_COUNT:
+            raise OutputError("schema_unsupported", f"{key} {value} at {where}: the grammar spells out every "
+                              f"repetition, so fogmesh takes at most {MAX_COUNT}")
         if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
             for name, sub in value.items():
-                _walk(sub, f"{where}/{name}")
+                _walk(sub, f"{where}/{name}", depth + 1)
         elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
             for i, sub in enumerate(value):
-                _walk(sub, f"{where}/{i}")
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            _walk(value, where)
+                _walk(sub, f"{where}/{i}", depth + 1)
+        elif key == "items" or (key == "additionalProperties" and not isinstance(value, bool)):
+            _walk(value, where, depth + 1)
+
+
+def _check_pattern(pattern: str, where: str) -> None:
+    """The grammar spells a pattern's ``{n,m}`` repetitions out, nested ones multiplied: bound them before."""
+    product = 1
+    for low, high in QUANTIFIER.findall(pattern):
+        product *= max(int(low or 0), int(high or 0), 1)
+        if product > MAX_COUNT * 64:
+            raise OutputError("schema_unsupported", f"pattern at {where} repeats too much for a grammar "
+                              f"(the product of its {{n,m}} counts is over {MAX_COUNT * 64})")
+
+
+QUANTIFIER = re.compile(r"\{(\d*)\s*(?:,\s*(\d*))?\s*\}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -74,9 +100,13 @@ def _grammar(schema_json: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf  # deferred: loads llama.cpp's library
 
     try:
-        return json_schema_to_gbnf(schema_json)
-    except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        gbnf = json_schema_to_gbnf(schema_json)
+    except (AssertionError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
         raise OutputError("schema_unsupported", f"the schema cannot be turned into a grammar: {exc}") from exc
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise OutputError("schema_unsupported", f"the schema's grammar is {len(gbnf)} bytes; fogmesh takes at most "
+                          f"{MAX_GRAMMAR_BYTES} (fewer repetitions or alternatives)")
+    return gbnf
 
 
 def schema_text(fmt: ResponseFormat) -> str:
@@ -96,6 +126,7 @@ def check(fmt: ResponseFormat | None) -> None:
     if fmt.json_schema is None:
         raise OutputError("invalid_response_format",
                           "response_format type json_schema needs json_schema: {name, schema}")
+    _walk(fmt.json_schema.schema, "")  # first: it bounds the nesting the next steps recurse through
     text = schema_text(fmt)
     if len(text) > MAX_SCHEMA_BYTES:
         raise OutputError("schema_unsupported", f"the schema is {len(text)} bytes; the limit is {MAX_SCHEMA_BYTES}")
@@ -105,7 +136,6 @@ def check(fmt: ResponseFormat | None) -> None:
         jsonschema.Draft202012Validator.check_schema(fmt.json_schema.schema)
     except jsonschema.SchemaError as exc:
         raise OutputError("invalid_schema", f"not a valid JSON Schema: {exc.message}") from exc
-    _walk(fmt.json_schema.schema, "")
     _grammar(text)
 
 

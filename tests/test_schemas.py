@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import DecodeError, decode, encode
+from schemas import DecodeError, decode, encode, output
 from schemas.generate import drift, render
-from schemas.messages import AgentStatus, Cancel, Chunk, Final, Prompt, ServedBy, Usage
+from schemas.messages import (
+    AgentStatus,
+    Cancel,
+    Chunk,
+    Final,
+    JsonSchemaFormat,
+    Prompt,
+    ResponseFormat,
+    ServedBy,
+    Usage,
+)
 from schemas.topics import TopicError, Topics
 
 
@@ -97,3 +107,40 @@ def test_topics_keep_the_device_contract():
         t.parse("fogmesh/other/prompts/d1")
     with pytest.raises(TopicError):
         Topics("bad/site")
+
+
+KEYWORDS = ["type", "properties", "required", "items", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+            "pattern", "minLength", "maxLength", "minItems", "maxItems", "format", "additionalProperties",
+            "prefixItems", "minimum", "not", "title"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**9) | st.sampled_from(
+        ["string", "object", "array", "integer", "number", "boolean", "null", "#/$defs/a", "^a{3}$", "date", "("]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from([*KEYWORDS, "a", "b"]), inner,
+                                                                 max_size=4),
+    max_leaves=30)
+
+
+@given(st.dictionaries(st.sampled_from(KEYWORDS), json_values, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_any_schema_is_enforced_or_refused_with_a_code_never_an_exception(schema):
+    """What the coordinator runs on a device's schema: it may only accept it or answer a precise code."""
+    fmt = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(name="s", schema=schema))
+    try:
+        output.check(fmt)
+    except output.OutputError as exc:
+        assert exc.code in ("invalid_schema", "schema_unsupported")
+        return
+    assert output.grammar(fmt)
+
+
+def test_answers_are_checked_against_the_schema():
+    fmt = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(name="v", schema={
+        "type": "object", "properties": {"level": {"enum": ["ok", "alarm"]}}, "required": ["level"]}))
+    assert output.parse('{"level": "ok"}', "stop", fmt) == {"level": "ok"}
+    cases = [('{"level": "maybe"}', "stop", "output_invalid"), ('{"lev', "length", "output_truncated"),
+             ('{"lev', "stop", "output_invalid"), ("[1]", "stop", "output_invalid")]
+    for text, reason, code in cases:
+        with pytest.raises(output.OutputError) as err:
+            output.parse(text, reason, fmt)
+        assert err.value.code == code, text
+    assert output.parse("no json", "stop", None) is None  # text answers are not parsed
