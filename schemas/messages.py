@@ -63,7 +63,8 @@ class Prompt(Request, frozen=True):
 class Cancel(_Message, frozen=True):
     """What a device publishes to ``fogmesh/<site>/cancel/<device_id>``."""
 
-    id: Id
+    id: Annotated[str, _field("The id of the job to stop; its final message says cancelled.", "reading-0042",
+                              pattern=ID_PATTERN)]
 
 
 class Chunk(_Message, frozen=True):
