@@ -71,6 +71,18 @@ def test_ineligible_agents_are_never_chosen(reason, kw):
         assert {c.agent: c.reason for c in d.candidates}["bad"] == reason
 
 
+def test_chat_goes_only_to_an_agent_that_can_render_it():
+    can = view("can", default_model="m", chat_models=frozenset({"m"}))
+    cannot = view("cannot", decode_tps=1000, default_model="m")
+    for policy in POLICIES:
+        for spec in (job(chat=True), job(chat=True, model="m")):
+            d = decide(spec, [cannot, can], NOW, policy, rng=random.Random(1))
+            assert d.agent == "can", policy
+            assert {c.agent: c.reason for c in d.candidates}["cannot"] == "no_chat_template"
+        assert decide(job(chat=True), [cannot], NOW, policy).target == "wait"
+        assert decide(job(), [cannot, can], NOW, "deadline").agent == "cannot"  # a prompt: the faster one
+
+
 def test_a_full_agent_means_wait_for_the_deadline_policy():
     d = decide(job(), [view("a", outstanding=2, prefetch=1)], NOW)
     assert (d.target, d.agent) == ("wait", "a")

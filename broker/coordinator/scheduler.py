@@ -261,7 +261,7 @@ class DispatchPass:
         self.look_past, self.skim = look_past, skim
         self.held: list[str] = []
         self.skimmed: list[str] = []
-        self._edge_full: set[str | None] = set()
+        self._edge_full: set[tuple[str | None, bool]] = set()  # (model, chat) whose agents are full
 
     @property
     def done(self) -> bool:
@@ -269,7 +269,7 @@ class DispatchPass:
 
     def set_aside(self, key: str, job: JobSpec) -> bool:
         """True (and ``key`` set aside) if ``job`` must wait without a decision."""
-        if job.privacy == "edge-only" and job.model in self._edge_full:
+        if job.privacy == "edge-only" and (job.model, job.chat) in self._edge_full:
             self.skimmed.append(key)
             return True
         return False
@@ -277,7 +277,7 @@ class DispatchPass:
     def hold(self, key: str, job: JobSpec) -> None:
         """``job`` was decided and must wait."""
         if job.privacy == "edge-only":
-            self._edge_full.add(job.model)
+            self._edge_full.add((job.model, job.chat))
             self.skimmed.append(key)
         else:
             self.held.append(key)
