@@ -231,6 +231,14 @@ def test_malformed_and_oversized_bodies_are_refused_without_a_job(site):
         answer = conn.getresponse()
         assert (answer.status, orjson.loads(answer.read())["error"]["code"]) == (status, code)
         conn.close()
+    # a client that leaves halfway through its body: no job, no crash, one line saying so
+    with socket.create_connection(site.address()) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer " + KEY.encode()
+                     + b"\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ")
+        time.sleep(0.3)
+    wait_for(lambda: re.search(r"event=request method=POST path=/v1/completions job=cmpl-\w+ http=499 "
+                               r"status=client_gone", site.log.read_text()), 5, what="the abandoned request's line")
+    assert "Exception in ASGI application" not in site.log.read_text()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from prometheus_client import Histogram
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -108,8 +108,9 @@ class Routes:
         return failure(ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}"))
 
     async def crash(self, request: Request, exc: Exception) -> Response:
+        # the traceback follows from uvicorn ("Exception in ASGI application")
         log.error(kv("request_failed", path=request.url.path, job=getattr(request.state, "job", None),
-                     error=repr(exc)), exc_info=exc)
+                     error=repr(exc)))
         return failure(ApiError(500, "internal_error", "the gateway failed on this request; see its log"))
 
     # ------------------------------------------------------------------ the routes
@@ -170,10 +171,13 @@ class Routes:
         if length.isdigit() and int(length) > limit:
             raise too_large
         raw = bytearray()
-        async for part in request.stream():
-            raw += part
-            if len(raw) > limit:
-                raise too_large
+        try:
+            async for part in request.stream():
+                raw += part
+                if len(raw) > limit:
+                    raise too_large
+        except ClientDisconnect as exc:
+            raise ClientGone("the client left while sending its request") from exc
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

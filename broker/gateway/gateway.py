@@ -49,7 +49,9 @@ class Gateway(Daemon):
         app = Routes(self.relay, self.keys, settings, self.counters, latency).app()
         self.server = uvicorn.Server(uvicorn.Config(
             app, host=settings.bind, port=settings.port, log_config=None, access_log=False, lifespan="off",
-            server_header=False, timeout_graceful_shutdown=int(settings.drain_timeout_s)))
+            server_header=False, timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            # h11 bounds a request's headers (16 KiB); httptools would take any size
+            http="h11"))
         self._http: threading.Thread | None = None
         self.port = settings.port
         for name in ("uvicorn", "uvicorn.error"):  # fogmesh logs the requests itself, one line each
