@@ -49,20 +49,22 @@ class Routes:
         self.counters, self.latency = counters, latency
 
     def app(self) -> Starlette:
-        routes = [Route("/health", self.health, methods=["GET"]),
-                  Route("/v1/models", self.guarded(self.models), methods=["GET"]),
-                  Route("/v1/models/{model:path}", self.guarded(self.model), methods=["GET"]),
-                  Route("/v1/chat/completions", self.guarded(self.chat), methods=["POST"]),
-                  Route("/v1/completions", self.guarded(self.completions), methods=["POST"])]
+        routes = [Route("/health", self.health, methods=["GET"])]
+        for path, handler, method in (("/v1/models", self.models, "GET"),
+                                      ("/v1/models/{model:path}", self.model, "GET"),
+                                      ("/v1/chat/completions", self.chat, "POST"),
+                                      ("/v1/completions", self.completions, "POST")):
+            routes.append(Route(path, self.guarded(handler, path), methods=[method]))
         return Starlette(routes=routes, exception_handlers={HTTPException: self.http_error, Exception: self.crash})
 
     # ------------------------------------------------------------------ around every /v1 route
 
-    def guarded(self, handler: Handler) -> Handler:
+    def guarded(self, handler: Handler, path: str) -> Handler:
         """The API key first; an ApiError becomes OpenAI's error shape; one log line per request."""
 
         async def route(request: Request) -> Response:
             t0 = request.state.t0 = time.monotonic()
+            request.state.route = path  # the metrics' label: the route, not the path a client made up
             request.state.job, request.state.outcome = None, None
             try:
                 self.authorize(request)
@@ -97,9 +99,8 @@ class Routes:
 
     def done(self, request: Request, status: int, t0: float) -> None:
         elapsed = time.monotonic() - t0
-        endpoint = request.url.path
-        self.latency.labels(endpoint, str(status)).observe(elapsed)
-        log.info(kv("request", method=request.method, path=endpoint, job=request.state.job, http=status,
+        self.latency.labels(request.state.route, str(status)).observe(elapsed)
+        log.info(kv("request", method=request.method, path=request.url.path, job=request.state.job, http=status,
                     status=request.state.outcome, ms=round(elapsed * 1000, 1)))
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
@@ -222,6 +223,7 @@ class Streamed(EventSourceResponse):
             broke = exc if isinstance(exc, ApiError) else ApiError(502, "stream_diverged", f"{exc}; the job was "
                                                                    "cancelled: ask again")
             state.outcome = broke.code
+            self.routes.count({503: "unavailable", 504: "timeout"}.get(broke.status, "diverged"))
             yield self.data(broke.body())
             return
         if state.outcome == "streaming":  # a final that came after chunks: not counted yet
@@ -234,6 +236,7 @@ class Streamed(EventSourceResponse):
             except Diverged as exc:
                 error = ApiError(502, "stream_diverged", f"{exc}: the text streamed so far is not the answer; "
                                  "ask again")
+                self.routes.count("diverged")
         if error is not None:
             yield self.data(error.body())
             return

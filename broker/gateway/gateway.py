@@ -35,7 +35,7 @@ class Gateway(Daemon):
     def __init__(self, settings: GatewaySettings, session: Publisher | None = None) -> None:
         super().__init__(settings, {"requests": 0, "done": 0, "rejected": 0, "error": 0, "cancelled": 0,
                                     "expired": 0, "refused": 0, "unauthorized": 0, "unavailable": 0, "timeout": 0,
-                                    "client_gone": 0})
+                                    "client_gone": 0, "diverged": 0})
         self.settings = settings
         self.keys = settings.api_keys()  # ConfigError before anything starts
         self.relay = Relay(settings, session)
