@@ -31,7 +31,7 @@ from broker.runtime.mqtt import BrokerAddress
 from broker.runtime.proc import free_port
 from schemas.messages import Chunk, Final
 from schemas.topics import Topics
-from tests.conftest import private_broker
+from tests.conftest import agent_args, private_broker, wait_online
 from tests.services import FOGMESH, ROOT, Daemon, Listener, NotifySocket, cli, wait_for
 
 KEY = f"sk-fogmesh-test-{secrets.token_hex(8)}"
@@ -66,8 +66,7 @@ class FrontDoor:
         return Listener(BrokerAddress.parse(self.broker), Topics(self.site).results("gateway"), settle_s=0.2)
 
     def model(self) -> str:
-        snap = snapshot(BrokerAddress.parse(self.broker), self.site)
-        return str(next(iter(snap["agents"].values()))["models"][0]["name"])
+        return agents_model(self.broker, self.site)
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +267,48 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_job(site):
     assert time.monotonic() - closed < 5
     explained = cli("explain", "--broker", site.broker, "--site", site.site, job[1].decode())
     assert "cancelled" in explained.stdout, explained.stdout + explained.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_stream_whose_agent_dies_goes_on_from_where_it_was_without_repeating_itself(daemons, broker_url, site_id,
+                                                                                       tmp_path):
+    daemons("coordinator")
+    agents = {name: daemons("agent", *agent_args(name), name=name) for name in ("a1", "a2")}
+    port = free_port()
+    gateway = daemons("gateway", "--port", str(port))
+    wait_online(broker_url, site_id, 2)
+    wait_for(lambda: "gateway_online" in gateway.log(), 30, what="the gateway up")
+    results = Listener(BrokerAddress.parse(broker_url), Topics(site_id).results("gateway"), settle_s=0.2)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+    try:
+        # greedy and seeded: the agent that takes the job over writes the same answer again
+        stream = client.completions.create(model=agents_model(broker_url, site_id), stream=True, max_tokens=160,
+                                           temperature=0, seed=7,
+                                           prompt="Count from one to one thousand in words: one, two, three, four,")
+        pieces: list[str] = []
+        for event in stream:
+            pieces.append(event.choices[0].text)
+            if len(pieces) == 3:
+                first = wait_for(lambda: next((n for n, d in agents.items() if "job_accepted job=" in d.log()), None))
+                agents[first].kill()
+        job = event.id
+        final = wait_for(lambda: next((body for topic, body in results.messages
+                                       if topic.endswith(f"/{job}") and body.get("final")), None), 10,
+                         what="the job's final on MQTT")
+        restarted = [body for topic, body in results.messages if topic.endswith(f"/{job}") and body.get("attempt") == 2]
+    finally:
+        results.close()
+        client.close()
+    assert final["status"] == "done" and final["served_by"]["node"] != first
+    assert restarted, "the job never restarted on the other agent: nothing was tested"
+    assert "".join(pieces) == final["text"]
+    assert event.choices[0].finish_reason == final["finish_reason"]
+
+
+def agents_model(broker_url: str, site: str) -> str:
+    snap = snapshot(BrokerAddress.parse(broker_url), site)
+    return str(next(iter(snap["agents"].values()))["models"][0]["name"])
 
 
 # ---------------------------------------------------------------------- the gateway alone
