@@ -359,6 +359,28 @@ def test_a_broker_lost_mid_request_answers_503_and_health_says_so(tmp_path, site
     assert re.search(r"event=gateway_stopped requests=2 .*unavailable=2", gateway.log()), gateway.log()[-2000:]
 
 
+def test_a_request_past_answer_timeout_gets_504_and_its_job_is_cancelled(tmp_path, site_id):
+    port = free_port()
+    with private_broker(tmp_path / "mosquitto") as broker:
+        gateway = Daemon("gateway", ["gateway", "--broker", broker.url, "--site", site_id, "--port", str(port)],
+                         tmp_path, {"FOGMESH_GATEWAY_ANSWER_TIMEOUT_S": "1.5"}).start()
+        wait_for(lambda: "gateway_online" in gateway.log() or not gateway.alive(), 30, what="the gateway up")
+        cancels = Listener(BrokerAddress.parse(broker.url), Topics(site_id).cancel("gateway"))
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        try:
+            with pytest.raises(openai.APIStatusError) as caught:  # no coordinator: nobody answers
+                client.completions.create(model="m", prompt="hello")
+            assert caught.value.status_code == 504 and caught.value.code == "timeout"
+            job = re.search(r"job=(cmpl-\w+) http=504 status=timeout", gateway.log())
+            assert job is not None, gateway.log()[-2000:]
+            assert wait_for(lambda: cancels.messages, 5, what="the job's cancel") == [
+                (Topics(site_id).cancel("gateway"), {"id": job[1]})]
+        finally:
+            cancels.close()
+            client.close()
+            assert gateway.stop() == 0, gateway.log()[-2000:]
+
+
 def test_the_gateway_tells_systemd_ready_alive_and_stopping(tmp_path, site_id):
     notify = NotifySocket(tmp_path / "gateway.notify")
     with private_broker(tmp_path / "mosquitto") as broker:

@@ -67,6 +67,10 @@ class Gateway(Daemon):
             if not self._http.is_alive() or time.monotonic() > deadline:
                 raise SiteError(f"the gateway's HTTP server did not start on {self.url}")
             time.sleep(0.01)
+        if self.settings.username and self.settings.username != self.settings.device_id:
+            log.warning(kv("gateway_device_not_user", device=self.settings.device_id, user=self.settings.username,
+                           detail="fogmesh's ACL lets a user publish prompts only as the device of its own name: "
+                                  "the broker will refuse this gateway's prompts (mosquitto closes the connection)"))
         log.info(kv("gateway_online", url=self.url, site=self.settings.site, device=self.settings.device_id,
                     broker=self.relay.session.address.url, api_keys=len(self.keys)))
 

@@ -168,6 +168,7 @@ class Call:
         self.job = job
         self.final: Final | None = None
         self.submitted = False
+        self.deadline = time.monotonic() + relay.settings.answer_timeout_s  # for the whole answer, stream or not
         self._queue: asyncio.Queue[Result] | None = queue
 
     def close(self) -> None:
@@ -208,7 +209,6 @@ class Call:
         broker has been lost for ``broker_grace_s``; :class:`ClientGone` once ``gone()`` says so."""
         assert self._queue is not None, "next() after close()"
         s = self.relay.settings
-        deadline = time.monotonic() + s.answer_timeout_s
         lost_since: float | None = None
         while True:
             try:
@@ -217,7 +217,7 @@ class Call:
                 now = time.monotonic()
                 if gone is not None and await gone():
                     raise ClientGone(self.job) from None
-                if now > deadline:
+                if now > self.deadline:
                     raise ApiError(504, "timeout", f"no answer within {s.answer_timeout_s:.0f} s "
                                    "(gateway.answer_timeout_s); the job was cancelled") from None
                 lost_since = None if self.relay.connected else (lost_since or now)
