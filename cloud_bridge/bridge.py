@@ -258,7 +258,8 @@ class Bridge(Daemon):
         st = BridgeStatus(state=state, reachable=self.reachable, outbox_depth=depth,  # type: ignore[arg-type]
                           oldest_age_s=round(oldest, 2), dlq_depth=self._dlq_depth, latency_s=s.cloud_latency_s,
                           decode_tps=s.cloud_tps, price_in_per_1k=s.price_in_per_1k,
-                          price_out_per_1k=s.price_out_per_1k, host=socket.gethostname(), pid=os.getpid(),
+                          price_out_per_1k=s.price_out_per_1k, models=list(s.cloud_models),
+                          host=socket.gethostname(), pid=os.getpid(),
                           ts=time.time())
         if wait:
             self.session.publish_wait(self.topics.bridge_status, encode(st), retain=True)

@@ -42,6 +42,8 @@ class BridgeSettings(Connection, CloudSettings):
     cloud_tps: float = 60.0
     price_in_per_1k: float = 0.00015
     price_out_per_1k: float = 0.0006
+    # The model names the cloud worker answers to, told in the bridge's status (the gateway's /v1/models lists them).
+    cloud_models: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.outbox:

@@ -199,6 +199,7 @@ class BridgeStatus(_Message, frozen=True):
     decode_tps: float = 50.0
     price_in_per_1k: float = 0.0
     price_out_per_1k: float = 0.0
+    models: list[str] = []  # the model names the cloud tier answers to (bridge.cloud_models)
     host: str = ""
     pid: NonNegative = 0
     ts: float = 0.0

@@ -7,9 +7,12 @@ it becomes, so the tiers carry the same fields.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from schemas.errors import DecodeError
 
 DEFAULT_MAX_TOKENS = 64
 
@@ -116,3 +119,19 @@ REQUEST_FIELDS: tuple[str, ...] = Request.__struct_fields__
 def request_of(message: Request) -> dict[str, Any]:
     """The :class:`Request` fields of ``message`` (a prompt, an assignment, a cloud request), to build another."""
     return {name: getattr(message, name) for name in REQUEST_FIELDS}
+
+
+# Fields whose invalid values get a code naming the field (invalid_temperature, ...).
+NAMED_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "messages",
+                          "response_format"})
+
+
+def rejection_code(exc: DecodeError) -> str:
+    """The code a request that failed to decode is rejected with; the coordinator and the HTTP gateway
+    both answer with it, so a client reads the same code whichever way it asked."""
+    top = re.split(r"[.\[]", exc.field or "", maxsplit=1)[0]
+    if exc.field == "prompt" and exc.code == "invalid_value":
+        return "empty_prompt"
+    if top in NAMED_FIELDS and exc.code in ("invalid_value", "wrong_type"):
+        return f"invalid_{top}"
+    return exc.code

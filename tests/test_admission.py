@@ -15,7 +15,7 @@ from broker.runtime.delivery import Delivery
 from broker.runtime.memory import MemorySession
 from broker.runtime.mqtt import Message
 from schemas import encode
-from schemas.messages import AgentStatus, ModelInfo
+from schemas.messages import AgentStatus, BridgeStatus, ModelInfo
 from schemas.topics import Topics
 
 SITE = "adm"
@@ -198,6 +198,16 @@ def test_every_rejection_path_answers_its_precise_code(coord, payload, code):
     got = finals_of(coord)
     assert [f["status"] for f in got] == ["rejected"] and got[0]["error"]["code"] == code
     assert got[0]["error"]["message"] and not len(coord.jobs)
+
+
+def test_a_model_only_the_cloud_tier_answers_to_is_known_but_not_for_edge_only_jobs(coord):
+    bridge = encode(BridgeStatus(state="online", reachable=True, models=["big-cloud-model"]))
+    run(coord, status("a1"), Message(topic=T.bridge_status, payload=bridge, qos=1))
+    run(coord, prompt({"id": "cloud", "prompt": "x", "model": "big-cloud-model"}),
+        prompt({"id": "edge", "prompt": "x", "model": "big-cloud-model", "privacy": "edge-only"}))
+    assert [f["job"] for f in finals_of(coord)] == ["edge"]
+    assert finals_of(coord)[0]["error"]["code"] == "unknown_model"
+    assert [t for t, _ in coord.session.messages(T.cloud_requests)] == [T.cloud_requests]
 
 
 def test_a_job_no_agent_can_take_ends_after_max_wait_instead_of_waiting_for_ever(coord):

@@ -21,7 +21,7 @@ def test_install_units_into_a_folder_changes_nothing_else(tmp_path):
     user = "fogmesh-firstday-test"
     out = cli("install-units", "--dest", str(tmp_path / "units"), "--user", user, "--no-reload")
     assert out.returncode == 0, out.stderr
-    assert len(list((tmp_path / "units").glob("*.service"))) == 5
+    assert len(list((tmp_path / "units").glob("*.service"))) == 6
     assert subprocess.run(["id", "-u", user], capture_output=True).returncode != 0, "a system user was created"
 
 

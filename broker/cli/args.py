@@ -83,6 +83,15 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--outbox", help="SQLite outbox path")
     sp.set_defaults(fn=commands.cmd_bridge)
 
+    sp = sub.add_parser("gateway", help="serve the site behind OpenAI's HTTP API (/v1/chat/completions, ...)")
+    sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    common(sp, daemon=True)
+    sp.add_argument("--port", type=int, help="HTTP port (default: 8000)")
+    sp.add_argument("--bind", help="HTTP address (default: 127.0.0.1; another needs api_keys_file)")
+    sp.add_argument("--device-id", help="the device id its jobs run as (default: gateway)")
+    sp.add_argument("--api-keys-file", help="a file with one API key per line; clients send one as a bearer token")
+    sp.set_defaults(fn=commands.cmd_gateway)
+
     sp = sub.add_parser("cloud-worker", help="answer the cloud request queue with a larger model")
     sp.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: off)")
     sp.add_argument("--config")
@@ -96,9 +105,11 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--log-format", choices=("kv", "json"), default=None)
     sp.set_defaults(fn=commands.cmd_cloud_worker)
 
-    sp = sub.add_parser("up", help="start a whole site: broker, coordinator, agents")
+    sp = sub.add_parser("up", help="start a whole site: broker, coordinator, agents, the OpenAI-compatible gateway")
     common(sp)
     site_flags(sp)
+    sp.add_argument("--http-port", type=int,
+                    help="the OpenAI-compatible gateway's port (default: 8000, or a free one; 0: no gateway)")
     sp.set_defaults(fn=commands.cmd_up)
 
     sp = sub.add_parser("demo", help="start a site, ask it one prompt, stop it")

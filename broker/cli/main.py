@@ -109,6 +109,16 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     return _serve(settings, "bridge", Bridge)
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from broker.gateway.gateway import Gateway
+    from broker.gateway.settings import GatewaySettings
+    from broker.ops.config import load
+
+    settings = load(GatewaySettings, "gateway", args.config, **_conn(args), bind=args.bind, port=args.port,
+                    device_id=args.device_id, api_keys_file=args.api_keys_file)
+    return _serve(settings, "gateway", Gateway)
+
+
 def cmd_cloud_worker(args: argparse.Namespace) -> int:
     from broker.ops.config import load
     from cloud_bridge.settings import WorkerSettings
@@ -137,7 +147,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from broker.ops.site import Site
 
     logs.setup(args.log_level, args.log_format, "up")
-    site = Site(_site_spec(args))
+    spec = _site_spec(args)
+    spec.http_port = args.http_port  # None: 8000 or a free port; 0: no gateway
+    site = Site(spec)
     stop = threading.Event()
     _on_signals(stop.set)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 
 import orjson
 
@@ -20,6 +19,7 @@ from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
 from schemas import DecodeError, decode, output
 from schemas.messages import Cancel, ErrorInfo, Prompt
+from schemas.request import rejection_code
 from schemas.topics import is_valid_id
 
 log = logging.getLogger("fogmesh.coordinator")
@@ -61,11 +61,11 @@ class Admission:
             return
         model = req.model or c.settings.default_model or None
         known = c.registry.models()
-        if model and known and model not in known:
+        cloud_may = c.cloud.enabled and req.privacy != "edge-only"
+        if model and known and model not in known and not (cloud_may and model in c.cloud.models):
             reject(device, req.id, "unknown_model",
                    f"no agent on this site holds model {model!r}; known: {', '.join(sorted(known))}", msg)
             return
-        cloud_may = c.cloud.enabled and req.privacy != "edge-only"
         if req.is_chat and known and (model or "") not in c.registry.chat_models() and not cloud_may:
             reject(device, req.id, "chat_unsupported", f"no agent on this site can render chat messages for "
                    f"{'model ' + repr(model) if model else 'its default model'} (no chat template); send `prompt` "
@@ -120,20 +120,6 @@ class Admission:
             log.info(kv("cancel_unknown", job=f"{device}/{cancel.id}"))
             return
         self.finals.finish(job, "cancelled", error=ErrorInfo(code="cancelled", message="cancelled by the device"))
-
-
-# Fields whose invalid values get a code naming the field (invalid_temperature, ...).
-NAMED_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "messages",
-                          "response_format"})
-
-
-def rejection_code(exc: DecodeError) -> str:
-    top = re.split(r"[.\[]", exc.field or "", maxsplit=1)[0]
-    if exc.field == "prompt" and exc.code == "invalid_value":
-        return "empty_prompt"
-    if top in NAMED_FIELDS and exc.code in ("invalid_value", "wrong_type"):
-        return f"invalid_{top}"
-    return exc.code
 
 
 def request_problem(req: Prompt) -> tuple[str, str] | None:

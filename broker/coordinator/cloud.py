@@ -34,7 +34,7 @@ class Cloud:
         was = c.cloud
         c.cloud = CloudTier(enabled=st.state == "online", reachable=st.reachable, latency_s=st.latency_s,
                             decode_tps=st.decode_tps, price_in_per_1k=st.price_in_per_1k,
-                            price_out_per_1k=st.price_out_per_1k)
+                            price_out_per_1k=st.price_out_per_1k, models=frozenset(st.models))
         if (was.enabled, was.reachable) != (c.cloud.enabled, c.cloud.reachable):
             log.info(kv("cloud_tier", enabled=c.cloud.enabled, reachable=c.cloud.reachable))
 

@@ -65,6 +65,7 @@ class CloudTier:
     decode_tps: float = 50.0
     price_in_per_1k: float = 0.0
     price_out_per_1k: float = 0.0
+    models: frozenset[str] = frozenset()  # the model names it answers to (bridge.cloud_models)
 
 
 @dataclass(frozen=True)

@@ -117,12 +117,14 @@ class Problem:
 def _sections() -> dict[str, type]:
     from agents.settings import AgentSettings
     from broker.coordinator.settings import CoordinatorSettings
+    from broker.gateway.settings import GatewaySettings
     from broker.ops.security import BrokerSettings
     from broker.runtime.settings import Connection
     from cloud_bridge.settings import BridgeSettings, WorkerSettings
 
     return {"coordinator": CoordinatorSettings, "agent": AgentSettings, "bridge": BridgeSettings,
-            "cloud-worker": WorkerSettings, "broker": BrokerSettings, "client": Connection}
+            "cloud-worker": WorkerSettings, "gateway": GatewaySettings, "broker": BrokerSettings,
+            "client": Connection}
 
 
 def key_line(text: str, section: str, key: str | None = None) -> int | None:
@@ -153,6 +155,11 @@ def _semantic(section: str, settings: Any) -> list[tuple[str, str]]:
                 check_gguf(path)
         except AgentError as exc:
             found.append(("models", str(exc)))
+    if section == "gateway":
+        try:
+            settings.api_keys()
+        except ConfigError as exc:
+            found.append(("api_keys_file" if settings.api_keys_file else "bind", str(exc)))
     if hasattr(settings, "address"):
         try:
             settings.address()

@@ -28,7 +28,7 @@ from broker.runtime.logs import kv
 from schemas.topics import HA_PREFIX, Topics, check_id
 
 log = logging.getLogger("fogmesh.security")
-ROLES = ("device", "agent", "coordinator", "bridge", "dashboard", "operator", "homeassistant")
+ROLES = ("device", "agent", "coordinator", "bridge", "dashboard", "operator", "homeassistant", "gateway")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for its $7$ (PBKDF2-SHA512) hashes
 
 
@@ -88,6 +88,9 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
         return status
     if role == "homeassistant":  # its MQTT integration: the discovery configs, the states they point at
         return [*status, ("read", f"{HA_PREFIX}/#"), ("write", f"{HA_PREFIX}/status")]
+    if role == "gateway":  # `fogmesh gateway`: asks as a device of its own name; /v1/models reads the statuses
+        return [*status, ("write", topics.prompts(name)), ("write", topics.cancel(name)),
+                ("read", topics.results(name))]
     if role == "operator":  # may also ask, as a device of its own name (`fogmesh ask`)
         return [*status, ("read", f"{p}/deadletter/#"), ("write", topics.explain),
                 ("read", f"{topics.explain}/reply/#"), ("write", topics.prompts(name)),

@@ -17,13 +17,14 @@ from typing import Any
 import orjson
 
 from agents.settings import AgentSettings
+from broker.gateway.settings import GatewaySettings
 from broker.ops.config import load
 from broker.ops.mosquitto import Mosquitto
 from broker.runtime.client import snapshot
 from broker.runtime.errors import SiteError
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import BrokerAddress
-from broker.runtime.proc import free_port, own_session
+from broker.runtime.proc import free_port, own_session, wait_port
 from broker.runtime.settings import state_dir
 from cloud_bridge.local import LocalSqs, local_env
 
@@ -48,6 +49,7 @@ class SiteSpec:
     log_to_files: bool = False  # daemons' logs to <data dir>/logs/<name>.log instead of the console
     local_cloud: bool = False  # a local SQS-compatible server, a bridge and a cloud worker
     config: str | None = None  # a fogmesh.toml every daemon reads (else $FOGMESH_CONFIG or /etc/fogmesh)
+    http_port: int | None = 0  # the OpenAI-compatible gateway's port: None picks one (8000 if free), 0 runs none
 
 
 def record_current(broker: str, site: str, ws: str | None = None) -> Path:
@@ -73,6 +75,7 @@ class Site:
         self.sqs: LocalSqs | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.url = spec.broker or ""
+        self.http: tuple[str, int] | None = None  # where the gateway listens, when the site runs one
         self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self._started_at: dict[str, float] = {}
         self._deaths: dict[str, int] = {}  # quick deaths in a row
@@ -142,6 +145,8 @@ class Site:
             if agent_metrics:
                 args += ["--metrics-port", str(agent_metrics + i - 1)]
             self._spawn(f"agent-{i}", args)
+        if p.http_port != 0:
+            self._start_gateway(common)
         if p.local_cloud:
             self.sqs = LocalSqs(free_port(), self.data_dir / "cloud")
             self.sqs.start()
@@ -155,6 +160,23 @@ class Site:
         record_current(self.url, p.site, self.broker.ws_url if self.broker else None)
         self.wait_ready(ready_timeout_s)
 
+    def _start_gateway(self, common: list[str]) -> None:
+        """The OpenAI-compatible front door, with the [gateway] settings of the config file; a key file
+        that cannot be used, or no key on a public address, stops `fogmesh up` before it starts."""
+        gateway = load(GatewaySettings, "gateway", self.spec.config)
+        gateway.api_keys()
+        port = self.spec.http_port or free_port(8000, "127.0.0.1" if gateway.loopback() else gateway.bind)
+        self._spawn("gateway", ["gateway", *common, "--port", str(port)])
+        self.http = ("127.0.0.1" if gateway.bind in ("0.0.0.0", "::", "localhost") else gateway.bind, port)
+
+    @property
+    def http_url(self) -> str:
+        """The gateway's base URL for OpenAI clients ('' without one)."""
+        if self.http is None:
+            return ""
+        host, port = self.http
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         address = BrokerAddress.parse(self.url)
@@ -166,7 +188,8 @@ class Site:
             online = [a for a in snap["agents"].values() if a.get("state") == "online"]
             coordinator = snap["coordinator"] or {}
             bridge_ok = not self.spec.local_cloud or (snap["bridge"] or {}).get("reachable")
-            if len(online) >= self.spec.agents and coordinator.get("state") == "online" and bridge_ok:
+            http_ok = self.http is None or wait_port(*self.http, 0.1)
+            if len(online) >= self.spec.agents and coordinator.get("state") == "online" and bridge_ok and http_ok:
                 return
             time.sleep(0.2)
         raise SiteError(f"the site was not ready within {timeout_s:.0f} s; see the logs above")
@@ -182,6 +205,8 @@ class Site:
             lines.append(f"  {name:<12} pid {proc.pid}{where}")
         if self.sqs:
             lines.append(f"  local SQS    {self.sqs.url}  (moto server mode)")
+        if self.http_url:
+            lines.append(f"  OpenAI API   {self.http_url}  (base_url for OpenAI clients; docs/gateway.md)")
         lines += [f"  prompts      fogmesh/{self.spec.site}/prompts/<device_id>",
                   f"  results      fogmesh/{self.spec.site}/results/<device_id>/<job_id>",
                   "  try:         fogmesh ask \"MQTT is a protocol that\"     fogmesh status --watch"
@@ -241,10 +266,12 @@ class Site:
         log.warning(kv("process_restarted", name=name, pid=self._children()[name].pid))  # type: ignore[union-attr]
 
     def stop(self, timeout_s: float = 40.0) -> None:
-        """Agents and the cloud path first (they drain), then the coordinator, then the brokers."""
-        agents = [n for n in self.procs if n != "coordinator"]
+        """The gateway first (its requests in flight finish while the agents still run), then the agents
+        and the cloud path (they drain), then the coordinator, then the brokers."""
+        agents = [n for n in self.procs if n not in ("coordinator", "gateway")]
         deadline = time.monotonic() + timeout_s
-        for group in (agents, [n for n in self.procs if n == "coordinator"]):
+        for group in ([n for n in self.procs if n == "gateway"], agents,
+                      [n for n in self.procs if n == "coordinator"]):
             for name in group:
                 if self.procs[name].poll() is None:
                     self.procs[name].send_signal(signal.SIGTERM)

@@ -18,7 +18,8 @@ from broker.runtime.logs import kv
 
 log = logging.getLogger("fogmesh.systemd")
 SYSTEM_UNIT_DIRS = (Path("/etc/systemd/system"), Path("/usr/local/lib/systemd/system"), Path("/lib/systemd/system"))
-UNITS = ("fogmesh-broker", "fogmesh-coordinator", "fogmesh-agent", "fogmesh-bridge", "fogmesh-cloud-worker")
+UNITS = ("fogmesh-broker", "fogmesh-coordinator", "fogmesh-agent", "fogmesh-bridge", "fogmesh-cloud-worker",
+         "fogmesh-gateway")
 
 
 # ---------------------------------------------------------------------- unit files
@@ -46,7 +47,7 @@ def fogmesh_executable() -> str:
 
 
 def install_units(dest: Path, config: str, user: str, mosquitto_conf: str, reload: bool = True) -> list[Path]:
-    """Write the five units into ``dest``. Only when ``dest`` is systemd's own unit folder does it
+    """Write the units into ``dest``. Only when ``dest`` is systemd's own unit folder does it
     also change the system: create the service user, reload systemd. Writing units to any other
     folder (to read them, to package them) changes nothing else."""
     dest.mkdir(parents=True, exist_ok=True)
