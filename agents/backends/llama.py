@@ -98,6 +98,8 @@ class LlamaBackend:
         vocab = model.vocab
         self._vocab = vocab
         self._is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        # In a chat, a control token (Gemma's <start_of_turn>) is the model opening the next turn.
+        self._is_control = lambda token: bool(llama_cpp.llama_vocab_is_control(vocab, token))
 
     def tokens(self, request: Request) -> list[int]:
         """The request as the model's input: the prompt, or the messages rendered with the chat template."""
@@ -139,6 +141,7 @@ class LlamaBackend:
         except output.OutputError as exc:
             raise BackendError(exc.code, exc.message) from exc
         llm = self._llm
+        chat = request.messages is not None
         sampler = Sampler(self._lib, llm._ctx.ctx, self._vocab, llm.n_vocab(), self.sampling(request), gbnf)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopStrings(request.stops(), on_text)
@@ -151,7 +154,7 @@ class LlamaBackend:
                 token = sampler.sample()
                 if count == 0:
                     first = time.perf_counter() - start
-                if self._is_end(token):
+                if self._is_end(token) or (chat and self._is_control(token)):
                     stopped = "stop"
                     break
                 count += 1
