@@ -369,6 +369,10 @@ def build(settings: AgentSettings) -> Agent:
     from agents.model import parse_models
 
     models = parse_models(settings.models)
+    unknown = sorted(set(settings.chat_formats) - {name for name, _ in models})
+    if unknown:
+        raise AgentError(f"agent.chat_formats names {', '.join(unknown)}, which this agent does not hold "
+                         f"(its models: {', '.join(name for name, _ in models)})")
     per_slot = max(1, settings.threads // settings.slots)
 
     def make_slot() -> dict[str, Backend]:

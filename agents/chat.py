@@ -102,11 +102,17 @@ class ChatRenderer:
         except Exception as exc:  # raise_exception() in the template, or a template error
             raise BackendError("bad_messages", f"the model's chat template refused the messages: {exc}") from exc
         pieces: list[tuple[str, bool]] = []
+        placed: set[int] = set()
         for part in PLACEHOLDER.split(text):
-            if PLACEHOLDER.fullmatch(part):
+            if PLACEHOLDER.fullmatch(part) and int(part[1:-1]) < len(messages):
+                placed.add(int(part[1:-1]))
                 pieces.append((messages[int(part[1:-1])]["content"], False))
             elif part:
                 pieces.append((part, True))
+        lost = [i for i, m in enumerate(messages) if m["role"] != "system" and i not in placed]
+        if lost:  # e.g. a template that writes content through tojson: the device's text would vanish
+            raise BackendError("bad_messages", f"the model's chat template does not write message {lost[0]}'s "
+                               "content as text; fogmesh cannot render it safely (configure agent.chat_formats)")
         return pieces
 
 

@@ -38,7 +38,8 @@ class Stream:
     def flush(self) -> None:
         if not self.buffer:
             return
-        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer), attempt=self.spec.attempt))
+        attempt = self.spec.attempt if self.spec.extended or self.spec.attempt > 1 else None
+        payload = encode(Chunk(job=self.spec.job, seq=self.seq, text="".join(self.buffer), attempt=attempt))
         self.buffer.clear()
         self.seq += 1
         session = self.session

@@ -29,7 +29,7 @@ from schemas.messages import CloudRequest, CloudResult, ErrorInfo, Usage
 log = logging.getLogger("fogmesh.cloud-worker")
 # Failures the request itself causes: answered at once, not retried by SQS.
 REQUEST_FAULTS = frozenset({"output_truncated", "output_invalid", "bad_messages", "chat_unsupported",
-                            "schema_unsupported", "prompt_too_long"})
+                            "schema_unsupported", "prompt_too_long", "cloud_refused"})
 
 
 def make_backend(s: WorkerSettings) -> Backend:
@@ -80,7 +80,14 @@ class Worker(Daemon):
                     self._url = self.queue.ensure(s.request_queue(), s.request_queue() + "-dlq", s.max_receives,
                                                   s.visibility_s, s.fifo)
                 for m in self.queue.receive(self._url, 1, min(s.wait_s, 5)):
-                    self.handle(m)
+                    try:
+                        self.handle(m)
+                    except (CloudError, CloudUnreachable):
+                        raise
+                    except Exception:  # one request must not take the worker down: SQS retries it, then dead-letters
+                        self.counters["failed"] += 1
+                        log.exception(kv("job_crashed", message_id=m.message_id, receives=m.receive_count))
+                        self._retry_soon(m)
             except CloudUnreachable as exc:
                 log.warning(kv("cloud_unreachable", reason=str(exc)[:200]))
                 self._url = ""

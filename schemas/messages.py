@@ -71,13 +71,14 @@ class Chunk(_Message, frozen=True):
     """A piece of a streamed answer on ``fogmesh/<site>/results/<device_id>/<job_id>``.
 
     ``seq`` counts from 0 within an attempt; a chunk with a higher ``attempt`` starts the answer
-    again (the job was restarted on another agent or the cloud): drop what the earlier attempt sent."""
+    again (the job was restarted on another agent or the cloud): drop what the earlier attempt sent.
+    ``attempt`` is there for requests that use the later contract's fields, and on every restart."""
 
     job: str
     seq: NonNegative
     text: str
     final: Literal[False] = False
-    attempt: Positive = 1
+    attempt: Positive | None = None  # None: 1
 
 
 class ServedBy(_Message, frozen=True):
@@ -107,7 +108,7 @@ class Final(_Message, frozen=True):
     timings: dict[str, float] | None = None
     error: ErrorInfo | None = None
     cost: dict[str, float] | None = None
-    finish_reason: FinishReason | None = None  # why generation ended (done and cancelled jobs)
+    finish_reason: FinishReason | None = None  # why generation ended (done and cancelled jobs of extended requests)
     json: Any = None  # the parsed answer, when the request asked for JSON (response_format)
 
 

@@ -98,6 +98,12 @@ class Request(_Message, frozen=True):
             raise ValueError("A request has `prompt` or `messages`, not both")
 
     @property
+    def extended(self) -> bool:
+        """Uses the contract's later fields: only such a request's chunks and final carry ``attempt`` and
+        ``finish_reason``, so a device written for the first contract gets exactly what it validates."""
+        return any(getattr(self, name) is not None for name in EXTENSIONS)
+
+    @property
     def is_chat(self) -> bool:
         return self.messages is not None
 
@@ -114,6 +120,8 @@ class Request(_Message, frozen=True):
 
 
 REQUEST_FIELDS: tuple[str, ...] = Request.__struct_fields__
+EXTENSIONS = ("messages", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop",
+              "response_format")
 
 
 def request_of(message: Request) -> dict[str, Any]:

@@ -144,3 +144,55 @@ def test_answers_are_checked_against_the_schema():
             output.parse(text, reason, fmt)
         assert err.value.code == code, text
     assert output.parse("no json", "stop", None) is None  # text answers are not parsed
+
+
+def nested(levels: int) -> object:
+    value: object = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+REFUSED = [
+    ({"type": "string", "pattern": "^(a?){1000}$"}, "repeats a group"),  # seconds per token on an agent
+    ({"default": {"type": "array", "items": {"type": "integer"}, "maxItems": 30_000_000}, "$ref": "#/default"},
+     "only references to #/$defs"),  # a grammar of hundreds of MB, built from 219 bytes
+    ({"type": "string", "default": nested(300)}, "nests deeper"),
+    ({"type": "string", "pattern": '^"a$'}, "quote or a backslash"),
+    ({"$ref": "#/$defs/a", "$defs": {"a": {"type": "string"}}, "maxLength": 3}, "maxLength beside $ref"),
+    ({"type": ["string", "null"], "maxLength": 3}, "list of types"),
+    ({"enum": ["aaaa", "b"], "maxLength": 1}, "maxLength beside enum"),
+    ({"allOf": [{"type": "string"}]}, "'allOf'"),
+    ({"type": "array", "prefixItems": [{"type": "integer"}], "minItems": 3}, "prefixItems fixes"),
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "not in properties"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 1024} for i in range(300)}},
+     "repetitions in all"),
+    ({"type": "array", "items": {}}, "give the items a schema"),
+    ({"$ref": "#/$defs/missing", "$defs": {}}, "points at nothing"),
+]
+
+
+@pytest.mark.parametrize(("schema", "why"), REFUSED)
+def test_a_schema_the_grammar_would_not_enforce_or_could_not_afford_is_refused(schema, why):
+    fmt = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(name="s", schema=schema))
+    with pytest.raises(output.OutputError) as err:
+        output.check(fmt)
+    assert err.value.code in ("schema_unsupported", "invalid_schema")
+    assert why in err.value.message
+
+
+def test_strings_in_the_grammar_hold_only_what_json_allows_unescaped():
+    for schema in ({"type": "string"}, {"type": "string", "pattern": "^a.b$"}):
+        gbnf = output.grammar(ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(name="s", schema=schema)))
+        rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines() if " ::= " in line)
+        for name in ("char", "dot"):
+            if name in rules:
+                assert rules[name].startswith('[^"\\\\\\x7F\\x00-\\x1F]'), rules[name]
+
+
+def test_a_number_cut_off_by_max_tokens_is_truncated_not_done():
+    fmt = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(name="n", schema={"type": "integer"}))
+    with pytest.raises(output.OutputError) as err:
+        output.parse("100", "length", fmt)
+    assert err.value.code == "output_truncated"
+    assert output.parse("100", "stop", fmt) == 100

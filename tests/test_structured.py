@@ -74,11 +74,21 @@ def test_json_schema_output_follows_the_schema_and_arrives_parsed(site, broker_u
     jsonschema.validate(final["json"], VERDICT)
     assert orjson.loads(final["text"]) == final["json"]
     # json_object: any JSON object, from a plain prompt too
-    device.send({"id": "j2", "prompt": "Sensor reading as JSON:", "max_tokens": 80, "temperature": 0.8,
+    device.send({"id": "j2", "prompt": "Sensor reading as JSON:", "max_tokens": 80, "temperature": 0,
                  "response_format": {"type": "json_object"}})
     final = device.final("j2")
     assert final["status"] == "done", final
     assert isinstance(final["json"], dict)
+
+
+def test_a_device_of_the_first_contract_gets_exactly_the_fields_it_knows(site, device):
+    """A plain prompt's chunks and final are what they were before chat and JSON existed: a device that
+    validates them against the first contract's schemas (no extra fields) keeps working."""
+    device.send({"id": "old", "prompt": "MQTT is", "max_tokens": 8})
+    final = device.final("old")
+    assert final["status"] == "done"
+    assert not {"finish_reason", "json"} & set(final)
+    assert all(set(c) == {"job", "seq", "text", "final"} for c in device.chunks["old"])
 
 
 def test_an_answer_cut_off_before_its_json_is_complete_is_an_error(site, device):

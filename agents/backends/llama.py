@@ -83,7 +83,14 @@ class LlamaBackend:
         self._chat = None
         if template is not None:
             text = lambda token: model.token_get_text(token) if token != -1 else ""  # noqa: E731
-            self._chat = ChatRenderer(template, bos=text(self._llm.token_bos()), eos=text(self._llm.token_eos()))
+            try:
+                self._chat = ChatRenderer(template, bos=text(self._llm.token_bos()), eos=text(self._llm.token_eos()))
+            except BackendError as exc:
+                if source != "gguf":
+                    raise  # a template the operator configured must work
+                # the file's own template: serve plain prompts as before, without chat
+                log.warning("model %s: its chat template does not parse (%s); chat is off for it", path, exc)
+                template, source = None, f"its own chat template does not parse: {exc.message}"
         quant = _QUANT.search(path.name)
         self.info = ModelInfo(
             name=name or path.stem,

@@ -46,12 +46,15 @@ class OpenAIBackend:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
-        fmt = request.response_format
+        fmt = request.response_format if request.wants_json else None
         if fmt is not None:
-            body["response_format"] = msgspec.to_builtins(fmt)
-            if self.schema_style == "llama-cpp-python" and fmt.json_schema is not None:
-                body["response_format"] = {"type": "json_object", "schema": fmt.json_schema.schema}
-        if request.messages is not None or request.response_format is not None or self.chat_only:
+            body["response_format"] = {k: v for k, v in msgspec.to_builtins(fmt).items() if v is not None}
+            if fmt.json_schema is not None:
+                schema = {k: v for k, v in msgspec.to_builtins(fmt.json_schema).items() if v is not None}
+                body["response_format"]["json_schema"] = schema
+                if self.schema_style == "llama-cpp-python":
+                    body["response_format"] = {"type": "json_object", "schema": fmt.json_schema.schema}
+        if request.messages is not None or fmt is not None or self.chat_only:
             messages = request.messages or [ChatMessage(role="user", content=request.prompt or "")]
             body["messages"] = msgspec.to_builtins(messages)
             return "/v1/chat/completions", body
@@ -71,7 +74,9 @@ class OpenAIBackend:
                 data = orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:500].decode("utf-8", "replace")
-            raise BackendError("cloud_backend_failed", f"{self.base + path}: HTTP {exc.code}: {detail}") from exc
+            # 4xx: the server refuses this request (a parameter it does not take): another try would too
+            code = "cloud_refused" if 400 <= exc.code < 500 and exc.code not in (408, 429) else "cloud_backend_failed"
+            raise BackendError(code, f"{self.base + path}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, orjson.JSONDecodeError) as exc:
             raise BackendError("cloud_backend_failed", f"{self.base + path}: {exc}") from exc
         try:

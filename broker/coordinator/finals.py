@@ -50,7 +50,8 @@ class Finals:
             timings["predicted_ms"] = job.decision["predicted_ms"]
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
                       timings=timings, error=error, cost=cost if status == "done" else None,
-                      finish_reason=finish_reason if status in ("done", "cancelled") else None, json=answer)
+                      finish_reason=finish_reason if status in ("done", "cancelled") and job.req.extended else None,
+                      json=answer)
         c.jobs.remove(job)
         body = encode(final)
         c.ledger.update(job.key, status, {"error": error.code} if error else None, final=body.decode(), delivered=0)

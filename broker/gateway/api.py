@@ -174,9 +174,18 @@ def usage(final: Final) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def finish_reason(asked: Asked, final: Final) -> str:
+    """The final's finish_reason; a plain prompt's final has none (the first contract), so it is read
+    from the tokens generated."""
+    if final.finish_reason:
+        return final.finish_reason
+    done = final.usage.completion_tokens if final.usage else 0
+    return "length" if done >= asked.prompt.max_tokens else "stop"
+
+
 def completion(asked: Asked, final: Final) -> dict[str, Any]:
     """A done job as ``chat.completion`` or ``text_completion``, with fogmesh's own facts beside."""
-    reason = final.finish_reason or "stop"
+    reason = finish_reason(asked, final)
     if asked.kind == "chat":
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": final.text,
                                                           "refusal": None},
@@ -226,10 +235,11 @@ class Sent:
 
     def chunk(self, chunk: Chunk) -> str:
         """The new text ``chunk`` brings ('' for none); Diverged when it contradicts what was sent."""
-        if chunk.attempt < self.attempt:
+        attempt = chunk.attempt or 1
+        if attempt < self.attempt:
             return ""
-        if chunk.attempt > self.attempt:
-            self.attempt, self.answer, self.seq = chunk.attempt, "", 0
+        if attempt > self.attempt:
+            self.attempt, self.answer, self.seq = attempt, "", 0
         if chunk.seq < self.seq:
             return ""  # a QoS 1 duplicate
         self.seq = chunk.seq + 1

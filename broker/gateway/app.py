@@ -242,7 +242,7 @@ class Streamed(EventSourceResponse):
             return
         if new:
             yield self.data(api.event(asked, new))
-        yield self.data(api.event(asked, "", result.finish_reason or "stop"))
+        yield self.data(api.event(asked, "", api.finish_reason(asked, result)))
         if asked.include_usage:
             yield self.data(api.usage_event(asked, result))
         yield "[DONE]"
