@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.backends.base import Backend, Generation
+from agents.backends.base import Backend, Generation, answer
 from agents.errors import AgentError, BackendError
 from agents.homeassistant import discovery
 from agents.settings import AgentSettings
@@ -304,9 +304,7 @@ class Agent(Daemon):
         interval_s = self.settings.chunk_interval_ms / 1000
         stream = Stream(self.session, spec, interval_s, self.topics) if spec.stream else None
         try:
-            gen = backend.generate(spec, stream.add if stream else (lambda _t: None), job.cancel.is_set)
-            if gen.stopped != "cancelled":  # an answer asked for as JSON must be that JSON before it is done
-                output.parse(gen.text, gen.stopped, spec.response_format)
+            gen = answer(backend, spec, stream.add if stream else (lambda _t: None), job.cancel.is_set)
         except (BackendError, output.OutputError) as exc:
             self.counters["failed"] += 1
             log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 
-from agents.backends.base import Backend
+from agents.backends.base import Backend, answer
 from agents.errors import BackendError
 from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
@@ -114,8 +114,7 @@ class Worker(Daemon):
         beat.start()
         start = time.time()
         try:
-            gen = self.backend.generate(req, lambda _t: None, lambda: False)
-            output.parse(gen.text, gen.stopped, req.response_format)
+            gen = answer(self.backend, req, lambda _t: None)
         except (BackendError, output.OutputError) as exc:
             done.set()
             self.counters["failed"] += 1

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from schemas import output
 from schemas.messages import ModelInfo, Request
 
 Stopped = Literal["stop", "length", "cancelled"]
@@ -104,3 +105,14 @@ class StopStrings:
         if not self.hit:
             self._out(self.pending)
             self.pending = ""
+
+
+def answer(backend: Backend, request: Request, on_text: Callable[[str], None],
+           cancelled: Callable[[], bool] = lambda: False) -> Generation:
+    """Generate, and check the answer against the requested format before anyone calls it done:
+    raises BackendError, or OutputError (``output_truncated``, ``output_invalid``). A cancelled
+    generation is not checked: it ends cancelled whatever it holds."""
+    gen = backend.generate(request, on_text, cancelled)
+    if gen.stopped != "cancelled":
+        output.parse(gen.text, gen.stopped, request.response_format)
+    return gen

@@ -85,18 +85,27 @@ class Sampler:
         lib.llama_sampler_accept(self.chain, token)
         return token
 
-    def _draw(self, grammar_first: bool) -> int:
-        lib = self.lib
+    def _candidates(self, shortlist: bool) -> Any:
+        """The last position's logits as llama.cpp's candidate array: the whole vocabulary, or only
+        its ``SHORTLIST`` likeliest tokens."""
+        lib, cur, arr = self.lib, self._cur, self._all
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
-        cur = self._cur
-        cur["id"] = self._ids
-        cur["logit"] = logits
-        cur["p"] = 0.0
-        arr = self._all
-        arr.size, arr.selected, arr.sorted = self.n_vocab, -1, False
+        if shortlist:
+            ids = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
+            n = len(ids)
+            cur["id"][:n], cur["logit"][:n] = ids, logits[ids]
+        else:
+            n = self.n_vocab
+            cur["id"], cur["logit"] = self._ids, logits
+        cur["p"][:n] = 0.0
+        arr.size, arr.selected, arr.sorted = n, -1, False
+        return arr
+
+    def _draw(self, grammar_first: bool) -> int:
+        arr = self._candidates(shortlist=False)
         if grammar_first:
-            lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
+            self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if arr.selected < 0:
             raise BackendError("generation_failed", "the sampler selected no token")
         return int(arr.data[arr.selected].id)
@@ -109,18 +118,11 @@ class Sampler:
         picks the same token as over the whole vocabulary, and sampling loses only tokens whose
         probability is below the 1,024th likeliest's. A rejection costs ~1 ms instead of ~50 ms.
         """
-        lib, cur, arr = self.lib, self._cur, self._all
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
-        top = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
-        n = len(top)
-        cur["id"][:n] = top
-        cur["logit"][:n] = logits[top]
-        cur["p"][:n] = 0.0
-        arr.size, arr.selected, arr.sorted = n, -1, False
-        lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        if not np.isfinite(cur["logit"][: arr.size]).any():
+        arr = self._candidates(shortlist=True)
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        if not np.isfinite(self._cur["logit"][: arr.size]).any():
             return None
-        lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if arr.selected < 0:
             return None
         return int(arr.data[arr.selected].id)
