@@ -303,8 +303,15 @@ class Agent(Daemon):
         self._dirty.set()
         interval_s = self.settings.chunk_interval_ms / 1000
         stream = Stream(self.session, spec, interval_s, self.topics) if spec.stream else None
+        progress, key = self.board.progress, spec.key
+
+        def emit(text: str) -> None:
+            progress[key] = progress.get(key, 0) + 1  # one piece of text per token; read by the heartbeat
+            if stream:
+                stream.add(text)
+
         try:
-            gen = answer(backend, spec, stream.add if stream else (lambda _t: None), job.cancel.is_set)
+            gen = answer(backend, spec, emit, job.cancel.is_set)
         except (BackendError, output.OutputError) as exc:
             self.counters["failed"] += 1
             log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))
@@ -340,6 +347,7 @@ class Agent(Daemon):
             if self._jobs.get(job.spec.key) is job:
                 del self._jobs[job.spec.key]
                 self.board.jobs.pop(job.spec.key, None)
+                self.board.progress.pop(job.spec.key, None)
         self._dirty.set()
 
     def _hand_back(self, job: _Job, why: str) -> None:
@@ -348,6 +356,7 @@ class Agent(Daemon):
         with self._lock:
             self._jobs.pop(job.spec.key, None)
             self.board.jobs.pop(job.spec.key, None)
+            self.board.progress.pop(job.spec.key, None)
 
     # ------------------------------------------------------------------ publishing
 

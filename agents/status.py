@@ -66,6 +66,7 @@ class StatusBoard:
         self.ttft_ms = Ewma()
         self.window = TokenWindow(settings.budget_window_s)
         self.jobs: dict[str, str] = {}  # key -> "queued" | "running"
+        self.progress: dict[str, int] = {}  # key -> tokens so far, of the running jobs
         self._seq = 0
         self._lock = threading.Lock()
         self.host = socket.gethostname()
@@ -110,6 +111,7 @@ class StatusBoard:
                 slots_free=max(0, s.slots - running),
                 queue_depth=queued,
                 jobs=sorted(self.jobs),
+                progress=dict(self.progress),
                 decode_tps=round(self.decode_tps.value, 2),
                 ttft_ms=round(self.ttft_ms.value, 2),
                 mem_free_bytes=mem_free_bytes(),

@@ -151,6 +151,7 @@ class AgentStatus(_Message, frozen=True):
     slots_free: NonNegative = 0
     queue_depth: NonNegative = 0
     jobs: list[str] = []
+    progress: dict[str, int] = {}  # job key -> tokens generated so far, for the running ones
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
     mem_free_bytes: NonNegative = 0
@@ -174,6 +175,19 @@ class CoordinatorStatus(_Message, frozen=True):
     ts: float = 0.0
 
 
+class SiteWindow(_Message, frozen=True):
+    """What the site did lately, in the mesh status: the last ``window_s`` and totals since start."""
+
+    window_s: float
+    finished: NonNegative = 0  # jobs that ended in the window, any status (jobs per minute for 60 s)
+    done: NonNegative = 0
+    cloud_share: float = 0.0  # of the done jobs in the window, the share the cloud served (0-1)
+    latency_p50_ms: float = 0.0  # median, accepted to final, done jobs in the window
+    ttft_p50_ms: float = 0.0
+    totals: dict[str, dict[str, int]] = {}  # final status -> tier ("edge", "cloud", "none") -> jobs
+    cloud_spend: float = 0.0  # since the coordinator started, in the currency of the bridge's prices
+
+
 class MeshStatus(_Message, frozen=True):
     """Retained on ``fogmesh/<site>/mesh/status``: the site at a glance."""
 
@@ -184,6 +198,69 @@ class MeshStatus(_Message, frozen=True):
     running: NonNegative
     predicted_wait_ms: float = 0.0
     overloaded: bool = False
+    recent: SiteWindow | None = None
+    ts: float = 0.0
+
+
+JobPhase = Literal["queued", "assigned", "generating", "offloaded"]
+
+
+class JobView(_Message, frozen=True):
+    """One live job as operators see it."""
+
+    key: str  # <device>/<job id>
+    state: JobPhase
+    node: str = ""  # the agent, or "cloud"
+    created_at: float = 0.0  # unix seconds: accepted
+    started_at: float = 0.0  # unix seconds: generation started (0: not yet)
+    tokens: NonNegative = 0  # generated so far, as the agent last reported
+    max_tokens: NonNegative = 0
+    priority: NonNegative = 0
+
+
+class FinishedJob(_Message, frozen=True):
+    """One of the last jobs to end."""
+
+    key: str
+    status: Status
+    tier: str = "none"
+    node: str = ""
+    total_ms: float = 0.0
+    tokens: NonNegative = 0
+    code: str = ""  # the error code of a job that did not end done
+    ended_at: float = 0.0
+
+
+class MeshJobs(_Message, frozen=True):
+    """Retained on ``fogmesh/<site>/mesh/jobs``: the live jobs (oldest first, at most ``limit``) and
+    the last jobs to end, newest first."""
+
+    live: NonNegative  # all live jobs, also those past the limit
+    limit: NonNegative
+    jobs: list[JobView] = []
+    finished: list[FinishedJob] = []
+    ts: float = 0.0
+
+
+class HistoryStep(_Message, frozen=True):
+    ts: float  # the step's start, unix seconds
+    done: NonNegative = 0
+    rejected: NonNegative = 0
+    expired: NonNegative = 0
+    error: NonNegative = 0
+    cancelled: NonNegative = 0
+    cloud: NonNegative = 0  # done jobs the cloud served
+    tokens: NonNegative = 0
+    cloud_spend: float = 0.0
+    latency_p50_ms: float = 0.0
+    ttft_p50_ms: float = 0.0
+
+
+class MeshHistory(_Message, frozen=True):
+    """Retained on ``fogmesh/<site>/mesh/history``: the last 15 minutes, oldest step first."""
+
+    step_s: float
+    steps: list[HistoryStep] = []
     ts: float = 0.0
 
 
@@ -340,6 +417,8 @@ STATUS_MESSAGES: dict[str, type[Any]] = {
     "agent-status": AgentStatus,
     "coordinator-status": CoordinatorStatus,
     "mesh-status": MeshStatus,
+    "mesh-jobs": MeshJobs,
+    "mesh-history": MeshHistory,
     "bridge-status": BridgeStatus,
 }
 INTERNAL_MESSAGES: dict[str, type[Any]] = {

@@ -12,6 +12,8 @@ Fleet dashboards (retained)::
     fogmesh/<site>/coordinator/status
     fogmesh/<site>/bridge/status
     fogmesh/<site>/mesh/status
+    fogmesh/<site>/mesh/jobs                       live jobs and the last to end
+    fogmesh/<site>/mesh/history                    the last 15 minutes in 10-second steps
 
 Internal::
 
@@ -93,6 +95,14 @@ class Topics:
     @property
     def mesh_status(self) -> str:
         return f"{self.prefix}/mesh/status"
+
+    @property
+    def mesh_jobs(self) -> str:
+        return f"{self.prefix}/mesh/jobs"
+
+    @property
+    def mesh_history(self) -> str:
+        return f"{self.prefix}/mesh/history"
 
     # internal
     def assign(self, agent: str) -> str:

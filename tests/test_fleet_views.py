@@ -145,3 +145,49 @@ def test_the_dashboard_asks_for_a_password_instead_of_taking_it_from_its_url(dae
             assert page.is_hidden("#login")
         finally:
             browser.close()
+
+
+def test_the_site_publishes_its_live_jobs_with_tokens_and_what_it_did_lately(daemons, broker_url, site_id, device):
+    from broker.runtime.mqtt import BrokerAddress
+    from tests.services import Listener
+
+    daemons("coordinator")
+    daemons("agent", *agent_args("a1"), env={"FOGMESH_AGENT_HEARTBEAT_S": "0.5"})
+    wait_online(broker_url, site_id, 1)
+    watch = Listener(BrokerAddress.parse(broker_url), f"fogmesh/{site_id}/mesh/#")
+    try:
+        device.send({"id": "long", "prompt": "Count from one to one thousand in words: one, two,",
+                     "max_tokens": 96})
+
+        def generating() -> dict | None:
+            views = [m for t, m in list(watch.messages) if t.endswith("/mesh/jobs")]
+            return next((j for m in views for j in m["jobs"]
+                         if j["key"] == f"{device.device_id}/long" and j["state"] == "generating" and j["tokens"]),
+                        None)
+
+        job = wait_for(generating, 30, every_s=0.2, what="the job generating, with tokens, in mesh/jobs")
+        assert job["node"] == "a1" and job["started_at"] >= job["created_at"] > 0 and job["max_tokens"] == 96
+        device.send({"id": "bad", "prompt": "x", "max_tokens": -1})
+        assert device.final("bad")["status"] == "rejected"
+        final = device.final("long")
+        assert final["status"] == "done"
+
+        def latest(suffix: str) -> dict:
+            return [m for t, m in list(watch.messages) if t.endswith(suffix)][-1]
+
+        wait_for(lambda: latest("/mesh/status")["recent"]["totals"].get("done"), 10, what="totals in mesh status")
+        recent = latest("/mesh/status")["recent"]
+        assert recent["totals"] == {"done": {"edge": 1}, "rejected": {"none": 1}}
+        assert recent["finished"] == 2 and recent["done"] == 1 and recent["cloud_share"] == 0.0
+        assert recent["latency_p50_ms"] == round(final["timings"]["total_ms"], 1)
+        wait_for(lambda: len(latest("/mesh/jobs")["finished"]) == 2, 10, what="both jobs listed as finished")
+        ended = {f["key"].split("/")[-1]: f for f in latest("/mesh/jobs")["finished"]}
+        assert ended["long"]["tokens"] == final["usage"]["completion_tokens"] and ended["long"]["node"] == "a1"
+        assert ended["bad"]["status"] == "rejected" and ended["bad"]["code"] == "invalid_value"
+        assert latest("/mesh/jobs")["jobs"] == []
+        history = wait_for(lambda: sum(s["done"] for s in latest("/mesh/history")["steps"]) and
+                           latest("/mesh/history"), 15, what="the done job in the history")
+        assert sum(s["tokens"] for s in history["steps"]) == final["usage"]["completion_tokens"]
+        assert sum(s["rejected"] for s in history["steps"]) == 1
+    finally:
+        watch.close()

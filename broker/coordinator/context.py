@@ -13,6 +13,7 @@ from broker.coordinator.ledger import Ledger
 from broker.coordinator.registry import Registry
 from broker.coordinator.scheduler import CloudTier
 from broker.coordinator.settings import CoordinatorSettings
+from broker.coordinator.stats import SiteStats
 from broker.runtime.delivery import Delivery
 from broker.runtime.metrics import TOKENS_PER_S, Metrics
 from broker.runtime.mqtt import Message, Publisher
@@ -91,6 +92,7 @@ class Core:
     jobs: Jobs = field(init=False)
     pending: Pending = field(default_factory=Pending)
     cloud: CloudTier = field(default_factory=CloudTier)  # enabled while a bridge's status says it is online
+    stats: SiteStats = field(default_factory=SiteStats)
     m: CoordinatorMetrics = field(init=False)
 
     def __post_init__(self) -> None:

@@ -57,6 +57,10 @@ class Finals:
         c.ledger.update(job.key, status, {"error": error.code} if error else None, final=body.decode(), delivered=0)
         c.count(status)
         tier = served_by.tier if served_by else "none"
+        c.stats.record(now, job.key, status, tier, node=served_by.node if served_by else "",
+                       code=error.code if error else "", tokens=usage.completion_tokens if usage else 0,
+                       latency_ms=timings["total_ms"], ttft_ms=timings.get("ttft_ms"),
+                       cloud_spend=(cost or {}).get("cloud", 0.0) if status == "done" else 0.0)
         c.m.finals.labels(status, tier).inc()
         if status == "done":
             c.m.latency.labels(tier).observe(timings["total_ms"] / 1000)
@@ -106,6 +110,7 @@ class Finals:
                          "request": request, "created_at": c.clock(), "final": body.decode()},
                         {"code": code, "message": message})
         c.count("rejected")
+        c.stats.record(c.clock(), key, "rejected", "none", code=code)
         c.m.finals.labels("rejected", "none").inc()
         c.m.rejections.labels(code).inc()
         log.info(kv("job_rejected", job=key, code=code, detail=message))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import secrets
 import time
 from collections.abc import Iterator
@@ -86,6 +87,10 @@ class Jobs:
 
     def __iter__(self) -> Iterator[Job]:
         return iter(list(self._by_key.values()))
+
+    def oldest(self, n: int) -> list[Job]:
+        """The first ``n`` live jobs by arrival (keys are kept in the order jobs were added)."""
+        return list(itertools.islice(self._by_key.values(), n))
 
     def get(self, key: str) -> Job | None:
         return self._by_key.get(key)

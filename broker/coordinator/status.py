@@ -1,5 +1,6 @@
 """What the coordinator tells the fleet: its retained status (its heartbeat, with counters), the
-site's mesh status (agents, slots, queue, backpressure), and its Prometheus gauges."""
+site's mesh status (agents, slots, queue, backpressure, what it did lately), its live jobs, its
+last 15 minutes, and its Prometheus gauges."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.coordinator.context import Core
-from broker.coordinator.jobs import JobState
+from broker.coordinator.jobs import Job, JobState
 from broker.coordinator.scheduler import AgentView
+from broker.coordinator.stats import STEP_S
 from broker.runtime import __version__
 from broker.runtime.mqtt import Publisher
 from schemas import encode
-from schemas.messages import CoordinatorState, CoordinatorStatus, MeshStatus
+from schemas.messages import CoordinatorState, CoordinatorStatus, JobPhase, JobView, MeshJobs, MeshStatus
+
+JOBS_SHOWN = 200  # live jobs in mesh/jobs; a dashboard lists the oldest, the count says how many more
+PHASE: dict[JobState, JobPhase] = {JobState.QUEUED: "queued", JobState.ASSIGNED: "assigned",
+                                   JobState.ACCEPTED: "assigned", JobState.RUNNING: "generating",
+                                   JobState.OFFLOADED: "offloaded"}
 
 
 class StatusBoard:
@@ -24,6 +31,8 @@ class StatusBoard:
         self.views = views
         self.last: MeshStatus | None = None
         self._last_at = 0.0
+        self._jobs_shown: tuple[Any, ...] | None = None
+        self._history_at = 0.0
 
     def coordinator(self, state: CoordinatorState) -> CoordinatorStatus:
         c = self.core
@@ -50,20 +59,38 @@ class StatusBoard:
             running=sum(1 for j in c.jobs if j.state.on_agent),
             predicted_wait_ms=round(backlog / tps * 1000, 1) if tps else 0.0,
             overloaded=len(queued) >= c.settings.max_queue * 0.8 or (bool(queued) and not views),
+            recent=c.stats.window(c.clock()),
             ts=c.clock(),
         )
 
+    def jobs(self) -> MeshJobs:
+        c = self.core
+        progress = {key: n for k in c.registry.agents.values() for key, n in k.status.progress.items()}
+        shown = [_view(j, progress) for j in c.jobs.oldest(JOBS_SHOWN)]
+        return MeshJobs(live=len(c.jobs), limit=JOBS_SHOWN, jobs=shown, finished=list(reversed(c.stats.last)),
+                        ts=c.clock())
+
     def publish_mesh(self, session: Publisher) -> None:
-        """On a change (at most 4 times a second), and at the status interval as a heartbeat."""
+        """On a change (at most 4 times a second), and at the status interval as a heartbeat; the
+        live jobs when they change (tokens too), the history every step."""
         mono = time.monotonic()
         if mono - self._last_at < 0.25:
             return
-        mesh = self.mesh()
-        same = self.last is not None and _strip_ts(self.last) == _strip_ts(mesh)
-        if same and mono - self._last_at < self.core.settings.status_interval_s:
+        c = self.core
+        mesh, jobs = self.mesh(), self.jobs()
+        shown = (jobs.live, tuple((j.key, j.state, j.node, j.tokens) for j in jobs.jobs),
+                 jobs.finished[0].key if jobs.finished else None)
+        heartbeat = mono - self._last_at >= c.settings.status_interval_s
+        if heartbeat or shown != self._jobs_shown:
+            self._jobs_shown = shown
+            session.publish(c.topics.mesh_jobs, encode(jobs), qos=1, retain=True)
+        if mono - self._history_at >= STEP_S:
+            self._history_at = mono
+            session.publish(c.topics.mesh_history, encode(c.stats.history(c.clock())), qos=1, retain=True)
+        if not heartbeat and self.last is not None and _strip_ts(self.last) == _strip_ts(mesh):
             return
         self.last, self._last_at = mesh, mono
-        session.publish(self.core.topics.mesh_status, encode(mesh), qos=1, retain=True)
+        session.publish(c.topics.mesh_status, encode(mesh), qos=1, retain=True)
         self.publish(session, "online")  # its counters and timestamp are the coordinator's heartbeat
 
     def gauges(self, reconnects: Callable[[], int]) -> None:
@@ -76,4 +103,11 @@ class StatusBoard:
 
 
 def _strip_ts(m: MeshStatus) -> tuple[Any, ...]:
-    return (m.agents_online, m.slots_total, m.slots_free, m.queue_depth, m.running, m.overloaded)
+    return (m.agents_online, m.slots_total, m.slots_free, m.queue_depth, m.running, m.overloaded,
+            m.recent.totals if m.recent else None)
+
+
+def _view(job: Job, progress: dict[str, int]) -> JobView:
+    return JobView(key=job.key, state=PHASE[job.state], node="cloud" if job.state is JobState.OFFLOADED else
+                   (job.agent or ""), created_at=job.created_at, started_at=job.started_at or 0.0,
+                   tokens=progress.get(job.key, 0), max_tokens=job.req.max_tokens, priority=job.req.priority)

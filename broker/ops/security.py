@@ -66,7 +66,8 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
     """(access, topic filter) pairs a user of ``role`` called ``name`` is allowed, and nothing else."""
     p = topics.prefix
     status = [("read", topics.agent_status()), ("read", topics.coordinator_status),
-              ("read", topics.bridge_status), ("read", topics.mesh_status)]
+              ("read", topics.bridge_status), ("read", topics.mesh_status), ("read", topics.mesh_jobs),
+              ("read", topics.mesh_history)]
     if role == "device":
         return [("write", topics.prompts(name)), ("write", topics.cancel(name)), ("read", topics.results(name))]
     if role == "agent":
@@ -80,7 +81,8 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
                 ("read", topics.explain),
                 ("write", topics.assign("+")), ("write", topics.control("+")), ("write", f"{p}/results/#"),
                 ("write", f"{p}/deadletter/#"), ("write", topics.coordinator_status),
-                ("write", topics.mesh_status), ("write", topics.cloud_requests),
+                ("write", topics.mesh_status), ("write", topics.mesh_jobs), ("write", topics.mesh_history),
+                ("write", topics.cloud_requests),
                 ("write", f"{topics.explain}/reply/#")]
     if role == "bridge":
         return [("read", topics.cloud_requests), ("write", topics.cloud_events), ("write", topics.bridge_status)]
