@@ -12,6 +12,7 @@ from typing import Any
 
 from broker.coordinator.context import Core
 from broker.coordinator.jobs import Job, JobState
+from broker.coordinator.registry import Known
 from broker.coordinator.scheduler import AgentView
 from broker.coordinator.stats import STEP_S
 from broker.runtime import __version__
@@ -65,8 +66,7 @@ class StatusBoard:
 
     def jobs(self) -> MeshJobs:
         c = self.core
-        progress = {key: n for k in c.registry.agents.values() for key, n in k.status.progress.items()}
-        shown = [_view(j, progress) for j in c.jobs.oldest(JOBS_SHOWN)]
+        shown = [_view(j, c.registry.agents.get(j.agent) if j.agent else None) for j in c.jobs.oldest(JOBS_SHOWN)]
         return MeshJobs(live=len(c.jobs), limit=JOBS_SHOWN, jobs=shown, finished=list(reversed(c.stats.last)),
                         ts=c.clock())
 
@@ -107,7 +107,9 @@ def _strip_ts(m: MeshStatus) -> tuple[Any, ...]:
             m.recent.totals if m.recent else None)
 
 
-def _view(job: Job, progress: dict[str, int]) -> JobView:
+def _view(job: Job, agent: Known | None) -> JobView:
+    """A live job as operators see it; its tokens so far only as the agent it is on reports them."""
+    tokens = agent.status.progress.get(job.key, 0) if agent is not None else 0
     return JobView(key=job.key, state=PHASE[job.state], node="cloud" if job.state is JobState.OFFLOADED else
                    (job.agent or ""), created_at=job.created_at, started_at=job.started_at or 0.0,
-                   tokens=progress.get(job.key, 0), max_tokens=job.req.max_tokens, priority=job.req.priority)
+                   tokens=max(0, tokens), max_tokens=job.req.max_tokens, priority=job.req.priority)
