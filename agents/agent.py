@@ -57,7 +57,8 @@ class Agent(Daemon):
         first used the context, and a context driven from another thread decoded
         2.5x slower here (50 -> 20 tokens/s with 2 threads on 2 cores).
         """
-        super().__init__(settings, {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0})
+        super().__init__(settings, {"accepted": 0, "done": 0, "failed": 0, "cancelled": 0, "refused": 0},
+                         labels={"agent": settings.agent_id})
         self.settings = settings
         self._make_slot = make_slot
         self.slots: list[dict[str, Backend]] = []
@@ -80,12 +81,19 @@ class Agent(Daemon):
         self._draining = False
         self._workers: list[threading.Thread] = []
         m = self.metrics
-        self.m_ttft = m.histogram("agent_ttft_seconds", "Time to first token on this agent")
-        self.m_tokens = m.counter("agent_tokens_total", "Tokens generated")
-        m.gauge("agent_slots_total", "Slots (concurrent generations)", lambda: self.settings.slots)
-        m.gauge("agent_slots_busy", "Slots generating now", self.board.running)
-        m.gauge("agent_queue_depth", "Assignments waiting for a slot", lambda: self._queue.qsize())
-        m.gauge("agent_decode_tokens_per_second", "Decode rate (moving average)", lambda: self.board.decode_tps.value)
+        self.m_ttft = m.histogram("ttft_seconds", "Time to first token on this agent, by model", labels=("model",))
+        self.m_tokens = m.counter("tokens_total", "Tokens generated, by model", ("model",))
+        self.m_prompt_tokens = m.counter("prompt_tokens_total", "Prompt tokens read, by model", ("model",))
+        # Their ratio over any window is the decode rate, weighted by tokens as a moving average is not.
+        self.m_decode_tokens = m.counter("decode_tokens_total", "Tokens decoded after the first, by model",
+                                         ("model",))
+        self.m_decode_s = m.counter("decode_seconds_total", "Time spent decoding after the first token, by model",
+                                    ("model",))
+        m.gauge("slots", "Slots (concurrent generations)", lambda: self.settings.slots)
+        m.gauge("slots_busy", "Slots generating now", self.board.running)
+        m.gauge("queue_depth", "Assignments waiting for a slot", lambda: self._queue.qsize())
+        m.gauge("decode_tokens_per_second", "Decode rate the agent advertises (moving average, all models)",
+                lambda: self.board.decode_tps.value)
         m.reconnects(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
@@ -321,9 +329,7 @@ class Agent(Daemon):
         if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
         self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
-        self.m_tokens.inc(gen.completion_tokens)
-        if gen.completion_tokens:
-            self.m_ttft.observe(gen.ttft_s)
+        self._measure(spec.model or self.default_model, gen)
         if job.handback:
             self._hand_back(job, "agent stopped before the job finished")
             self._finish(job)
@@ -341,6 +347,15 @@ class Agent(Daemon):
         log.info(kv("job_done", job=spec.key, stopped=gen.stopped, tokens=gen.completion_tokens,
                     ttft_ms=timings["ttft_ms"], decode_tps=timings["decode_tps"], cancel_to_stop_ms=stop_ms))
         self._finish(job)
+
+    def _measure(self, model: str, gen: Generation) -> None:
+        self.m_tokens.labels(model).inc(gen.completion_tokens)
+        self.m_prompt_tokens.labels(model).inc(gen.prompt_tokens)
+        if gen.completion_tokens:
+            self.m_ttft.labels(model).observe(gen.ttft_s)
+        if gen.decode_tps:
+            self.m_decode_tokens.labels(model).inc(gen.completion_tokens - 1)
+            self.m_decode_s.labels(model).inc(gen.total_s - gen.ttft_s)
 
     def _finish(self, job: _Job) -> None:
         with self._lock:

@@ -62,12 +62,11 @@ class Bridge(Daemon):
         self.session = Session(settings.address(), f"fogmesh-bridge-{settings.site}",
                                self._on_message, will=(self.topics.bridge_status, encode(will)),
                                keepalive_s=settings.keepalive_s, manual_ack=True)
-        self.metrics.gauge("bridge_outbox_depth", "Jobs waiting in the outbox to be sent",
-                           lambda: self.outbox.depth()[0])
-        self.metrics.gauge("bridge_outbox_oldest_seconds", "Age of the oldest job in the outbox",
+        self.metrics.gauge("outbox_depth", "Jobs waiting in the outbox to be sent", lambda: self.outbox.depth()[0])
+        self.metrics.gauge("outbox_oldest_seconds", "Age of the oldest job in the outbox",
                            lambda: self.outbox.depth()[1])
-        self.metrics.gauge("bridge_cloud_reachable", "1 while the queue service answers", lambda: self.reachable)
-        self.metrics.gauge("bridge_dead_letters", "Messages in the dead-letter queues", lambda: self._dlq_depth)
+        self.metrics.gauge("cloud_reachable", "1 while the queue service answers", lambda: self.reachable)
+        self.metrics.gauge("dead_letter_queue_depth", "Messages in the dead-letter queues", lambda: self._dlq_depth)
         self.metrics.reconnects(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle

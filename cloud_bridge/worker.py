@@ -58,8 +58,11 @@ class Worker(Daemon):
         self.queue = queue or SqsQueue(settings.endpoint_url or None, settings.region or None, settings.bucket,
                                        settings.max_message_bytes)
         self._url = ""
-        self.m_tokens = self.metrics.counter("worker_tokens_total", "Tokens generated")
-        self.m_latency = self.metrics.histogram("worker_job_seconds", "From receiving a request to sending its result")
+        # The worker serves every site: its job metrics carry the site each job came from.
+        self.m_tokens = self.metrics.counter("tokens_total", "Tokens generated, by the job's site and model",
+                                             ("site", "model"))
+        self.m_latency = self.metrics.histogram("job_seconds", "From receiving a request to sending its result, "
+                                                "by the job's site and model", labels=("site", "model"))
 
     def start(self) -> None:
         s = self.settings
@@ -141,8 +144,8 @@ class Worker(Daemon):
         self._reply(req, result)
         self.queue.delete(self._url, m.receipt)
         self.counters["done"] += 1
-        self.m_tokens.inc(gen.completion_tokens)
-        self.m_latency.observe(time.time() - start)
+        self.m_tokens.labels(req.site, self.backend.info.name).inc(gen.completion_tokens)
+        self.m_latency.labels(req.site, self.backend.info.name).observe(time.time() - start)
         log.info(kv("job_done", job=req.key, tokens=gen.completion_tokens, decode_tps=gen.decode_tps))
 
     def _retry_soon(self, m: Received) -> None:

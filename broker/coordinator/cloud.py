@@ -10,13 +10,14 @@ from broker.coordinator.context import Core
 from broker.coordinator.explain import explained
 from broker.coordinator.finals import Finals
 from broker.coordinator.jobs import Job, JobState
-from broker.coordinator.scheduler import CloudTier, Decision, cloud_cost
+from broker.coordinator.scheduler import OFFLOAD_REASONS, CloudTier, Decision, cloud_cost
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
 from schemas import encode
 from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo, ServedBy, request_of
 
 log = logging.getLogger("fogmesh.coordinator")
+OFFLOAD_CODES = {words: code for code, words in OFFLOAD_REASONS.items()}
 
 
 class Cloud:
@@ -44,6 +45,7 @@ class Cloud:
         c.jobs.place(job, None)
         job.state, job.decision = JobState.OFFLOADED, explained(decision)
         c.count("offloaded")
+        c.m.offloads.labels(OFFLOAD_CODES.get(decision.reason, "other")).inc()
         c.ledger.update(job.key, "offloaded", job.decision, agent=None, attempt=job.attempt, tier="cloud")
         req = CloudRequest(key=job.key, site=c.settings.site, device=job.device, job=job.job, attempt=job.attempt,
                            priority=job.req.priority, deadline_at=job.deadline_at, offline_ok=job.req.offline_ok,

@@ -52,10 +52,17 @@ class Pending:
 
 @dataclass
 class CoordinatorMetrics:
+    """The coordinator's own metrics (``fogmesh_coordinator_*``); ``model`` is the model a job asked for
+    or, when it named none, the default model of the agent that served it."""
+
     metrics: Metrics
     finals: Any = None
     rejections: Any = None
     unanswered: Any = None
+    offloads: Any = None
+    dead_letters: Any = None
+    spend: Any = None
+    energy: Any = None
     queue_wait: Any = None
     ttft: Any = None
     latency: Any = None
@@ -63,18 +70,25 @@ class CoordinatorMetrics:
 
     @classmethod
     def create(cls, m: Metrics) -> CoordinatorMetrics:
+        tier_model = ("tier", "model")
         return cls(
             metrics=m,
-            finals=m.counter("jobs_total", "Jobs finished, by final status and the tier that served them",
-                             ("status", "tier")),
+            finals=m.counter("jobs_total", "Jobs finished, by final status, the tier that served them and model",
+                             ("status", "tier", "model")),
             rejections=m.counter("rejections_total", "Prompts rejected, by error code", ("code",)),
             unanswered=m.counter("prompts_unanswered_total",
                                  "Prompts that could not be answered on a result topic, by reason", ("reason",)),
+            offloads=m.counter("offloads_total", "Jobs sent to the cloud tier, by why the edge did not take them",
+                               ("reason",)),
+            dead_letters=m.counter("dead_letters_total", "Jobs given up after their retries, left as dead letters"),
+            spend=m.counter("spend_total", "What done jobs cost, in the currency of the configured prices "
+                            "(price_per_kwh at the edge, price_in/out_per_1k in the cloud)", tier_model),
+            energy=m.counter("edge_energy_joules_total", "Energy done edge jobs took (agents' joules per token)",
+                             ("model",)),
             queue_wait=m.histogram("queue_wait_seconds", "From accepted to started on an agent or the cloud"),
-            ttft=m.histogram("ttft_seconds", "Time to first token of finished jobs", labels=("tier",)),
-            latency=m.histogram("latency_seconds", "From accepted to the final message, done jobs",
-                                labels=("tier",)),
-            tps=m.histogram("decode_tokens_per_second", "Decode rate of done jobs", TOKENS_PER_S, ("tier",)),
+            ttft=m.histogram("ttft_seconds", "Time to first token of done jobs", labels=tier_model),
+            latency=m.histogram("latency_seconds", "From accepted to the final message, done jobs", labels=tier_model),
+            tps=m.histogram("decode_tokens_per_second", "Decode rate of done jobs", TOKENS_PER_S, tier_model),
         )
 
 

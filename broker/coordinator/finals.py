@@ -61,17 +61,40 @@ class Finals:
                        code=error.code if error else "", tokens=usage.completion_tokens if usage else 0,
                        latency_ms=timings["total_ms"], ttft_ms=timings.get("ttft_ms"),
                        cloud_spend=(cost or {}).get("cloud", 0.0) if status == "done" else 0.0)
-        c.m.finals.labels(status, tier).inc()
-        if status == "done":
-            c.m.latency.labels(tier).observe(timings["total_ms"] / 1000)
-            if "ttft_ms" in timings:
-                c.m.ttft.labels(tier).observe(timings["ttft_ms"] / 1000)
-            if timings.get("decode_tps"):
-                c.m.tps.labels(tier).observe(timings["decode_tps"])
+        self.measure(job, status, served_by, timings, final.cost)
         log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
                     total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,
                     code=error.code if error else None))
         self.publish(job.key, job.device, job.job, body, job.response_topic, job.correlation)
+
+    def measure(self, job: Job, status: Status, served_by: ServedBy | None, timings: dict[str, float],
+                cost: dict[str, float] | None) -> None:
+        c = self.core
+        tier = served_by.tier if served_by else "none"
+        model = self.model(job, served_by)
+        c.m.finals.labels(status, tier, model).inc()
+        if status != "done":
+            return
+        c.m.latency.labels(tier, model).observe(timings["total_ms"] / 1000)
+        if "ttft_ms" in timings:
+            c.m.ttft.labels(tier, model).observe(timings["ttft_ms"] / 1000)
+        if timings.get("decode_tps"):
+            c.m.tps.labels(tier, model).observe(timings["decode_tps"])
+        if cost:
+            c.m.spend.labels(tier, model).inc(cost.get(tier, 0.0))
+            c.m.energy.labels(model).inc(cost.get("energy_j", 0.0))
+
+    def model(self, job: Job, served_by: ServedBy | None) -> str:
+        """The metrics' ``model``: the one the job asked for, if some tier holds it (a device's made-up
+        name must not become a series of its own), else the default model of the agent that served it."""
+        c = self.core
+        known = c.registry.agents.get(served_by.node) if served_by and served_by.tier == "edge" else None
+        asked = job.req.model
+        if asked and (asked in c.cloud.models or (known and asked in known.models) or asked in c.registry.models()):
+            return asked
+        if known and known.status.models:
+            return known.status.models[0].name
+        return "default" if served_by else "none"
 
     def publish(self, key: str, device: str, job_id: str, body: bytes, response_topic: str | None,
                 correlation: str | None) -> None:
@@ -111,7 +134,7 @@ class Finals:
                         {"code": code, "message": message})
         c.count("rejected")
         c.stats.record(c.clock(), key, "rejected", "none", code=code)
-        c.m.finals.labels("rejected", "none").inc()
+        c.m.finals.labels("rejected", "none", "none").inc()
         c.m.rejections.labels(code).inc()
         log.info(kv("job_rejected", job=key, code=code, detail=message))
         self.publish(key, device, job_id, body, msg.response_topic, corr)
@@ -136,6 +159,7 @@ class Finals:
         c = self.core
         agents = sorted(job.exclude | ({job.agent} if job.agent else set()))
         self.finish(job, "error", error=error)
+        c.m.dead_letters.inc()
         letter = DeadLetter(key=job.key, device=job.device, job=job.job, attempts=job.attempt, agents=agents,
                             error=error, ts=c.clock())
         c.ledger.note(job.key, "dead_letter", orjson.loads(encode(letter)))

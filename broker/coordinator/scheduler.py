@@ -94,6 +94,15 @@ class Candidate:
     has_room: bool = False
 
 
+# Why a job goes to the cloud: a short code (the offloads metric's label) and the words the decision
+# (and `fogmesh explain`) gives.
+OFFLOAD_REASONS = {
+    "no_eligible_agent": "no eligible edge agent",
+    "deadline": "no edge agent meets the deadline; the cloud does",
+    "edge_full": "every eligible agent is full",
+}
+
+
 @dataclass(frozen=True)
 class Decision:
     """``target`` is ``agent`` (run there now), ``cloud``, or ``wait`` (stay queued: see ``agent``)."""
@@ -181,14 +190,14 @@ def decide(
         target: Literal["agent", "wait"] = "agent" if c.has_room else "wait"
         return Decision(target, policy, c.agent, c.completion_s, c.cost, at_risk, reason, cands)
 
-    def to_cloud(reason: str) -> Decision:
-        return Decision("cloud", policy, None, cloud_s, c_cost, False, reason, cands)
+    def to_cloud(code: str) -> Decision:
+        return Decision("cloud", policy, None, cloud_s, c_cost, False, OFFLOAD_REASONS[code], cands)
 
     if not eligible:
         # No edge agent can take it at all: the cloud, even while unreachable (the bridge
         # holds offline_ok jobs and fails the others after its send timeout).
         if cloud_allowed:
-            return to_cloud("no eligible edge agent")
+            return to_cloud("no_eligible_agent")
         # Over budget, offline or missing the model: the job waits until an agent can take it.
         return Decision("wait", policy, reason="no eligible edge agent", candidates=cands)
 
@@ -208,7 +217,7 @@ def decide(
                                             by_name[c.agent].outstanding / max(by_name[c.agent].slots, 1), c.agent))
             return to_agent(best, "cheapest agent that meets the deadline")
         if cloud_ok and (job.deadline_at is None or now + cloud_s <= job.deadline_at):
-            return to_cloud("no edge agent meets the deadline; the cloud does")
+            return to_cloud("deadline")
         fastest = min(eligible, key=lambda c: (c.completion_s, c.agent))
         return to_agent(fastest, "no tier meets the deadline: fastest agent", at_risk=True)
 
@@ -216,7 +225,7 @@ def decide(
     if not roomy:
         # The research's policies offload demand the edge cannot take now.
         if cloud_ok:
-            return to_cloud("every eligible agent is full")
+            return to_cloud("edge_full")
         best = min(eligible, key=lambda c: (c.wait_s, c.agent))
         return to_agent(best, "every eligible agent is full: wait for the first free")
     rng = rng or random.Random()

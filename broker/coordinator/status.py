@@ -98,6 +98,7 @@ class StatusBoard:
         m.gauge("queue_depth", "Jobs waiting for an agent", lambda: len(c.jobs.waiting))
         m.gauge("jobs_in_flight", "Jobs accepted and not yet finished", lambda: len(c.jobs))
         m.gauge("agents_online", "Agents online", lambda: len(c.registry.online()))
+        m.gauge("slots", "Slots across online agents", lambda: self.last.slots_total if self.last else 0)
         m.gauge("slots_free", "Free slots across online agents", lambda: self.last.slots_free if self.last else 0)
         m.reconnects(reconnects)
 

@@ -40,11 +40,11 @@ class Gateway(Daemon):
         self.keys = settings.api_keys()  # ConfigError before anything starts
         self.relay = Relay(settings, session)
         self.metrics.reconnects(lambda: self.relay.session.reconnects)
-        self.metrics.gauge("gateway_broker_connected", "1 while the gateway's MQTT session is up",
+        self.metrics.gauge("broker_connected", "1 while the gateway's MQTT session is up",
                            lambda: float(self.relay.connected))
-        self.metrics.gauge("gateway_requests_in_flight", "Requests waiting for their job's answer",
+        self.metrics.gauge("requests_in_flight", "Requests waiting for their job's answer",
                            lambda: float(self.relay.in_flight))
-        latency = self.metrics.histogram("gateway_request_seconds", "HTTP requests by path and status, "
+        latency = self.metrics.histogram("request_seconds", "HTTP requests by path and status, "
                                          "from the request to its last byte", labels=("path", "http_status"))
         app = Routes(self.relay, self.keys, settings, self.counters, latency).app()
         self.server = uvicorn.Server(uvicorn.Config(

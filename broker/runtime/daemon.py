@@ -10,7 +10,7 @@ import threading
 from broker.runtime.logs import kv
 from broker.runtime.metrics import Metrics
 from broker.runtime.notify import Notifier
-from broker.runtime.settings import DaemonSettings
+from broker.runtime.settings import Connection, DaemonSettings
 
 log = logging.getLogger("fogmesh.daemon")
 
@@ -25,10 +25,14 @@ class Daemon:
     name = "daemon"  # the metrics' namespace
     stopped_event = "daemon_stopped"  # the last log line's event
 
-    def __init__(self, settings: DaemonSettings, counters: dict[str, int]) -> None:
+    def __init__(self, settings: DaemonSettings, counters: dict[str, int],
+                 labels: dict[str, str] | None = None) -> None:
+        """``labels``: constant labels on every metric besides ``site``, which a daemon of a site gets
+        from its settings (the cloud worker serves every site, and labels its job metrics by theirs)."""
         self.settings_base = settings
         self.counters = counters
-        self.metrics = Metrics(self.name, counters)
+        site = {"site": settings.site} if isinstance(settings, Connection) else {}
+        self.metrics = Metrics(self.name, counters, {**site, **(labels or {})})
         self.notifier = Notifier()
         self._stop = threading.Event()
 
