@@ -1,4 +1,5 @@
-"""Every daemon serves Prometheus metrics that follow real jobs, named by Prometheus' conventions.
+"""Every daemon serves Prometheus metrics that follow real jobs, named by Prometheus' conventions, and
+they are the metrics deploy/'s Grafana dashboard and alert rules read.
 
 One site serves every test here: a coordinator, an agent with the real model, the cloud bridge and a
 cloud worker on a local SQS-compatible server, the HTTP gateway; it answers two edge jobs, one cloud
@@ -22,6 +23,7 @@ from broker.runtime.mqtt import BrokerAddress
 from broker.runtime.proc import free_port
 from cloud_bridge.local import LOCAL_CREDENTIALS, LocalSqs
 from tests.conftest import agent_args, wait_online
+from tests.promql import alert_exprs, dashboard_exprs, metric_names
 from tests.services import Daemon, Device, wait_for
 
 pytestmark = pytest.mark.slow
@@ -185,3 +187,15 @@ def test_every_sample_carries_its_site_and_build_info_says_what_runs(site):
             for sample in family.samples:
                 assert sample.labels.get("site") == site.id, (kind, sample)
                 assert not {"job", "device", "key"} & set(sample.labels), (kind, sample)  # no unbounded labels
+
+
+def test_every_metric_the_dashboard_and_the_alerts_read_is_exported(site):
+    exported = {"up"}  # Prometheus' own, per scrape target
+    for kind in KINDS:
+        for family in site.scrape(kind):
+            exported |= {family.name + suffix for suffix in SUFFIXES[family.type]}
+    for where, exprs in (("deploy/grafana/fogmesh.json", dashboard_exprs()),
+                         ("deploy/prometheus/fogmesh-alerts.yml", alert_exprs())):
+        for expr in exprs:
+            missing = metric_names(expr) - exported
+            assert not missing, f"{where} reads {sorted(missing)}, which no daemon exports: {expr}"
