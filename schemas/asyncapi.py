@@ -93,6 +93,12 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("meshStatus", lambda t: t.mesh_status, ("mesh-status",), "status",
             "The site at a glance, retained: agents online, free slots, queue, predicted wait.",
             "receive", "receiveMeshStatus", "Follow the site's capacity.", retain=True),
+    Channel("meshJobs", lambda t: t.mesh_jobs, ("mesh-jobs",), "status",
+            "The site's live jobs (state, node, tokens so far) and the last to end, retained.",
+            "receive", "receiveMeshJobs", "Follow the jobs in flight.", retain=True),
+    Channel("meshHistory", lambda t: t.mesh_history, ("mesh-history",), "status",
+            "The last 15 minutes in steps: jobs by final status, tokens, cloud share and spend, latency; "
+            "retained.", "receive", "receiveMeshHistory", "Chart the site's recent past.", retain=True),
     Channel("bridgeStatus", lambda t: t.bridge_status, ("bridge-status",), "status",
             "The cloud bridge's retained status: whether the cloud is reachable, its outbox, the cloud tier's "
             "prices.", "receive", "receiveBridgeStatus", "Follow the way to the cloud.", retain=True),

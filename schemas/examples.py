@@ -30,12 +30,18 @@ from schemas.messages import (
     ExplainReply,
     ExplainRequest,
     Final,
+    FinishedJob,
+    HistoryStep,
+    JobView,
     JsonSchemaFormat,
+    MeshHistory,
+    MeshJobs,
     MeshStatus,
     ModelInfo,
     Prompt,
     ResponseFormat,
     ServedBy,
+    SiteWindow,
     Usage,
 )
 
@@ -113,8 +119,23 @@ EXAMPLES: dict[str, list[Example]] = {
     "coordinator-status": [Example("online", "The coordinator's heartbeat, with its counters.", CoordinatorStatus(
         state="online", host="gateway.local", pid=640, policy="deadline", version="0.1.0",
         counters={"accepted": 120, "assigned": 118, "done": 112, "rejected": 2, "expired": 1}, ts=TS))],
-    "mesh-status": [Example("site", "The site at a glance.", MeshStatus(
-        agents_online=2, slots_total=4, slots_free=3, queue_depth=0, running=1, predicted_wait_ms=0.0, ts=TS))],
+    "mesh-status": [Example("site", "The site at a glance, and what it did in the last minute.", MeshStatus(
+        agents_online=2, slots_total=4, slots_free=3, queue_depth=0, running=1, predicted_wait_ms=0.0,
+        recent=SiteWindow(window_s=60.0, finished=14, done=13, cloud_share=0.0769, latency_p50_ms=640.5,
+                          ttft_p50_ms=181.0, totals={"done": {"edge": 110, "cloud": 2}, "rejected": {"none": 2}},
+                          cloud_spend=0.0042), ts=TS))],
+    "mesh-jobs": [Example("jobs", "One job generating on an agent, one waiting; the last to end.", MeshJobs(
+        live=2, limit=200, ts=TS,
+        jobs=[JobView(key=KEY, state="generating", node=AGENT, created_at=TS - 0.4, started_at=TS - 0.2,
+                      tokens=9, max_tokens=32, priority=5),
+              JobView(key="sensor-9/reading-0107", state="queued", created_at=TS - 0.1, max_tokens=64, priority=5)],
+        finished=[FinishedJob(key="sensor-7/reading-0041", status="done", tier="edge", node=AGENT, total_ms=612.8,
+                              tokens=17, ended_at=TS - 5),
+                  FinishedJob(key="sensor-9/reading-0106", status="rejected", code="empty_prompt", ended_at=TS - 9)]))],
+    "mesh-history": [Example("history", "Two 10-second steps.", MeshHistory(step_s=10.0, ts=TS, steps=[
+        HistoryStep(ts=TS - 20, done=3, tokens=51, latency_p50_ms=630.0, ttft_p50_ms=180.0),
+        HistoryStep(ts=TS - 10, done=2, rejected=1, cloud=1, tokens=40, cloud_spend=0.0021, latency_p50_ms=910.0,
+                    ttft_p50_ms=350.0)]))],
     "bridge-status": [Example("online", "The cloud bridge, the cloud reachable, its outbox empty.", BridgeStatus(
         state="online", reachable=True, latency_s=1.0, decode_tps=50.0, price_in_per_1k=0.00015,
         price_out_per_1k=0.0006, models=["gemma-3-270m"], host="gateway.local", pid=655, ts=TS))],
