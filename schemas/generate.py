@@ -1,6 +1,6 @@
-"""Generate the JSON Schema files (draft 2020-12) that device authors read.
+"""Generate the JSON Schema files (draft 2020-12) that device authors read, and the AsyncAPI document.
 
-    python -m schemas.generate           # rewrite schemas/json/*.schema.json
+    python -m schemas.generate           # rewrite schemas/json/*.schema.json and schemas/asyncapi.json
     python -m schemas.generate --check   # exit 1 if the committed files drift
 """
 
@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 import orjson
 
+from schemas import asyncapi
 from schemas.messages import ALL_MESSAGES
 from schemas.request import Request
 
 OUT_DIR = Path(__file__).parent / "json"
+ASYNCAPI_FILE = Path(__file__).parent / "asyncapi.json"  # beside json/, whose files it refers to
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -36,19 +38,25 @@ def schema_for(name: str, kind: type[Any]) -> dict[str, Any]:
 
 def render() -> dict[Path, bytes]:
     """Every schema file by path, as it should be on disk."""
-    opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
-    return {
-        OUT_DIR / f"{name}.schema.json": orjson.dumps(schema_for(name, kind), option=opts)
-        for name, kind in sorted(ALL_MESSAGES.items())
-    }
+    return {OUT_DIR / f"{name}.schema.json": dump(schema_for(name, kind))
+            for name, kind in sorted(ALL_MESSAGES.items())}
+
+
+def generated() -> dict[Path, bytes]:
+    """Every generated file by path: the schema files and the AsyncAPI document."""
+    return {**render(), ASYNCAPI_FILE: dump(asyncapi.document())}
+
+
+def dump(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
 def drift() -> list[str]:
-    """Names of schema files whose committed copy differs from the types."""
-    stale = [p.name for p, data in render().items() if not p.exists() or p.read_bytes() != data]
-    known = set(render())
-    stale += [p.name for p in OUT_DIR.glob("*.schema.json") if p not in known]
-    return sorted(stale)
+    """Paths (under schemas/) of generated files whose committed copy differs from the types."""
+    files = generated()
+    stale = [p for p, data in files.items() if not p.exists() or p.read_bytes() != data]
+    stale += [p for p in OUT_DIR.glob("*.schema.json") if p not in files]
+    return sorted(str(p.relative_to(OUT_DIR.parent)) for p in stale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = drift()
         for name in stale:
-            print(f"schemas/json/{name} is out of date: run python -m schemas.generate")
+            print(f"schemas/{name} is out of date: run python -m schemas.generate")
         return 1 if stale else 0
     OUT_DIR.mkdir(exist_ok=True)
-    for path, data in render().items():
+    for path, data in generated().items():
         path.write_bytes(data)
     return 0
 

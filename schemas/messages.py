@@ -43,6 +43,11 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
+def _doc(description: str) -> msgspec.Meta:
+    """A field's description, for the JSON Schemas and the AsyncAPI document."""
+    return msgspec.Meta(description=description)
+
+
 # ---------------------------------------------------------------- device-facing
 
 
@@ -74,42 +79,53 @@ class Chunk(_Message, frozen=True):
     again (the job was restarted on another agent or the cloud): drop what the earlier attempt sent.
     ``attempt`` is there for requests that use the later contract's fields, and on every restart."""
 
-    job: str
-    seq: NonNegative
-    text: str
-    final: Literal[False] = False
-    attempt: Positive | None = None  # None: 1
+    job: Annotated[str, _doc("The job's id, as in the topic.")]
+    seq: Annotated[NonNegative, _doc("The chunk's number within its attempt, from 0.")]
+    text: Annotated[str, _doc("The next piece of the answer.")]
+    final: Annotated[Literal[False], _doc("Always false: this is not the final message.")] = False
+    attempt: Annotated[Positive | None, _doc(  # None: 1
+        "Which attempt at the job sent it (absent: the first); a higher one starts the answer again.")] = None
 
 
 class ServedBy(_Message, frozen=True):
-    tier: Tier
-    node: str
+    """Who answered."""
+
+    tier: Annotated[Tier, _doc("edge (an agent of the site) or cloud (the cloud worker).")]
+    node: Annotated[str, _doc("The agent's id, or the cloud worker's name.")]
 
 
 class Usage(_Message, frozen=True):
-    prompt_tokens: NonNegative = 0
-    completion_tokens: NonNegative = 0
+    """Tokens read and written."""
+
+    prompt_tokens: Annotated[NonNegative, _doc("Tokens of the prompt, as the model read them.")] = 0
+    completion_tokens: Annotated[NonNegative, _doc("Tokens generated.")] = 0
 
 
 class ErrorInfo(_Message, frozen=True):
-    code: str
-    message: str
+    """Why a job did not end done."""
+
+    code: Annotated[str, _doc("A stable code to act on (docs/reliability.md lists the rejection codes).")]
+    message: Annotated[str, _doc("What happened, for a person.")]
 
 
 class Final(_Message, frozen=True):
     """The one final message of a job on ``fogmesh/<site>/results/<device_id>/<job_id>``."""
 
-    job: str
-    status: Status
-    final: Literal[True] = True
-    text: str = ""
-    served_by: ServedBy | None = None
-    usage: Usage | None = None
-    timings: dict[str, float] | None = None
-    error: ErrorInfo | None = None
-    cost: dict[str, float] | None = None
-    finish_reason: FinishReason | None = None  # why generation ended (done and cancelled jobs of extended requests)
-    json: Any = None  # the parsed answer, when the request asked for JSON (response_format)
+    job: Annotated[str, _doc("The job's id, as in the topic.")]
+    status: Annotated[Status, _doc("done (answered), or why not: rejected, error, cancelled, expired.")]
+    final: Annotated[Literal[True], _doc("Always true: the job's last message.")] = True
+    text: Annotated[str, _doc("The whole answer; it is authoritative over the chunks.")] = ""
+    served_by: Annotated[ServedBy | None, _doc("Who answered (done jobs).")] = None
+    usage: Annotated[Usage | None, _doc("Tokens read and generated (done jobs).")] = None
+    timings: Annotated[dict[str, float] | None, _doc(
+        "Milliseconds and rates: total_ms, queue_ms, ttft_ms, decode_tps, generate_ms, ...")] = None
+    error: Annotated[ErrorInfo | None, _doc("Why the job did not end done.")] = None
+    cost: Annotated[dict[str, float] | None, _doc(
+        "What the answer cost: edge (energy x price per kWh, with energy_j) or cloud (the API's price).")] = None
+    finish_reason: Annotated[FinishReason | None, _doc(  # done and cancelled jobs of extended requests
+        "Why generation ended: stop (the model ended, or a stop string), length (max_tokens), cancelled.")] = None
+    json: Annotated[Any, _doc(  # the parsed answer, when the request asked for JSON (response_format)
+        "The answer parsed, when the request asked for JSON (response_format); validated against its schema.")] = None
 
 
 # ---------------------------------------------------------------- status (retained)

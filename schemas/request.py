@@ -87,9 +87,10 @@ class Request(_Message, frozen=True):
     stop: Annotated[StopText | Annotated[list[StopText], msgspec.Meta(min_length=1, max_length=4)], _field(
         "A string, or up to 4, that end the answer when generated; it is not part of the answer.",
         ["\n\n"])] | None = None
-    response_format: Annotated[ResponseFormat, _field(
+    # The Meta sits on the union: msgspec drops one put on a Struct type inside it.
+    response_format: Annotated[ResponseFormat | None, _field(
         "The answer's shape: text, json_object or json_schema (constrained, validated, parsed into `json`).",
-        {"type": "json_object"})] | None = None
+        {"type": "json_object"})] = None
 
     def __post_init__(self) -> None:
         if self.prompt is None and self.messages is None:
