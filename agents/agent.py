@@ -19,7 +19,7 @@ from typing import Any
 
 from agents.backends.base import Backend, Generation, answer
 from agents.errors import AgentError, BackendError
-from agents.homeassistant import discovery
+from agents.homeassistant import LEGACY_SETTLE_S, AgentDiscovery
 from agents.settings import AgentSettings
 from agents.status import StatusBoard, id_holder
 from agents.stream import Stream
@@ -72,6 +72,8 @@ class Agent(Daemon):
             will=(self.topics.agent_status(settings.agent_id), encode(self.board.will())),
             keepalive_s=settings.keepalive_s,
         )
+        self.ha = (AgentDiscovery(settings.site, settings.agent_id, settings.ha_prefix) if settings.ha_discovery
+                   else None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
@@ -134,12 +136,18 @@ class Agent(Daemon):
         self.session.subscribe(self.topics.assign(me), qos=1)
         self.session.subscribe(self.topics.control(me), qos=1)
         self.publish_status()
-        if self.settings.ha_discovery:
-            for topic, payload in discovery(self.settings.site, me, self.topics.agent_status(me),
-                                            [m.name for m in self.board.models], self.settings.ha_prefix):
-                self.session.publish(topic, payload, qos=1, retain=True)
+        if self.ha:
+            self._announce(self.ha)
         log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
                     slots=self.settings.slots, models=",".join(m.name for m in self.board.models)))
+
+    def _announce(self, ha: AgentDiscovery) -> None:
+        """Publish the Home Assistant device config, migrating the per-sensor configs of an older fogmesh."""
+        self.session.subscribe(ha.legacy_filter, qos=1)
+        time.sleep(LEGACY_SETTLE_S)
+        self.session.unsubscribe(ha.legacy_filter)
+        for topic, payload in ha.messages([m.name for m in self.board.models]):
+            self.session.publish(topic, payload, qos=1, retain=True)
 
     def ready(self) -> str:
         return (f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
@@ -227,6 +235,8 @@ class Agent(Daemon):
             self._on_assign(msg)
         elif msg.topic.endswith("/control"):
             self._on_control(msg)
+        elif self.ha:
+            self.ha.saw(msg)
 
     def _on_assign(self, msg: Message) -> None:
         spec = msg.decoded(Assignment, log, "bad_assignment", logging.ERROR)

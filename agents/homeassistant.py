@@ -1,46 +1,69 @@
-"""Home Assistant MQTT discovery for an agent (``ha_discovery = true``): its status as HA sensors.
+"""Home Assistant MQTT discovery of an agent (``ha_discovery = true``): one device with its state,
+speed and capacity as sensors and its connectivity as a binary sensor, all read from the agent's
+own retained status (``broker.runtime.homeassistant`` builds the payload).
 
-Retained config messages under ``<prefix>/sensor/<node>/<key>/config`` point Home
-Assistant at the agent's own retained status topic, so HA shows the agent's
-state, speed and capacity with no extra traffic, and marks it unavailable when
-the Last Will says offline.
+An older fogmesh announced each sensor on its own topic (``<prefix>/sensor/<node>/<key>/config``).
+Home Assistant documents how to move such entities to device-based discovery without losing them:
+``{"migrate_discovery": true}`` on each old topic (it unloads the entity but keeps its settings and
+history), then the device config with the same component ids and unique ids (it takes the entities
+over), then an empty retained payload on the old topics. An agent does that for the old configs it
+finds retained at start, and only for those: on a topic already migrated the same messages would
+make Home Assistant log a conflict at every start.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
 
 import orjson
 
 from broker.runtime import __version__
-from schemas.topics import HA_PREFIX, Topics, ha_node_id
+from broker.runtime.homeassistant import Entity, connectivity, device_config
+from broker.runtime.mqtt import Message
+from schemas.topics import Topics, ha_node_id
 
-SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
-    # key, name, unit, value
-    ("state", "State", None, "{{ value_json.state }}"),
-    ("decode_tps", "Decode speed", "tok/s", "{{ value_json.decode_tps }}"),
-    ("ttft_ms", "Time to first token", "ms", "{{ value_json.ttft_ms }}"),
-    ("slots_free", "Free slots", None, "{{ value_json.slots_free }}"),
-    ("queue_depth", "Queued jobs", None, "{{ value_json.queue_depth }}"),
+# The component ids are the keys the per-sensor configs had: Home Assistant matches the migrated
+# entities by them. Change none.
+ENTITIES = (
+    Entity("state", "sensor", "State", "{{ value_json.state }}", device_class="enum",
+           options=("online", "draining", "offline"), gated=False),
+    Entity("decode_tps", "sensor", "Decode speed", "{{ value_json.decode_tps }}", unit="tok/s",
+           state_class="measurement", precision=1),
+    Entity("ttft_ms", "sensor", "Time to first token", "{{ value_json.ttft_ms }}", unit="ms",
+           device_class="duration", state_class="measurement", precision=0),
+    Entity("slots_free", "sensor", "Free slots", "{{ value_json.slots_free }}", state_class="measurement"),
+    Entity("queue_depth", "sensor", "Queued jobs", "{{ value_json.queue_depth }}", state_class="measurement"),
+    connectivity("online", "Online"),
 )
+MIGRATE = orjson.dumps({"migrate_discovery": True})
+LEGACY_SETTLE_S = 0.5  # the broker sends retained messages right after the SUBACK
 
 
-def discovery(site: str, agent: str, status_topic: str, models: list[str],
-              prefix: str = HA_PREFIX) -> list[tuple[str, bytes]]:
-    """(topic, payload) of each retained discovery config message."""
-    node, topics = ha_node_id(site, agent), Topics(site)
-    device: dict[str, Any] = {"identifiers": [node], "name": f"fogmesh agent {agent}", "manufacturer": "fogmesh",
-                              "model": ", ".join(models) or "agent", "sw_version": __version__}
-    out = []
-    for key, name, unit, template in SENSORS:
-        config: dict[str, Any] = {
-            "name": name, "unique_id": f"{node}_{key}", "object_id": f"{node}_{key}", "state_topic": status_topic,
-            "value_template": template, "availability_topic": status_topic,
-            "availability_template": "{{ 'offline' if value_json.state == 'offline' else 'online' }}",
-            "device": device,
-        }
-        if unit:
-            config["unit_of_measurement"] = unit
-            config["state_class"] = "measurement"
-        out.append((topics.ha_discovery(agent, key, prefix), orjson.dumps(config)))
-    return out
+class AgentDiscovery:
+    """What an agent publishes for Home Assistant, old per-sensor configs it finds migrated first."""
+
+    def __init__(self, site: str, agent: str, prefix: str) -> None:
+        self.site, self.agent, self.prefix = site, agent, prefix
+        self.topics = Topics(site)
+        self.legacy_filter = self.topics.ha_discovery(agent, "+", prefix)
+        self._legacy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def saw(self, msg: Message) -> None:
+        """Note a retained per-sensor config (called on paho's thread for what the agent subscribed to)."""
+        if msg.retain and msg.payload and msg.topic.startswith(self.prefix + "/"):
+            with self._lock:
+                self._legacy.add(msg.topic)
+
+    def messages(self, models: list[str]) -> list[tuple[str, bytes]]:
+        """(topic, payload) to publish retained, in this order."""
+        with self._lock:
+            legacy = sorted(self._legacy)
+            self._legacy.clear()
+        node = ha_node_id(self.site, self.agent)
+        status = self.topics.agent_status(self.agent)
+        device = {"name": f"fogmesh agent {self.agent}", "manufacturer": "fogmesh",
+                  "model": ", ".join(models) or "agent", "sw_version": __version__}
+        config = device_config(node, device, status, ENTITIES, availability_topic=status)
+        return [*((t, MIGRATE) for t in legacy), (self.topics.ha_device_discovery(self.agent, self.prefix), config),
+                *((t, b"") for t in legacy)]

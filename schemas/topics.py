@@ -125,10 +125,19 @@ class Topics:
     def deadletter(self, device: str, job: str) -> str:
         return f"{self.prefix}/deadletter/{device}/{job}"
 
-    # Home Assistant MQTT discovery, outside fogmesh's tree: one node per agent
+    # Home Assistant MQTT discovery, outside fogmesh's tree: one device per agent, one for the site
+
+    def ha_device_discovery(self, agent: str, prefix: str = HA_PREFIX) -> str:
+        """Where an agent's retained device-based discovery config (all its entities) lives."""
+        return f"{prefix}/device/{ha_node_id(self.site, agent)}/config"
+
+    def ha_site_discovery(self, prefix: str = HA_PREFIX) -> str:
+        """Where the coordinator's retained discovery config of the site device lives."""
+        return f"{prefix}/device/{ha_site_node_id(self.site)}/config"
 
     def ha_discovery(self, agent: str, sensor: str = "+", prefix: str = HA_PREFIX) -> str:
-        """Where an agent's retained discovery config for ``sensor`` lives."""
+        """Where an agent's per-sensor discovery config lived before device-based discovery; an
+        agent migrates what it finds there to its device config and clears it."""
         return f"{prefix}/sensor/{ha_node_id(self.site, agent)}/{sensor}/config"
 
     def response_topic_problem(self, device: str, topic: str | None) -> str | None:
@@ -170,8 +179,19 @@ def ha_node_id(site: str, agent: str) -> str:
     ``-`` read as they are (``fogmesh_plant_edge-01``); any other id gets a hash of both ids as
     well, because the ACL gives each agent its node's topics: without it agents ``edge.1`` and
     ``edge_1``, or agent ``b_c`` of site ``a`` and agent ``c`` of site ``a_b``, would share one."""
-    plain = f"fogmesh_{site}_{agent}"
-    if re.fullmatch(r"[A-Za-z0-9-]+", site + agent):
+    return _ha_id(f"fogmesh_{site}_{agent}", site + agent, f"{site}/{agent}")
+
+
+def ha_site_node_id(site: str) -> str:
+    """The site's node id (the device its coordinator announces): ``fogmesh_<site>``.
+
+    Never an agent's: a readable agent node has exactly two ``_`` and a readable site node one; a
+    hashed node has three or more, and its hash covers ``site/agent`` or ``site``, which differ."""
+    return _ha_id(f"fogmesh_{site}", site, site)
+
+
+def _ha_id(plain: str, ids: str, hashed: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9-]+", ids):
         return plain
-    digest = hashlib.sha256(f"{site}/{agent}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(hashed.encode()).hexdigest()[:12]
     return re.sub(r"[^A-Za-z0-9_-]", "_", plain) + f"_{digest}"

@@ -88,35 +88,6 @@ def test_the_web_dashboard_lists_live_agents_and_jobs_and_one_going_offline(daem
             browser.close()
 
 
-def test_home_assistant_discovery_describes_the_agent_from_its_own_status(daemons, broker_url, site_id):
-    import jinja2
-
-    from broker.runtime.mqtt import BrokerAddress
-    from schemas.topics import ha_node_id as node_id
-    from tests.services import Listener
-
-    ha = Listener(BrokerAddress.parse(broker_url), f"homeassistant/sensor/{node_id(site_id, 'edge.7')}/+/config")
-    status = Listener(BrokerAddress.parse(broker_url), f"fogmesh/{site_id}/agents/edge.7/status")
-    try:
-        daemons("agent", *agent_args("edge.7"), env={"FOGMESH_AGENT_HA_DISCOVERY": "true"})
-        wait_for(lambda: len(ha.messages) == 5 and status.messages, 60, what="5 discovery configs and a status")
-        configs = {topic.split("/")[-2]: cfg for topic, cfg in ha.messages}
-        assert set(configs) == {"state", "decode_tps", "ttft_ms", "slots_free", "queue_depth"}
-        current = status.messages[-1][1]
-        env = jinja2.Environment()
-        for key, cfg in configs.items():  # what Home Assistant would show, rendered as it renders it
-            assert cfg["state_topic"] == f"fogmesh/{site_id}/agents/edge.7/status"
-            assert cfg["device"]["identifiers"] == [node_id(site_id, "edge.7")]
-            shown = env.from_string(cfg["value_template"]).render(value_json=current)
-            assert shown == str(current[key])
-            assert env.from_string(cfg["availability_template"]).render(value_json=current) == "online"
-        assert float(env.from_string(configs["decode_tps"]["value_template"]).render(value_json=current)) > 1
-        assert configs["ttft_ms"]["unit_of_measurement"] == "ms"
-    finally:
-        ha.close()
-        status.close()
-
-
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("FOGMESH_REQUIRE_BROWSER"),
                     reason="no chromium here (deploy/install-deps.sh --test installs it)")
 def test_the_dashboard_asks_for_a_password_instead_of_taking_it_from_its_url(daemons, site_id, mosquitto, tmp_path):

@@ -81,7 +81,8 @@ def test_every_role_gets_only_its_own_topics():
     assert not any(topic.endswith("/assign") and access == "write" for role in ("device", "agent", "bridge")
                    for access, topic in acl_rules(t, "x", role))
     # each agent's Home Assistant discovery topics are its own, whatever its id looks like
-    nodes = {topic for site, agent in (("a", "b_c"), ("a_b", "c"), ("a", "edge.1"), ("a", "edge_1"), ("a", "edge-1"))
+    nodes = {topic.split("/")[2]  # homeassistant/<platform>/<node>/...
+             for site, agent in (("a", "b_c"), ("a_b", "c"), ("a", "edge.1"), ("a", "edge_1"), ("a", "edge-1"))
              for access, topic in acl_rules(Topics(site), agent, "agent") if topic.startswith("homeassistant/")}
     assert len(nodes) == 5
     acl = render_acl("s", {"d1": "device", "gw": "coordinator"})
@@ -278,13 +279,24 @@ def test_each_connection_mistake_gets_its_own_error_at_once(secure, tmp_path):
 
 def test_home_assistant_reads_discovery_configs_that_a_dashboard_cannot(secure):
     t = Topics(SITE)
-    topic = t.ha_discovery("agent-1", "state")
-    assert "RC:135" not in secure.pub("agent-1", topic, '{"name": "state"}', retain=True)
-    assert "RC:135" in secure.pub("agent-1", t.ha_discovery("agent-2", "state"), "{}", retain=True)
+    # an agent reads the per-sensor configs an older fogmesh left for it (to migrate them), and clears them
+    legacy = t.ha_discovery("agent-1", "state")
+    assert "RC:135" not in secure.pub("agent-1", legacy, '{"name": "State"}', retain=True)
+    mine = Listener(secure.address("agent-1"), t.ha_discovery("agent-1"), settle_s=0.3)
+    try:
+        assert mine.topics() == [legacy]
+    finally:
+        mine.close()
+    assert "RC:135" not in secure.pub("agent-1", legacy, "", retain=True)
+    topic, site = t.ha_device_discovery("agent-1"), t.ha_site_discovery()
+    assert "RC:135" not in secure.pub("agent-1", topic, '{"dev": {}}', retain=True)
+    assert "RC:135" in secure.pub("agent-1", t.ha_device_discovery("agent-2"), "{}", retain=True)
+    assert "RC:135" in secure.pub("agent-1", site, "{}", retain=True)
+    assert "RC:135" not in secure.pub("coordinator", site, '{"dev": {}}', retain=True)
     ha = Listener(secure.address("ha"), "homeassistant/#", settle_s=0.3)
     dash = Listener(secure.address("dash"), "homeassistant/#", settle_s=0.3)
     try:
-        assert ha.topics() == [topic] and dash.topics(0) == []
+        assert sorted(ha.topics()) == sorted([topic, site]) and dash.topics(0) == []
         assert "RC:135" not in secure.pub("ha", "homeassistant/status", "online")
         assert "RC:135" in secure.pub("ha", t.prompts("ha"), '{"prompt": "x"}')
     finally:

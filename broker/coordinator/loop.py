@@ -30,6 +30,7 @@ from broker.coordinator.dispatch import Dispatcher
 from broker.coordinator.edge import Edge
 from broker.coordinator.explain import answer as explain
 from broker.coordinator.finals import Finals
+from broker.coordinator.homeassistant import site_discovery
 from broker.coordinator.inbox import Inbox
 from broker.coordinator.jobs import Job, JobState
 from broker.coordinator.ledger import Ledger
@@ -92,6 +93,8 @@ class Coordinator(Daemon):
             topic = getattr(self.topics, name)
             self.session.subscribe(topic() if callable(topic) else topic, qos=1)
         self.status.publish(self.session, "online")
+        if self.settings.ha_discovery:
+            self.session.publish(*site_discovery(self.settings.site, self.settings.ha_prefix), qos=1, retain=True)
         log.info(kv("coordinator_online", broker=self.session.address.url, site=self.settings.site,
                     policy=self.settings.policy, ledger=self.ledger.path, open_jobs=len(self.jobs)))
 

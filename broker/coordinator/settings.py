@@ -36,6 +36,8 @@ class CoordinatorSettings(Connection):
     aging_s: Seconds = 10.0  # a waiting job gains one priority level per aging_s
     prefetch: NonNegative = 1
     status_interval_s: Seconds = 5.0
+    ha_discovery: bool = False  # Home Assistant MQTT discovery: the site as an HA device
+    ha_prefix: str = "homeassistant"
 
     def __post_init__(self) -> None:
         if not self.ledger:

@@ -74,7 +74,10 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
         return [("read", topics.assign(name)), ("read", topics.control(name)),
                 ("write", topics.agent_status(name)), ("write", topics.events(name)),
                 ("write", f"{p}/results/#"),  # agents stream chunks straight to the devices
-                ("write", topics.ha_discovery(name))]  # ha_discovery
+                # ha_discovery: its device config, and the per-sensor configs of an older fogmesh,
+                # which it reads to migrate them and then clears
+                ("write", topics.ha_device_discovery(name)), ("read", topics.ha_discovery(name)),
+                ("write", topics.ha_discovery(name))]
     if role == "coordinator":
         return [("read", topics.prompts()), ("read", topics.cancel()), ("read", topics.agent_status()),
                 ("read", topics.events()), ("read", topics.bridge_status), ("read", topics.cloud_events),
@@ -83,7 +86,8 @@ def acl_rules(topics: Topics, name: str, role: str) -> list[tuple[str, str]]:
                 ("write", f"{p}/deadletter/#"), ("write", topics.coordinator_status),
                 ("write", topics.mesh_status), ("write", topics.mesh_jobs), ("write", topics.mesh_history),
                 ("write", topics.cloud_requests),
-                ("write", f"{topics.explain}/reply/#")]
+                ("write", f"{topics.explain}/reply/#"),
+                ("write", topics.ha_site_discovery())]  # ha_discovery: the site device
     if role == "bridge":
         return [("read", topics.cloud_requests), ("write", topics.cloud_events), ("write", topics.bridge_status)]
     if role == "dashboard":

@@ -34,6 +34,9 @@ class MemorySession:
     def subscribe(self, topic: str, qos: int = 1) -> None:
         self.subscriptions.append(topic)
 
+    def unsubscribe(self, topic: str) -> None:
+        self.subscriptions.remove(topic)
+
     def set_on_delivered(self, hook: Callable[[], None] | None) -> None:
         pass
 

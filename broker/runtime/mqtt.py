@@ -254,6 +254,13 @@ class Session:
         if self.connected:
             self._client.subscribe(topic, qos)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Stop a subscription, here and after reconnects (a persistent session would keep it)."""
+        with self._lock:
+            self._subscriptions.pop(topic, None)
+        if self.connected:
+            self._client.unsubscribe(topic)
+
     def publish(
         self,
         topic: str,
