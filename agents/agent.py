@@ -19,7 +19,8 @@ from typing import Any
 
 from agents.backends.base import Backend, Generation, answer
 from agents.errors import AgentError, BackendError
-from agents.homeassistant import LEGACY_SETTLE_S, AgentDiscovery
+from agents.homeassistant import AgentDiscovery
+from agents.metering import AgentMetrics
 from agents.settings import AgentSettings
 from agents.status import StatusBoard, id_holder
 from agents.stream import Stream
@@ -82,21 +83,8 @@ class Agent(Daemon):
         self._status_thread: threading.Thread | None = None
         self._draining = False
         self._workers: list[threading.Thread] = []
-        m = self.metrics
-        self.m_ttft = m.histogram("ttft_seconds", "Time to first token on this agent, by model", labels=("model",))
-        self.m_tokens = m.counter("tokens_total", "Tokens generated, by model", ("model",))
-        self.m_prompt_tokens = m.counter("prompt_tokens_total", "Prompt tokens read, by model", ("model",))
-        # Their ratio over any window is the decode rate, weighted by tokens as a moving average is not.
-        self.m_decode_tokens = m.counter("decode_tokens_total", "Tokens decoded after the first, by model",
-                                         ("model",))
-        self.m_decode_s = m.counter("decode_seconds_total", "Time spent decoding after the first token, by model",
-                                    ("model",))
-        m.gauge("slots", "Slots (concurrent generations)", lambda: self.settings.slots)
-        m.gauge("slots_busy", "Slots generating now", self.board.running)
-        m.gauge("queue_depth", "Assignments waiting for a slot", lambda: self._queue.qsize())
-        m.gauge("decode_tokens_per_second", "Decode rate the agent advertises (moving average, all models)",
-                lambda: self.board.decode_tps.value)
-        m.reconnects(lambda: self.session.reconnects)
+        self.meter = AgentMetrics(self.metrics, settings, self.board, self._queue.qsize)
+        self.metrics.reconnects(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,17 +125,9 @@ class Agent(Daemon):
         self.session.subscribe(self.topics.control(me), qos=1)
         self.publish_status()
         if self.ha:
-            self._announce(self.ha)
+            self.ha.announce(self.session, [m.name for m in self.board.models])
         log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
                     slots=self.settings.slots, models=",".join(m.name for m in self.board.models)))
-
-    def _announce(self, ha: AgentDiscovery) -> None:
-        """Publish the Home Assistant device config, migrating the per-sensor configs of an older fogmesh."""
-        self.session.subscribe(ha.legacy_filter, qos=1)
-        time.sleep(LEGACY_SETTLE_S)
-        self.session.unsubscribe(ha.legacy_filter)
-        for topic, payload in ha.messages([m.name for m in self.board.models]):
-            self.session.publish(topic, payload, qos=1, retain=True)
 
     def ready(self) -> str:
         return (f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
@@ -339,7 +319,7 @@ class Agent(Daemon):
         if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
         self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
-        self._measure(spec.model or self.default_model, gen)
+        self.meter.record(spec.model or self.default_model, gen)
         if job.handback:
             self._hand_back(job, "agent stopped before the job finished")
             self._finish(job)
@@ -357,15 +337,6 @@ class Agent(Daemon):
         log.info(kv("job_done", job=spec.key, stopped=gen.stopped, tokens=gen.completion_tokens,
                     ttft_ms=timings["ttft_ms"], decode_tps=timings["decode_tps"], cancel_to_stop_ms=stop_ms))
         self._finish(job)
-
-    def _measure(self, model: str, gen: Generation) -> None:
-        self.m_tokens.labels(model).inc(gen.completion_tokens)
-        self.m_prompt_tokens.labels(model).inc(gen.prompt_tokens)
-        if gen.completion_tokens:
-            self.m_ttft.labels(model).observe(gen.ttft_s)
-        if gen.decode_tps:
-            self.m_decode_tokens.labels(model).inc(gen.completion_tokens - 1)
-            self.m_decode_s.labels(model).inc(gen.total_s - gen.ttft_s)
 
     def _finish(self, job: _Job) -> None:
         with self._lock:

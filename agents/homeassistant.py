@@ -14,6 +14,8 @@ make Home Assistant log a conflict at every start.
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import orjson
 
@@ -54,6 +56,15 @@ class AgentDiscovery:
         if msg.retain and msg.payload and msg.topic.startswith(self.prefix + "/"):
             with self._lock:
                 self._legacy.add(msg.topic)
+
+    def announce(self, session: Any, models: list[str]) -> None:
+        """Publish the device config on ``session`` (started), migrating the per-sensor configs of an
+        older fogmesh that the broker still holds."""
+        session.subscribe(self.legacy_filter, qos=1)
+        time.sleep(LEGACY_SETTLE_S)
+        session.unsubscribe(self.legacy_filter)
+        for topic, payload in self.messages(models):
+            session.publish(topic, payload, qos=1, retain=True)
 
     def messages(self, models: list[str]) -> list[tuple[str, bytes]]:
         """(topic, payload) to publish retained, in this order."""

@@ -13,7 +13,8 @@ from broker.runtime import __version__
 from broker.runtime.budget import TokenWindow
 from broker.runtime.client import retained
 from broker.runtime.mqtt import BrokerAddress
-from schemas.messages import AgentState, AgentStatus, Budget, ModelInfo
+from schemas.messages import AgentState
+from schemas.status import AgentStatus, Budget, ModelInfo
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.agent")

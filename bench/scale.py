@@ -28,7 +28,8 @@ from bench.harness import broker, summary, write
 from broker.coordinator.scheduler import AgentView, JobSpec, decide
 from broker.runtime.mqtt import BrokerAddress, Message, Session
 from schemas import encode
-from schemas.messages import AgentEvent, AgentStatus, ModelInfo, Usage
+from schemas.messages import AgentEvent, Usage
+from schemas.status import AgentStatus, ModelInfo
 from schemas.topics import Topics
 
 PER_PROCESS = 250

@@ -29,7 +29,8 @@ from cloud_bridge.outbox import Outbox
 from cloud_bridge.queue import CloudQueue, Outgoing, SqsQueue
 from cloud_bridge.settings import BridgeSettings
 from schemas import DecodeError, decode, encode
-from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo
+from schemas.messages import CloudRequest, CloudResult, ErrorInfo
+from schemas.status import BridgeStatus
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.bridge")

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import orjson
 
+from schemas.catalog import ALL_MESSAGES
 from schemas.codec import encode
 from schemas.examples import EXAMPLES
-from schemas.messages import ALL_MESSAGES
 from schemas.topics import ID_PATTERN, Topics
 
 ASYNCAPI = "3.0.0"

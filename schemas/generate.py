@@ -15,7 +15,7 @@ import msgspec
 import orjson
 
 from schemas import asyncapi
-from schemas.messages import ALL_MESSAGES
+from schemas.catalog import ALL_MESSAGES
 from schemas.request import Request
 
 OUT_DIR = Path(__file__).parent / "json"

@@ -1,4 +1,4 @@
-"""Every message fogmesh sends or accepts, declared once.
+"""Every message fogmesh sends or accepts, declared once (the retained statuses in ``schemas/status.py``).
 
 The JSON Schema files under ``schemas/json/`` are generated from these types
 (``python -m schemas.generate``); a test fails when the committed copies drift.
@@ -126,177 +126,6 @@ class Final(_Message, frozen=True):
         "Why generation ended: stop (the model ended, or a stop string), length (max_tokens), cancelled.")] = None
     json: Annotated[Any, _doc(  # the parsed answer, when the request asked for JSON (response_format)
         "The answer parsed, when the request asked for JSON (response_format); validated against its schema.")] = None
-
-
-# ---------------------------------------------------------------- status (retained)
-
-
-class ModelInfo(_Message, frozen=True):
-    name: str
-    quant: str = ""
-    n_ctx: NonNegative = 0
-    file_bytes: NonNegative = 0
-    # How the agent renders chat messages for this model: gguf (the model's own template), gemma or
-    # chatml (fogmesh's), file (a configured Jinja file); empty: it cannot, and takes no chat requests.
-    chat_template: str = ""
-
-    @property
-    def chat(self) -> bool:
-        return bool(self.chat_template)
-
-
-class Budget(_Message, frozen=True):
-    """A sliding-window token budget: at most ``tokens`` generated per ``window_s``."""
-
-    window_s: float
-    tokens: NonNegative
-    used: NonNegative = 0
-
-
-class AgentStatus(_Message, frozen=True):
-    """Retained on ``fogmesh/<site>/agents/<agent_id>/status``; the Last Will is the same with state offline."""
-
-    agent: str
-    epoch: NonNegative
-    seq: NonNegative
-    state: AgentState
-    host: str = ""
-    pid: NonNegative = 0
-    models: list[ModelInfo] = []
-    slots_total: NonNegative = 0
-    slots_free: NonNegative = 0
-    queue_depth: NonNegative = 0
-    jobs: list[str] = []
-    progress: dict[str, NonNegative] = {}  # job key -> tokens generated so far, for the running ones
-    decode_tps: float = 0.0
-    ttft_ms: float = 0.0
-    mem_free_bytes: NonNegative = 0
-    budget: Budget | None = None
-    energy_j_per_token: float = 0.0
-    price_per_kwh: float = 0.0
-    heartbeat_s: float = 5.0
-    version: str = ""
-    ts: float = 0.0
-
-
-class CoordinatorStatus(_Message, frozen=True):
-    """Retained on ``fogmesh/<site>/coordinator/status``."""
-
-    state: CoordinatorState
-    host: str = ""
-    pid: NonNegative = 0
-    policy: str = ""
-    version: str = ""
-    counters: dict[str, int] = {}
-    ts: float = 0.0
-
-
-class SiteWindow(_Message, frozen=True):
-    """What the site did lately, in the mesh status: the last ``window_s`` and totals since start."""
-
-    window_s: float
-    finished: NonNegative = 0  # jobs that ended in the window, any status (jobs per minute for 60 s)
-    done: NonNegative = 0
-    cloud_share: float = 0.0  # of the done jobs in the window, the share the cloud served (0-1)
-    latency_p50_ms: float = 0.0  # median, accepted to final, done jobs in the window
-    ttft_p50_ms: float = 0.0
-    totals: dict[str, dict[str, int]] = {}  # final status -> tier ("edge", "cloud", "none") -> jobs
-    cloud_spend: float = 0.0  # since the coordinator started, in the currency of the bridge's prices
-
-
-class MeshStatus(_Message, frozen=True):
-    """Retained on ``fogmesh/<site>/mesh/status``: the site at a glance."""
-
-    agents_online: NonNegative
-    slots_total: NonNegative
-    slots_free: NonNegative
-    queue_depth: NonNegative
-    running: NonNegative
-    predicted_wait_ms: float = 0.0
-    overloaded: bool = False
-    recent: SiteWindow | None = None
-    ts: float = 0.0
-
-
-JobPhase = Literal["queued", "assigned", "generating", "offloaded"]
-
-
-class JobView(_Message, frozen=True):
-    """One live job as operators see it."""
-
-    key: str  # <device>/<job id>
-    state: JobPhase
-    node: str = ""  # the agent, or "cloud"
-    created_at: float = 0.0  # unix seconds: accepted
-    started_at: float = 0.0  # unix seconds: generation started (0: not yet)
-    tokens: NonNegative = 0  # generated so far, as the agent last reported
-    max_tokens: NonNegative = 0
-    priority: NonNegative = 0
-
-
-class FinishedJob(_Message, frozen=True):
-    """One of the last jobs to end."""
-
-    key: str
-    status: Status
-    tier: str = "none"
-    node: str = ""
-    total_ms: float = 0.0
-    tokens: NonNegative = 0
-    code: str = ""  # the error code of a job that did not end done
-    ended_at: float = 0.0
-
-
-class MeshJobs(_Message, frozen=True):
-    """Retained on ``fogmesh/<site>/mesh/jobs``: the live jobs (oldest first, at most ``limit``) and
-    the last jobs to end, newest first."""
-
-    live: NonNegative  # all live jobs, also those past the limit
-    limit: NonNegative
-    jobs: list[JobView] = []
-    finished: list[FinishedJob] = []
-    ts: float = 0.0
-
-
-class HistoryStep(_Message, frozen=True):
-    ts: float  # the step's start, unix seconds
-    done: NonNegative = 0
-    rejected: NonNegative = 0
-    expired: NonNegative = 0
-    error: NonNegative = 0
-    cancelled: NonNegative = 0
-    cloud: NonNegative = 0  # done jobs the cloud served
-    tokens: NonNegative = 0
-    cloud_spend: float = 0.0
-    latency_p50_ms: float = 0.0
-    ttft_p50_ms: float = 0.0
-
-
-class MeshHistory(_Message, frozen=True):
-    """Retained on ``fogmesh/<site>/mesh/history``: the last 15 minutes, oldest step first."""
-
-    step_s: float
-    steps: list[HistoryStep] = []
-    ts: float = 0.0
-
-
-class BridgeStatus(_Message, frozen=True):
-    """Retained on ``fogmesh/<site>/bridge/status``."""
-
-    state: Literal["online", "offline"]
-    reachable: bool = False
-    outbox_depth: NonNegative = 0
-    oldest_age_s: float = 0.0
-    dlq_depth: NonNegative = 0
-    # The cloud tier as the scheduler sees it (configured on the bridge).
-    latency_s: float = 1.0
-    decode_tps: float = 50.0
-    price_in_per_1k: float = 0.0
-    price_out_per_1k: float = 0.0
-    models: list[str] = []  # the model names the cloud tier answers to (bridge.cloud_models)
-    host: str = ""
-    pid: NonNegative = 0
-    ts: float = 0.0
 
 
 # ---------------------------------------------------------------- internal
@@ -429,14 +258,6 @@ DEVICE_MESSAGES: dict[str, type[Any]] = {
     "chunk": Chunk,
     "final": Final,
 }
-STATUS_MESSAGES: dict[str, type[Any]] = {
-    "agent-status": AgentStatus,
-    "coordinator-status": CoordinatorStatus,
-    "mesh-status": MeshStatus,
-    "mesh-jobs": MeshJobs,
-    "mesh-history": MeshHistory,
-    "bridge-status": BridgeStatus,
-}
 INTERNAL_MESSAGES: dict[str, type[Any]] = {
     "assignment": Assignment,
     "control": Control,
@@ -447,6 +268,3 @@ INTERNAL_MESSAGES: dict[str, type[Any]] = {
     "explain-request": ExplainRequest,
     "explain-reply": ExplainReply,
 }
-ALL_MESSAGES = {**DEVICE_MESSAGES, **STATUS_MESSAGES, **INTERNAL_MESSAGES}
-
-

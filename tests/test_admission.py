@@ -15,7 +15,7 @@ from broker.runtime.delivery import Delivery
 from broker.runtime.memory import MemorySession
 from broker.runtime.mqtt import Message
 from schemas import encode
-from schemas.messages import AgentStatus, BridgeStatus, ModelInfo
+from schemas.status import AgentStatus, BridgeStatus, ModelInfo
 from schemas.topics import Topics
 
 SITE = "adm"

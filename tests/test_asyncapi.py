@@ -18,15 +18,16 @@ from paho.mqtt.client import topic_matches_sub
 from broker.ops.security import acl_rules
 from schemas import decode
 from schemas.asyncapi import PARAMETERS, placeholder
+from schemas.catalog import ALL_MESSAGES
 from schemas.generate import ASYNCAPI_FILE, OUT_DIR, generated
-from schemas.messages import ALL_MESSAGES
 from schemas.topics import Topics
 
 SPEC = Path(__file__).parent / "asyncapi" / "asyncapi-3.0.0.schema.json"
 SPEC_SHA256 = "d4571a420e6ffb7fcc7066c95a6db1202f299a3c51daa103d0706bf30f95e626"
 # Topics methods that are not topics of fogmesh's tree, or not topics at all.
 NOT_CHANNELS = {"parse", "response_topic_problem", "prefix",
-                "ha_discovery"}  # Home Assistant's discovery tree: its format is Home Assistant's
+                # Home Assistant's discovery tree: its format is Home Assistant's
+                "ha_discovery", "ha_device_discovery", "ha_site_discovery"}
 ARGUMENT_PARAMETERS = {"device": "device_id", "job": "job_id", "agent": "agent_id"}
 # Which role of docs/security.md uses the operations of each tag, and as whom.
 ROLES = {"device": "device", "status": "dashboard", "operator": "operator"}

@@ -13,7 +13,7 @@ from broker.coordinator.settings import CoordinatorSettings
 from broker.runtime.memory import MemorySession
 from broker.runtime.mqtt import Message
 from schemas import encode
-from schemas.messages import AgentStatus, ModelInfo
+from schemas.status import AgentStatus, ModelInfo
 from schemas.topics import Topics
 
 SITE = "loop"

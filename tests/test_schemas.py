@@ -9,17 +9,8 @@ from hypothesis import strategies as st
 
 from schemas import DecodeError, decode, encode, output
 from schemas.generate import drift, render
-from schemas.messages import (
-    AgentStatus,
-    Cancel,
-    Chunk,
-    Final,
-    JsonSchemaFormat,
-    Prompt,
-    ResponseFormat,
-    ServedBy,
-    Usage,
-)
+from schemas.messages import Cancel, Chunk, Final, JsonSchemaFormat, Prompt, ResponseFormat, ServedBy, Usage
+from schemas.status import AgentStatus
 from schemas.topics import TopicError, Topics
 
 

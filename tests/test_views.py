@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker.coordinator.registry import Registry
-from schemas.messages import AgentStatus
+from schemas.status import AgentStatus
 
 
 def status(epoch: int, seq: int, state: str = "online", **kw) -> AgentStatus:

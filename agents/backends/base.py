@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from schemas import output
-from schemas.messages import ModelInfo, Request
+from schemas.messages import Request
+from schemas.status import ModelInfo
 
 Stopped = Literal["stop", "length", "cancelled"]
 

@@ -23,7 +23,8 @@ from agents.backends.sampling import Sampler, Sampling
 from agents.chat import ChatRenderer, template_for
 from agents.errors import BackendError
 from schemas import output
-from schemas.messages import ModelInfo, Request
+from schemas.messages import Request
+from schemas.status import ModelInfo
 
 log = logging.getLogger("fogmesh.llama")
 _LOG_CALLBACK: Any = None  # kept referenced: llama.cpp calls it from C

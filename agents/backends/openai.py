@@ -19,7 +19,8 @@ import orjson
 
 from agents.backends.base import Generation, Stopped
 from agents.errors import BackendError
-from schemas.messages import ChatMessage, ModelInfo, Request
+from schemas.messages import ChatMessage, Request
+from schemas.status import ModelInfo
 
 PASSED = ("temperature", "top_p", "seed", "stop")  # OpenAI's own names for fogmesh's sampling fields
 EXTRA = ("top_k", "min_p", "repeat_penalty")  # understood by llama.cpp's server, vLLM and others

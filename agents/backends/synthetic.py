@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from agents.backends.base import Generation, Stopped, StopStrings
 from agents.errors import BackendError
-from schemas.messages import ModelInfo, Request
+from schemas.messages import Request
+from schemas.status import ModelInfo
 
 
 class SyntheticBackend:

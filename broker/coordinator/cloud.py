@@ -14,7 +14,8 @@ from broker.coordinator.scheduler import OFFLOAD_REASONS, CloudTier, Decision, c
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
 from schemas import encode
-from schemas.messages import BridgeStatus, CloudRequest, CloudResult, ErrorInfo, ServedBy, request_of
+from schemas.messages import CloudRequest, CloudResult, ErrorInfo, ServedBy, request_of
+from schemas.status import BridgeStatus
 
 log = logging.getLogger("fogmesh.coordinator")
 OFFLOAD_CODES = {words: code for code, words in OFFLOAD_REASONS.items()}

@@ -13,7 +13,8 @@ from broker.coordinator.jobs import Job, JobState
 from broker.coordinator.scheduler import edge_cost
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message
-from schemas.messages import AgentEvent, AgentStatus, ErrorInfo, ServedBy, Usage
+from schemas.messages import AgentEvent, ErrorInfo, ServedBy, Usage
+from schemas.status import AgentStatus
 
 log = logging.getLogger("fogmesh.coordinator")
 # Failures that another agent would repeat: the request itself is at fault.

@@ -43,7 +43,8 @@ from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message, Session
 from schemas import encode
 from schemas.codec import convert
-from schemas.messages import CoordinatorStatus, ErrorInfo, Prompt
+from schemas.messages import ErrorInfo, Prompt
+from schemas.status import CoordinatorStatus
 
 log = logging.getLogger("fogmesh.coordinator")
 BEHIND_S = 1.0  # an inbox this far behind means silence cannot be judged yet

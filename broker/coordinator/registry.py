@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from broker.runtime.budget import TokenWindow
-from schemas.messages import AgentStatus
+from schemas.status import AgentStatus
 
 Change = Literal["new", "updated", "restarted", "draining", "offline", "ignored"]
 

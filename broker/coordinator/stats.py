@@ -11,7 +11,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from schemas.messages import FinishedJob, HistoryStep, MeshHistory, SiteWindow
+from schemas.status import FinishedJob, HistoryStep, MeshHistory, SiteWindow
 
 WINDOW_S = 60.0  # "lately": the rates and medians of the mesh status
 STEP_S = 10  # one history step

@@ -18,7 +18,8 @@ from broker.coordinator.stats import STEP_S
 from broker.runtime import __version__
 from broker.runtime.mqtt import Publisher
 from schemas import encode
-from schemas.messages import CoordinatorState, CoordinatorStatus, JobPhase, JobView, MeshJobs, MeshStatus
+from schemas.messages import CoordinatorState
+from schemas.status import CoordinatorStatus, JobPhase, JobView, MeshJobs, MeshStatus
 
 JOBS_SHOWN = 200  # live jobs in mesh/jobs; a dashboard lists the oldest, the count says how many more
 PHASE: dict[JobState, JobPhase] = {JobState.QUEUED: "queued", JobState.ASSIGNED: "assigned",

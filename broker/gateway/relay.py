@@ -25,7 +25,8 @@ from broker.runtime.mqtt import Message, Publisher, Session
 from schemas import DecodeError, encode
 from schemas.codec import convert
 from schemas.errors import TopicError
-from schemas.messages import AgentStatus, BridgeStatus, Cancel, Chunk, CoordinatorStatus, Final, Prompt
+from schemas.messages import Cancel, Chunk, Final, Prompt
+from schemas.status import AgentStatus, BridgeStatus, CoordinatorStatus
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.gateway")
