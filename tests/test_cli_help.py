@@ -70,8 +70,8 @@ def test_help_runs_and_shows_defaults_and_choices(path, capsys, monkeypatch):
 def test_the_command_prints_its_help():
     out = cli("--help", timeout_s=30)
     assert out.returncode == 0, out.stderr
-    for command in ("status", "ask", "coordinator"):
+    for command in ("status", "forget", "ask", "coordinator"):
         assert command in out.stdout
     out = cli("status", "--help", timeout_s=30, env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
-    assert "--watch" in out.stdout and "(default: 1.0)" in out.stdout
+    assert "--all-sites" in out.stdout and "(default: 1.0)" in out.stdout

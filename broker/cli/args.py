@@ -184,13 +184,24 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     ask_flags(sp)
     sp.set_defaults(fn=commands.cmd_ask)
 
-    sp = sub.add_parser("status", help="the site from its retained status topics")
+    sp = sub.add_parser("status", help="the site (or every site on the broker) from its retained status topics")
     common(sp)
-    sp.add_argument("--json", action="store_true", help="print the snapshot as one JSON document")
+    sp.add_argument("--all-sites", action="store_true",
+                    help="one line per site on the broker, with its health at a glance")
+    sp.add_argument("--json", action="store_true", help="print it as one JSON document")
     sp.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
     sp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (--watch)")
     sp.add_argument("--count", type=int, default=0, help="stop after this many redraws (--watch; 0: never)")
     sp.set_defaults(fn=commands.cmd_status)
+
+    sp = sub.add_parser("forget", help="clear a retired agent's retained status and Home Assistant discovery")
+    common(sp)
+    sp.add_argument("agent", help="the agent id, as `fogmesh status` lists it")
+    sp.add_argument("--force", action="store_true",
+                    help="forget it even if its status says it is online (a running agent announces itself "
+                         "again at its next heartbeat), or if it has no status left")
+    sp.add_argument("--ha-prefix", default="homeassistant", help="the agent's Home Assistant discovery prefix")
+    sp.set_defaults(fn=commands.cmd_forget)
 
     sp = sub.add_parser("dashboard", help="serve the web dashboard (live agents, jobs, coordinator, bridge)")
     common(sp)
