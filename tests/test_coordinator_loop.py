@@ -59,3 +59,18 @@ def test_a_dispatch_pass_yields_to_the_inbox_after_its_time_budget(coord, monkey
     assert coord.counters["assigned"] == 3
     coord.dispatcher.run(time.time(), time.monotonic())
     assert not coord.dispatcher.pending
+
+
+def test_a_cleared_status_drops_the_agent_and_requeues_the_jobs_it_held(coord):
+    """`fogmesh forget` clears an agent's retained status: the coordinator stops counting it, and
+    a job it still held (forget --force of a live agent) goes back to the queue."""
+    coord._handle(status("a1", 1, time.time()))
+    coord._handle(prompt(0))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert [job.agent for job in coord.jobs] == ["a1"]
+    coord._handle(Message(topic=Topics(SITE).agent_status("a1"), payload=b"", qos=1, received_at=time.time()))
+    assert "a1" not in coord.registry.agents and coord.dispatcher.views() == []
+    assert [(job.state.value, job.agent) for job in coord.jobs] == [("queued", None)]
+    assert coord.counters["reassigned"] == 1
+    coord._handle(Message(topic=Topics(SITE).agent_status("a2"), payload=b"", qos=1, received_at=time.time()))
+    assert coord.registry.agents == {}  # an agent it never knew: nothing to drop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -162,3 +163,102 @@ def test_the_site_publishes_its_live_jobs_with_tokens_and_what_it_did_lately(dae
         assert sum(s["rejected"] for s in history["steps"]) == 1
     finally:
         watch.close()
+
+
+def test_status_all_sites_lists_every_site_with_a_stopped_one_unhealthy(daemons, broker_url, site_id, device,
+                                                                       tmp_path):
+    from broker.runtime.client import snapshot
+    from broker.runtime.mqtt import BrokerAddress
+
+    other = f"{site_id}-b"
+    daemons("coordinator")
+    daemons("agent", *agent_args("a1"))
+    gone = daemons("coordinator", "--site", other, "--ledger", str(tmp_path / "other.db"), name="coordinator-b")
+    wait_online(broker_url, site_id, 1)
+    wait_for(lambda: (snapshot(BrokerAddress.parse(broker_url), other, 0.2)["coordinator"] or {}).get("state")
+             == "online", 30, what=f"site {other}'s coordinator online")
+    assert gone.stop() == 0
+    device.send({"id": "counted", "prompt": "MQTT is", "max_tokens": 4})
+    assert device.final("counted")["status"] == "done"
+
+    def sites() -> dict[str, dict]:
+        out = cli("status", "--all-sites", "--json", "--broker", broker_url, timeout_s=30)
+        assert out.returncode == 0, out.stderr
+        return {row["site"]: row for row in json.loads(out.stdout)}
+
+    rows = wait_for(lambda: (s := sites())[site_id]["jobs"]["done"] == 1 and s, 15, every_s=0.5,
+                    what="the done job in the coordinator's counters")
+    assert rows[site_id] == {**rows[site_id], "healthy": True, "problems": [], "coordinator": "online",
+                             "agents_online": 1, "agents_total": 1, "queue_depth": 0, "overloaded": False,
+                             "cloud": None}
+    assert rows[site_id]["jobs"]["accepted"] == 1
+    assert not rows[other]["healthy"] and rows[other]["coordinator"] == "offline"
+    assert "coordinator offline" in rows[other]["problems"] and rows[other]["agents_total"] == 0
+    table = cli("status", "--all-sites", "--broker", broker_url, timeout_s=30, env={"COLUMNS": "250"})
+    assert table.returncode == 0, table.stderr
+    lines = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
+    assert "ok" in lines[site_id].split() and "1/1" in lines[site_id]
+    assert "UNHEALTHY" in lines[other] and "offline" in lines[other]
+
+
+def test_status_all_sites_on_a_broker_without_sites_says_which_broker_it_asked(tmp_path):
+    from tests.conftest import private_broker
+
+    with private_broker(tmp_path / "empty") as empty:
+        out = cli("status", "--all-sites", "--broker", empty.url, timeout_s=30)
+        assert out.returncode == 3
+        assert f"no fogmesh site on {empty.url}" in out.stderr and "--broker" in out.stderr and "ACL" in out.stderr
+        out = cli("status", "--all-sites", "--json", "--broker", empty.url, timeout_s=30)
+        assert out.returncode == 3 and out.stdout == ""
+
+
+def test_a_site_whose_coordinator_is_stale_or_missing_is_unhealthy():
+    from broker.cli.console import site_health
+
+    now = time.time()
+    agent = {"state": "online", "ts": now, "heartbeat_s": 5.0}
+    snap = {"site": "s", "broker": "mqtt://x", "mesh": {"queue_depth": 3, "overloaded": True}, "bridge": None,
+            "agents": {"a": agent}, "coordinator": {"state": "online", "ts": now - 60, "counters": {"done": 7}}}
+    stale = site_health(snap, now)
+    assert not stale["healthy"] and stale["coordinator"] == "stale" and stale["jobs"]["done"] == 7
+    assert stale["problems"] == ["coordinator stale", "overloaded"] and stale["queue_depth"] == 3
+    missing = site_health({**snap, "coordinator": None, "mesh": None}, now)
+    assert not missing["healthy"] and missing["problems"] == ["coordinator missing"]
+    fresh = {"state": "online", "ts": now}
+    unreachable = site_health({**snap, "coordinator": fresh, "mesh": None,
+                               "bridge": {**fresh, "reachable": False}}, now)
+    assert unreachable["problems"] == ["cloud unreachable"] and unreachable["cloud"] == "unreachable"
+
+
+def test_forget_refuses_an_online_agent_and_clears_a_killed_ones_status_and_discovery(daemons, broker_url,
+                                                                                     site_id):
+    from broker.runtime.client import retained, snapshot
+    from broker.runtime.mqtt import BrokerAddress
+    from schemas.topics import Topics, ha_node_id
+
+    address, t = BrokerAddress.parse(broker_url), Topics(site_id)
+    discovery = f"homeassistant/+/{ha_node_id(site_id, 'a1')}/#"
+    coordinator = daemons("coordinator")
+    agent = daemons("agent", *agent_args("a1"), env={"FOGMESH_AGENT_HA_DISCOVERY": "true"})
+    wait_online(broker_url, site_id, 1)
+    wait_for(lambda: retained(address, discovery), 10, what="the agent's Home Assistant discovery")
+    flags = ("--broker", broker_url, "--site", site_id)
+
+    refused = cli("forget", "a1", *flags, timeout_s=30)
+    assert refused.returncode == 2 and "is online" in refused.stderr and "--force" in refused.stderr
+    assert retained(address, t.agent_status("a1")) and retained(address, discovery)
+    unknown = cli("forget", "a9", *flags, timeout_s=30)
+    assert unknown.returncode == 1 and "no agent 'a9'" in unknown.stderr and "a1" in unknown.stderr
+
+    agent.kill()
+    wait_for(lambda: snapshot(address, site_id, 0.2)["agents"]["a1"]["state"] == "offline", 20,
+             what="a1's Last Will")
+    out = cli("forget", "a1", *flags, timeout_s=30)
+    assert out.returncode == 0, out.stderr
+    assert "forgot agent 'a1'" in out.stdout
+    # a fresh subscriber gets nothing: not the status, not a discovery config
+    assert retained(address, t.agent_status("a1")) == [] and retained(address, discovery) == []
+    status = cli("status", "--json", *flags, timeout_s=30)
+    assert status.returncode == 0 and "a1" not in json.loads(status.stdout)["agents"]
+    wait_for(lambda: "event=agent_forgotten agent=a1 was=offline" in coordinator.log(), 10,
+             what="the coordinator dropping a1 from its registry")

@@ -87,6 +87,15 @@ def test_every_role_gets_only_its_own_topics():
     assert len(nodes) == 5
     acl = render_acl("s", {"d1": "device", "gw": "coordinator"})
     assert "pattern" not in acl and "user d1\n" in acl and "user gw\n" in acl
+    # an operator may clear agents' statuses (`fogmesh forget`) and the discovery of this site's agents only
+    operator = acl_rules(t, "ops", "operator", agents=["edge-1"])
+    assert ("write", "fogmesh/s/agents/+/status") in operator
+    assert [topic for access, topic in operator if topic.startswith("homeassistant/")] == [
+        "homeassistant/sensor/fogmesh_s_edge-1/+/config", "homeassistant/device/fogmesh_s_edge-1/config"]
+    acl = render_acl("s", {"ops": "operator", "edge-1": "agent", "edge-2": "agent", "d1": "device"})
+    assert "topic write homeassistant/device/fogmesh_s_edge-2/config" in acl.split("user ops\n")[1]
+    assert not any(topic == "homeassistant/#" or topic.startswith("homeassistant/+")
+                   for _, topic in operator)
 
 
 def test_anonymous_plaintext_and_wrong_passwords_are_refused(secure):
@@ -302,3 +311,22 @@ def test_home_assistant_reads_discovery_configs_that_a_dashboard_cannot(secure):
     finally:
         ha.close()
         dash.close()
+
+
+def test_an_operator_forgets_a_retired_agent_and_a_dashboard_cannot(secure):
+    t = Topics(SITE)
+    discovery = t.ha_discovery("agent-1", "state")
+    assert "RC:135" not in secure.pub("agent-1", t.agent_status("agent-1"), '{"state": "offline", "ts": 1}',
+                                      retain=True)
+    assert "RC:135" not in secure.pub("agent-1", discovery, '{"name": "state"}', retain=True)
+    denied = cli("forget", "agent-1", *secure.flags("dash"), timeout_s=30)
+    assert denied.returncode == 1 and f"refused to clear {t.agent_status('agent-1')}" in denied.stderr, denied.stderr
+    done = cli("forget", "agent-1", *secure.flags("ops"), timeout_s=30)
+    assert done.returncode == 0, done.stderr
+    status = Listener(secure.address("dash"), t.agent_status("agent-1"), settle_s=0.3)
+    ha = Listener(secure.address("ha"), "homeassistant/#", settle_s=0.3)
+    try:
+        assert status.topics(0) == [] and discovery not in ha.topics(0)
+    finally:
+        status.close()
+        ha.close()

@@ -1,4 +1,5 @@
-"""The site on a terminal: ``fogmesh status`` once, ``fogmesh status --watch`` live (rich)."""
+"""The site on a terminal: ``fogmesh status`` once, ``fogmesh status --watch`` live (rich), and every
+site on the broker at a glance (``fogmesh status --all-sites``)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from rich.text import Text
 
 from broker.runtime.client import Fleet
 
-STATE_STYLE = {"online": "green", "draining": "yellow", "offline": "red", "stale": "bold red"}
+JOB_COUNTS = ("accepted", "done", "rejected", "cancelled", "expired", "error")  # of the coordinator's counters
+STATE_STYLE = {"online": "green", "draining": "yellow", "offline": "red", "stale": "bold red", "missing": "bold red"}
 
 
-def _state(status: dict[str, Any] | None, now: float) -> str:
+def liveness(status: dict[str, Any] | None, now: float) -> str:
     """A status's state, or ``stale`` when an online daemon has missed three heartbeats."""
     if not status:
         return "unknown"
@@ -40,7 +42,7 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     head.add_column()
     coord = snap["coordinator"] or {}
     head.add_row("site", f"{snap['site']} on {snap['broker']}")
-    line = Text.assemble(_styled(_state(coord, now)), f"  host {coord.get('host', '-')}  pid "
+    line = Text.assemble(_styled(liveness(coord, now)), f"  host {coord.get('host', '-')}  pid "
                          f"{coord.get('pid', '-')}  policy {coord.get('policy', '-')}")
     head.add_row("coordinator", line)
     mesh = snap["mesh"] or {}
@@ -58,7 +60,7 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     if bridge:
         reach = Text("reachable", style="green") if bridge.get("reachable") else Text("UNREACHABLE", style="bold red")
         head.add_row("cloud bridge", Text.assemble(
-            _styled(_state(bridge, now)), "  cloud ", reach,
+            _styled(liveness(bridge, now)), "  cloud ", reach,
             f" · outbox {bridge.get('outbox_depth', 0)} (oldest {bridge.get('oldest_age_s', 0):.0f} s)"
             f" · dead letters {bridge.get('dlq_depth', 0)}"))
     agents = Table(show_edge=False, pad_edge=False, header_style="bold")
@@ -70,7 +72,7 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
         budget = a.get("budget") or {}
         seen = f"{max(0.0, now - a['ts']):.0f} s ago" if a.get("ts") else "-"
         agents.add_row(
-            name, _styled(_state(a, now)), str(a.get("host", ""))[:16], str(a.get("pid", "")),
+            name, _styled(liveness(a, now)), str(a.get("host", ""))[:16], str(a.get("pid", "")),
             f"{a.get('slots_free', 0)}/{a.get('slots_total', 0)}", str(a.get("queue_depth", 0)),
             str(len(a.get("jobs", []))), f"{a.get('decode_tps', 0):.1f}", f"{a.get('ttft_ms', 0):.0f}",
             f"{budget.get('used', 0)}/{budget.get('tokens')}" if budget else "-", seen,
@@ -78,6 +80,51 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     if not snap["agents"]:
         agents.add_row("(no agent has reported on this site)", *[""] * 11)
     return Group(head, Text(""), agents)
+
+
+def site_health(snap: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """One site at a glance (a line of ``status --all-sites``, an item of its ``--json``): healthy
+    when its coordinator is online and heartbeating, an agent is online, it is not overloaded and
+    its cloud, where it has a bridge, is reachable; ``problems`` says what is not so."""
+    now = now or time.time()
+    coord, mesh, bridge = snap["coordinator"], snap["mesh"] or {}, snap["bridge"]
+    coordinator = liveness(coord, now) if coord else "missing"
+    agents = [liveness(a, now) for a in snap["agents"].values()]
+    online = sum(1 for state in agents if state in ("online", "draining"))
+    counters = (coord or {}).get("counters") or {}
+    cloud = None
+    if bridge:
+        state = liveness(bridge, now)
+        cloud = ("reachable" if bridge.get("reachable") else "unreachable") if state == "online" else f"bridge {state}"
+    problems = [f"coordinator {coordinator}"] if coordinator != "online" else []
+    if not online:
+        problems.append("no agent online")
+    if mesh.get("overloaded"):
+        problems.append("overloaded")
+    if cloud not in (None, "reachable"):
+        problems.append(f"cloud {cloud}" if cloud == "unreachable" else str(cloud))
+    return {"site": snap["site"], "healthy": not problems, "problems": problems, "coordinator": coordinator,
+            "agents_online": online, "agents_total": len(agents), "queue_depth": mesh.get("queue_depth", 0),
+            "overloaded": bool(mesh.get("overloaded")), "cloud": cloud,
+            "jobs": {key: counters.get(key, 0) for key in JOB_COUNTS}}
+
+
+def sites_table(rows: list[dict[str, Any]], broker: str) -> Group:
+    """``fogmesh status --all-sites``: one line per site, its health first."""
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for name, justify in (("site", "left"), ("health", "left"), ("coordinator", "left"), ("agents", "right"),
+                          ("queue", "right"), ("cloud", "left"), ("jobs done/rejected/expired/error", "right"),
+                          ("problems", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        jobs = r["jobs"]
+        table.add_row(r["site"], Text("ok", style="green") if r["healthy"] else Text("UNHEALTHY", style="bold red"),
+                      _styled(r["coordinator"]), f"{r['agents_online']}/{r['agents_total']}",
+                      f"{r['queue_depth']}" + (" OVERLOADED" if r["overloaded"] else ""), r["cloud"] or "-",
+                      f"{jobs['done']}/{jobs['rejected']}/{jobs['expired']}/{jobs['error']}",
+                      ", ".join(r["problems"]))
+    unhealthy = sum(1 for r in rows if not r["healthy"])
+    return Group(Text(f"{len(rows)} site(s) on {broker}, {unhealthy} unhealthy"), Text(""), table)
 
 
 def wide_console() -> Console:

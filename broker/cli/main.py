@@ -22,6 +22,7 @@ from broker.runtime import logs
 from broker.runtime.errors import FogmeshError
 from broker.runtime.logs import kv
 from schemas.errors import SchemaError
+from schemas.topics import ROOT
 
 log = logging.getLogger("fogmesh")
 
@@ -266,6 +267,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from broker.runtime.client import Fleet, site_check
 
     conn = _client(args)
+    if args.all_sites:
+        return _all_sites(conn, args)
     if args.watch:
         fleet = Fleet(conn.address(), conn.site)
         try:
@@ -282,6 +285,67 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_once(snap)
     return 0 if snap["coordinator"] else 3
+
+
+def _all_sites(conn: Any, args: argparse.Namespace) -> int:
+    """``status --all-sites``: one line (or one JSON object) per site on the broker."""
+    from broker.cli.console import site_health, sites_table, wide_console
+    from broker.runtime.client import snapshots
+
+    if args.watch:
+        raise FogmeshError("--all-sites reads every site once; --watch follows one site (--site NAME)")
+    address = conn.address()
+    rows = [site_health(snap) for snap in snapshots(address)]
+    if not rows:
+        who = f" that user {address.username!r} may read" if address.username else ""
+        print(f"no fogmesh site on {address.url}: no status{who} under {ROOT}/+/ (coordinator, mesh, bridge or "
+              "agents); check --broker, and that the ACL lets this user read the sites' status topics "
+              "(docs/security.md)", file=sys.stderr)
+        return 3
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    else:
+        wide_console().print(sites_table(rows, address.url))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Clear a retired agent's retained status and Home Assistant discovery topics."""
+    from agents.homeassistant import SENSORS
+    from broker.cli.console import liveness
+    from broker.runtime.client import clear_retained, snapshot
+    from schemas.topics import Topics, check_id
+
+    conn = _client(args)
+    agent, address, topics = check_id(args.agent, "agent id"), conn.address(), Topics(conn.site)
+    where = f"site {conn.site!r} on {address.url}"
+    agents = snapshot(address, conn.site, settle_s=0.3)["agents"]
+    status = agents.get(agent) or {}
+    if not status and not args.force:
+        others = sorted(agents)
+        print(f"fogmesh forget: no agent {agent!r} on {where}: nothing is retained on {topics.agent_status(agent)}"
+              f"{' (or this user may not read it)' if address.username else ''}; the agents there: "
+              f"{', '.join(others) or 'none'} (--force clears its topics anyway)", file=sys.stderr)
+        return 1
+    state = liveness(status, time.time())
+    if state in ("online", "draining") and not args.force:
+        print(f"fogmesh forget: agent {agent!r} on {where} is {state} (host {status.get('host', '?')}, pid "
+              f"{status.get('pid', '?')}, heard from {max(0.0, time.time() - (status.get('ts') or 0)):.0f} s ago): "
+              "stop it first, or --force (a running agent announces itself again at its next heartbeat)",
+              file=sys.stderr)
+        return 2
+    # Home Assistant's first, the status last: an interrupted forget leaves the agent listed, to run again.
+    ha = [*(topics.ha_discovery(agent, key, args.ha_prefix) for key, *_ in SENSORS),
+          topics.ha_device_discovery(agent, args.ha_prefix)]
+    refused = clear_retained(address, [*ha, topics.agent_status(agent)])
+    for topic, why in refused.items():
+        print(f"fogmesh forget: the broker refused to clear {topic} ({why}); the operator role may "
+              "(docs/security.md)", file=sys.stderr)
+    if refused:
+        return 1
+    print(f"forgot agent {agent!r} ({state}) of {where}: cleared {topics.agent_status(agent)} and its "
+          f"{len(ha)} Home Assistant discovery topics")
+    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -357,9 +421,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser(sys.modules[__name__]).parse_args(argv)
     for key, default in (("log_level", "info"), ("log_format", "kv")):
-        if getattr(args, key, None) is None and args.command in ("up", "demo", "ask", "status", "explain"):
+        if getattr(args, key, None) is None and args.command in ("up", "demo", "ask", "status", "explain", "forget"):
             setattr(args, key, default)
-    if args.command in ("ask", "status", "explain"):
+    if args.command in ("ask", "status", "explain", "forget"):
         logs.setup("warning", args.log_format or "kv", args.command)
     try:
         return int(args.fn(args))

@@ -28,8 +28,9 @@ class Edge:
 
     def on_status(self, msg: Message) -> None:
         c = self.core
-        if not msg.payload:
-            return  # a cleared retained status
+        if not msg.payload:  # a cleared retained status: `fogmesh forget` retired the agent
+            self.forgotten(c.topics.parse(msg.topic)[1])
+            return
         status = msg.decoded(AgentStatus, log, "status_invalid", topic=msg.topic)
         if status is None:
             return
@@ -52,6 +53,16 @@ class Edge:
         for job in c.jobs.on(status.agent):
             if job.state.accepted and job.key not in held and now - job.assigned_mono > grace:
                 self.lost(job, "agent no longer holds the job")
+
+    def forgotten(self, agent: str) -> None:
+        """Drop a retired agent, so that neither the scheduler nor the site's views count it any longer.
+        One forgotten while it still held jobs (``forget --force``) has lost them."""
+        known = self.core.registry.forget(agent)
+        if known is None:
+            return
+        log.info(kv("agent_forgotten", agent=agent, was="online" if known.online else "offline"))
+        if known.online:
+            self.agent_gone(agent, "agent forgotten")
 
     def on_event(self, msg: Message) -> None:
         c = self.core

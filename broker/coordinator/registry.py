@@ -66,6 +66,10 @@ class Registry:
             return "new"
         return "restarted" if status.epoch > known.status.epoch else "updated"
 
+    def forget(self, agent: str) -> Known | None:
+        """Drop a retired agent (its retained status was cleared); return what was known of it."""
+        return self.agents.pop(agent, None)
+
     def sweep(self, now: float) -> list[str]:
         """Mark agents whose heartbeat lapsed offline; return their ids."""
         lapsed = []

@@ -18,7 +18,6 @@ import orjson
 from broker.runtime.delivery import Delivery
 from broker.runtime.errors import PublishRefused, SiteError
 from broker.runtime.mqtt import BrokerAddress, Message, Session
-from schemas.errors import TopicError
 from schemas.topics import ROOT, Topics
 
 
@@ -73,20 +72,11 @@ class DeviceClient:
         return str(job)
 
     def _confirm(self, delivery: Delivery, topic: str, timeout_s: float = 5.0) -> None:
-        """Wait for the PUBACK; a refusal raises PublishRefused. mosquitto 2.0 answers a publish the
-        ACL denies by closing the connection, so a session lost meanwhile counts as a refusal too."""
-        deadline = time.monotonic() + timeout_s
-        while not delivery.wait(0.05) and time.monotonic() < deadline:
-            if delivery.done or not self.session.connected:
-                break
-        if delivery.ok:
-            return
-        who = f"user {self.session.address.username!r}" if self.session.address.username else "this client"
-        if delivery.done or not self.session.connected:
-            how = (f"reason code {delivery.reason}" if delivery.done else
-                   "it closed the connection, as mosquitto does for a publish the ACL denies")
-            raise PublishRefused(f"the broker refused the prompt on {topic} ({how}): {who} may not publish "
-                                 f"there. A device publishes only as itself: prompts/<its user name> "
+        """Wait for the PUBACK; a refusal raises PublishRefused."""
+        how = refusal(self.session, delivery, timeout_s)
+        if how:
+            raise PublishRefused(f"the broker refused the prompt on {topic} ({how}): {_who(self.session)} may not "
+                                 f"publish there. A device publishes only as itself: prompts/<its user name> "
                                  f"(fogmesh ask --device <user>), and roles such as dashboard may not ask at all")
 
     def cancel(self, job_id: str) -> None:
@@ -107,6 +97,27 @@ class DeviceClient:
 
     def close(self) -> None:
         self.session.stop()
+
+
+def refusal(session: Session, delivery: Delivery, timeout_s: float) -> str | None:
+    """Wait for the broker's PUBACK: None once it took the message, else how it refused it, or ""
+    when no answer came in time. mosquitto 2.0 answers a publish the ACL denies by closing the
+    connection, so a session lost meanwhile counts as a refusal too."""
+    deadline = time.monotonic() + timeout_s
+    while not delivery.wait(0.05) and time.monotonic() < deadline:
+        if delivery.done or not session.connected:
+            break
+    if delivery.ok:
+        return None
+    if delivery.done:
+        return f"reason code {delivery.reason}"
+    if not session.connected:
+        return "it closed the connection, as mosquitto does for a publish the ACL denies"
+    return ""
+
+
+def _who(session: Session) -> str:
+    return f"user {session.address.username!r}" if session.address.username else "this client"
 
 
 @dataclass
@@ -139,57 +150,91 @@ def ask(address: BrokerAddress, site: str, prompt: dict[str, Any], device: str,
         client.close()
 
 
+STATUS_LEVELS = ("agents/+/status", "coordinator/status", "mesh/status", "bridge/status")
+
+
+def _no_status() -> dict[str, Any]:
+    return {"agents": {}, "coordinator": None, "mesh": None, "bridge": None}
+
+
 class Fleet:
-    """The site as its retained status topics describe it, kept current while open.
+    """A site (or every site on the broker) as its retained status topics describe it, kept
+    current while open.
 
     ``fogmesh status`` opens one for half a second; ``status --watch`` and the
-    tests keep one open and read :meth:`snapshot` as it changes.
+    tests keep one open and read :meth:`snapshot` as it changes; ``status
+    --all-sites`` opens one with ``site=None`` and reads :meth:`snapshots`.
     """
 
-    def __init__(self, address: BrokerAddress, site: str) -> None:
-        self.topics = Topics(site)
+    def __init__(self, address: BrokerAddress, site: str | None) -> None:
+        """``site``: the one site to follow; None: every site that has a status on the broker."""
         self.site, self.broker = site, address.url
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"agents": {}, "coordinator": None, "mesh": None, "bridge": None}
+        self._sites: dict[str, dict[str, Any]] = {}
         self.session = Session(address, f"fogmesh-status-{secrets.token_hex(4)}", self._on_message, persistent=False)
         self.session.start()
-        t = self.topics
-        for topic in (t.agent_status(), t.coordinator_status, t.mesh_status, t.bridge_status):
-            self.session.subscribe(topic, qos=1)
+        prefix = Topics(site).prefix if site is not None else f"{ROOT}/+"
+        for level in STATUS_LEVELS:
+            self.session.subscribe(f"{prefix}/{level}", qos=1)
 
     def _on_message(self, msg: Message) -> None:
+        root, site, *level = msg.topic.split("/")
         try:
             data = orjson.loads(msg.payload) if msg.payload else None
-            level = self.topics.parse(msg.topic)
-        except (orjson.JSONDecodeError, TopicError):
+        except orjson.JSONDecodeError:
             return  # somebody else's garbage on a status topic is not ours to crash on
+        if root != ROOT or (self.site is not None and site != self.site):
+            return
         with self._lock:
-            if level[0] == "agents":
-                if data is None:
-                    self._state["agents"].pop(level[1], None)
+            state = self._sites.setdefault(site, _no_status())
+            if level[0] == "agents" and len(level) == 3:
+                if data is None:  # an empty retained message: the agent's status was cleared
+                    state["agents"].pop(level[1], None)
                 else:
-                    self._state["agents"][level[1]] = data
+                    state["agents"][level[1]] = data
             elif level[0] in ("coordinator", "mesh", "bridge"):
-                self._state[level[0]] = data
+                state[level[0]] = data
+
+    def _snapshot(self, site: str) -> dict[str, Any]:
+        state = self._sites.get(site) or _no_status()
+        return {"site": site, "broker": self.broker, "agents": dict(state["agents"]),
+                "coordinator": state["coordinator"], "mesh": state["mesh"], "bridge": state["bridge"]}
 
     def snapshot(self) -> dict[str, Any]:
+        """The followed site's snapshot."""
+        assert self.site is not None, "a Fleet of every site has snapshots(), not snapshot()"
         with self._lock:
-            return {"site": self.site, "broker": self.broker, "agents": dict(self._state["agents"]),
-                    "coordinator": self._state["coordinator"], "mesh": self._state["mesh"],
-                    "bridge": self._state["bridge"]}
+            return self._snapshot(self.site)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Each site that has some status retained, by site id."""
+        with self._lock:
+            snaps = [self._snapshot(site) for site in sorted(self._sites)]
+        return [s for s in snaps if s["agents"] or s["coordinator"] or s["mesh"] or s["bridge"]]
 
     def close(self) -> None:
         self.session.stop()
 
 
-def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[str, Any]:
-    """The site as its retained status topics describe it, read once."""
+def _settled(address: BrokerAddress, site: str | None, settle_s: float) -> Fleet:
+    """A Fleet given ``settle_s`` for the retained statuses to arrive, then closed: read once."""
     fleet = Fleet(address, site)
     try:
         time.sleep(settle_s)
-        return fleet.snapshot()
     finally:
         fleet.close()
+    return fleet
+
+
+def snapshot(address: BrokerAddress, site: str, settle_s: float = 0.5) -> dict[str, Any]:
+    """The site as its retained status topics describe it, read once."""
+    return _settled(address, site, settle_s).snapshot()
+
+
+def snapshots(address: BrokerAddress, settle_s: float = 0.5) -> list[dict[str, Any]]:
+    """Every site on the broker as its retained status topics describe it (those this user may
+    read), read once."""
+    return _settled(address, None, settle_s).snapshots()
 
 
 def retained(address: BrokerAddress, topic_filter: str, settle_s: float = 0.3) -> list[Message]:
@@ -205,6 +250,27 @@ def retained(address: BrokerAddress, topic_filter: str, settle_s: float = 0.3) -
     finally:
         session.stop()
     return found
+
+
+def clear_retained(address: BrokerAddress, topics: list[str], timeout_s: float = 5.0) -> dict[str, str]:
+    """Delete what the broker retains on each topic: an empty retained message at QoS 1, each
+    one waited for until the broker acknowledges it. Returns the topics it refused, each with why
+    (none: all cleared); clearing a topic that holds nothing is no error."""
+    refused: dict[str, str] = {}
+    session = Session(address, f"fogmesh-clear-{secrets.token_hex(4)}", lambda _msg: None, persistent=False)
+    session.start()
+    try:
+        for topic in topics:
+            if not session.connected and not session.wait_connected(timeout_s):
+                refused[topic] = f"no connection to {address.url}"
+                continue
+            how = refusal(session, session.publish(topic, b"", qos=1, retain=True), timeout_s)
+            if how is not None:
+                refused[topic] = (f"{how}: {_who(session)} may not write there" if how else
+                                  f"no acknowledgement from {address.url} within {timeout_s:.0f} s")
+    finally:
+        session.stop()
+    return refused
 
 
 def sites(address: BrokerAddress) -> list[str]:
