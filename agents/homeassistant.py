@@ -37,6 +37,7 @@ ENTITIES = (
     Entity("queue_depth", "sensor", "Queued jobs", "{{ value_json.queue_depth }}", state_class="measurement"),
     connectivity("online", "Online"),
 )
+LEGACY_SENSORS = tuple(e.key for e in ENTITIES if e.platform == "sensor")  # the per-sensor configs of old
 MIGRATE = orjson.dumps({"migrate_discovery": True})
 LEGACY_SETTLE_S = 0.5  # the broker sends retained messages right after the SUBACK
 

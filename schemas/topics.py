@@ -140,10 +140,6 @@ class Topics:
         agent migrates what it finds there to its device config and clears it."""
         return f"{prefix}/sensor/{ha_node_id(self.site, agent)}/{sensor}/config"
 
-    def ha_device_discovery(self, agent: str, prefix: str = HA_PREFIX) -> str:
-        """Where an agent's retained device-based discovery config (all its components) lives."""
-        return f"{prefix}/device/{ha_node_id(self.site, agent)}/config"
-
     def response_topic_problem(self, device: str, topic: str | None) -> str | None:
         """Why a prompt's MQTT 5 Response Topic cannot be honoured, if it cannot.
 

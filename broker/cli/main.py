@@ -311,7 +311,7 @@ def _all_sites(conn: Any, args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     """Clear a retired agent's retained status and Home Assistant discovery topics."""
-    from agents.homeassistant import SENSORS
+    from agents.homeassistant import LEGACY_SENSORS
     from broker.cli.console import liveness
     from broker.runtime.client import clear_retained, snapshot
     from schemas.topics import Topics, check_id
@@ -335,7 +335,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     # Home Assistant's first, the status last: an interrupted forget leaves the agent listed, to run again.
-    ha = [*(topics.ha_discovery(agent, key, args.ha_prefix) for key, *_ in SENSORS),
+    ha = [*(topics.ha_discovery(agent, key, args.ha_prefix) for key in LEGACY_SENSORS),
           topics.ha_device_discovery(agent, args.ha_prefix)]
     refused = clear_retained(address, [*ha, topics.agent_status(agent)])
     for topic, why in refused.items():
