@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import glob
+import hashlib
 import json
 import os
+import secrets
 import shutil
+import subprocess
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from broker.cli.console import render
+from broker.ops.mosquitto import Mosquitto, render_config
 from broker.runtime.proc import free_port
 from tests.conftest import agent_args, wait_online
 from tests.services import cli, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(not CHROMIUM and not os.environ.get("FOGMESH_REQUIRE_BROWSER"),
+                                    reason="no chromium here (deploy/install-deps.sh --test installs it)")
 
 
 def status_watch(broker_url: str, site: str) -> str:
@@ -54,69 +66,224 @@ def test_an_agent_that_misses_its_heartbeats_shows_as_stale():
     assert "stale" in agent_line(text, "hung") and "online" in agent_line(text, "fine")
 
 
-@pytest.mark.skipif(not CHROMIUM and not os.environ.get("FOGMESH_REQUIRE_BROWSER"),
-                    reason="no chromium here (deploy/install-deps.sh --test installs it)")
-def test_the_web_dashboard_lists_live_agents_and_jobs_and_one_going_offline(daemons, broker_url, site_id, mosquitto,
-                                                                          device):
+def dashboard_urls(web) -> list[str]:
+    """The addresses `fogmesh dashboard` prints: the site's page, then every site's."""
+    return wait_for(lambda: [line.strip() for line in web.log().splitlines() if "http://" in line][:2] or None,
+                    10, what="the dashboard's URLs")
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A page in the distribution's headless Chromium; the test fails on any error the page raises."""
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "FOGMESH_REQUIRE_BROWSER is set but chromium is not installed"
-    daemons("coordinator")
-    agents = {n: daemons("agent", *agent_args(n), name=n) for n in ("a1", "a2")}
-    port = free_port()
-    web = daemons("dashboard", "--port", str(port), "--ws", mosquitto.ws_url)
-    wait_online(broker_url, site_id, 2)
-    url = wait_for(lambda: next((line.strip() for line in web.log().splitlines() if "http://" in line), None),
-                   10, what="the dashboard's URL")
+    errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page()
-            page.goto(url)
-            for name in agents:
-                page.wait_for_selector(f'tr[data-agent="{name}"][data-state="online"]', timeout=15_000)
-            assert page.inner_text("#conn").startswith("connected to ws://")
-            assert "2 agents" in page.inner_text("#mesh")
-            assert "online" in page.inner_text("#coordinator")
-            device.send({"id": "watched", "prompt": "Count from one to one thousand in words: one, two,",
-                         "max_tokens": 120})
-            page.wait_for_selector(f'tr[data-job="{device.device_id}/watched"]', timeout=15_000)
-            agents["a2"].kill()
-            page.wait_for_selector('tr[data-agent="a2"][data-state="offline"]', timeout=20_000)
-            assert page.get_attribute('tr[data-agent="a1"]', "data-state") == "online"
-            assert device.final("watched")["status"] == "done"
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            yield page
         finally:
             browser.close()
+    assert not errors, f"the page raised: {errors}"
 
 
-@pytest.mark.skipif(not CHROMIUM and not os.environ.get("FOGMESH_REQUIRE_BROWSER"),
-                    reason="no chromium here (deploy/install-deps.sh --test installs it)")
-def test_the_dashboard_asks_for_a_password_instead_of_taking_it_from_its_url(daemons, site_id, mosquitto, tmp_path):
-    from playwright.sync_api import sync_playwright
+def wait_text(page, selector: str, text: str, timeout_ms: int = 10_000) -> None:
+    """Wait until the element's text is ``text`` (the page renders each message as it comes)."""
+    page.wait_for_function("([sel, text]) => document.querySelector(sel)?.innerText.trim() === text",
+                           arg=[selector, text], timeout=timeout_ms)
+
+
+@needs_chromium
+def test_the_site_page_shows_counters_charts_live_jobs_and_ages_out_an_offline_agent(daemons, broker_url, site_id,
+                                                                                      mosquitto, device):
+    fast = {"FOGMESH_AGENT_HEARTBEAT_S": "0.5"}  # tokens of a running job reported often
+    daemons("coordinator")
+    agent = daemons("agent", *agent_args("a1"), env=fast)
+    web = daemons("dashboard", "--port", str(free_port()), "--ws", mosquitto.ws_url, "--forget-offline-after", "4")
+    wait_online(broker_url, site_id, 1)
+    url = dashboard_urls(web)[0]
+    assert "offline_after=4" in url
+    with browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector('#agents tr[data-agent="a1"][data-state="online"]', timeout=15_000)
+        assert page.inner_text("#conn").startswith("connected to ws://")
+        assert "1 agent online" in page.inner_text("#mesh") and "online" in page.inner_text("#coordinator")
+        key = f"{device.device_id}/watched"
+        device.send({"id": "watched", "prompt": "Count from one to one thousand in words: one, two,",
+                     "max_tokens": 80})
+        page.wait_for_function(f"""() => {{ const row = document.querySelector('#jobs tr[data-job="{key}"]');
+            return row && row.dataset.state === "generating"
+                && +row.querySelector("[data-tokens]").dataset.tokens > 0 }}""", timeout=30_000)
+        row = f'#jobs tr[data-job="{key}"]'
+        assert page.inner_text(f"{row} td:nth-child(3)") == "a1"  # the agent that runs it
+        assert page.inner_text(f"{row} td:nth-child(7)").endswith("/ 80")
+        device.send({"id": "bad", "prompt": "x", "max_tokens": -1})
+        assert device.final("bad")["status"] == "rejected"
+        final = device.final("watched")
+        assert final["status"] == "done"
+        page.wait_for_selector(f'#finished tr[data-job="{key}"][data-status="done"]', timeout=10_000)
+        ended = page.inner_text(f'#finished tr[data-job="{key}"]')
+        assert final["served_by"]["node"] in ended and str(final["usage"]["completion_tokens"]) in ended
+        assert "invalid_value" in page.inner_text(f'#finished tr[data-job="{device.device_id}/bad"]')
+        page.wait_for_selector(f"#jobs tr[data-job=\"{key}\"]", state="detached", timeout=10_000)
+        wait_text(page, '#totals tr[data-status="done"] td[data-tier="edge"]', "1")
+        wait_text(page, '#totals tr[data-status="rejected"] td[data-tier="none"]', "1")
+        assert page.inner_text('#totals tr[data-status="done"] td[data-tier="cloud"]') == "0"
+        agent.kill()  # its Last Will says offline; the page hides it 4 s later (while the history comes)
+        page.wait_for_selector('#agents tr[data-agent="a1"][data-state="offline"]', timeout=10_000)
+        # the history comes every 10 s: the tokens of the done job show in the chart within one step
+        page.wait_for_function("() => +document.getElementById('chart-tokens').dataset.peak > 0", timeout=15_000)
+        for chart in ("throughput", "tokens"):
+            points = page.get_attribute(f"#chart-{chart} path", "d")
+            assert points.startswith("M") and points.count("L") >= 1, points
+        assert float(page.get_attribute("#chart-throughput", "data-peak")) >= 1
+        page.wait_for_selector('#agents tr[data-agent="a1"]', state="detached", timeout=10_000)
+        assert page.inner_text("#agents-hidden").startswith("1 agent offline for more than 4.0 s hidden")
+        page.click("#agents-toggle")
+        page.wait_for_selector('#agents tr[data-agent="a1"][data-state="offline"]', timeout=5_000)
+
+
+@needs_chromium
+def test_the_fleet_page_lists_each_site_its_health_and_opens_a_site_with_its_cloud_job(daemons, broker_url, site_id,
+                                                                                       mosquitto, device, tmp_path):
+    from cloud_bridge.local import LOCAL_CREDENTIALS
+
+    other = f"{site_id}b"
+    daemons("coordinator")
+    gone = daemons("coordinator", "--site", other, "--ledger", str(tmp_path / "other.db"), name="coordinator-b")
+    # A bridge whose queue service does not answer: the site's one job goes to the cloud tier and
+    # waits there in the outbox, offloaded, as long as this test needs.
+    daemons("bridge", "--endpoint-url", f"http://127.0.0.1:{free_port()}", "--outbox", str(tmp_path / "outbox.db"),
+            env={**LOCAL_CREDENTIALS, "FOGMESH_BRIDGE_STATUS_INTERVAL_S": "0.5"})
+    web = daemons("dashboard", "--port", str(free_port()), "--ws", mosquitto.ws_url)
+    fleet_url = dashboard_urls(web)[1]
+    assert "view=fleet" in fleet_url
+    with browser_page() as page:
+        page.goto(fleet_url)
+        for site in (site_id, other):
+            page.wait_for_selector(f'#sites tr[data-site="{site}"][data-state="online"]', timeout=20_000)
+        page.wait_for_function(f"""() => document.querySelector('#sites tr[data-site="{site_id}"]')
+                                   .innerText.includes("UNREACHABLE")""", timeout=20_000)
+        row = page.inner_text(f'#sites tr[data-site="{site_id}"]').split("\t")
+        assert row[2:5] == ["0", "0", "no"], row  # agents online, queue, overloaded
+        gone.kill()
+        page.wait_for_selector(f'#sites tr[data-site="{other}"][data-state="offline"]', timeout=20_000)
+        assert page.get_attribute(f'#sites tr[data-site="{site_id}"]', "data-state") == "online"
+
+        page.evaluate("() => { window.sameDocument = true }")  # gone if the page reloads
+        device.send({"id": "up", "prompt": "No agent here:", "max_tokens": 24})
+        page.click(f'#sites tr[data-site="{site_id}"] a')
+        job = f'#jobs tr[data-job="{device.device_id}/up"][data-state="offloaded"]'
+        page.wait_for_selector(job, timeout=20_000)
+        assert page.inner_text(f"{job} td:nth-child(3)") == "cloud"
+        assert "fleet" not in page.url and f"site={site_id}" in page.url
+        assert "cloud UNREACHABLE" in page.inner_text("#bridge")
+        page.select_option("#site-picker", other)
+        page.wait_for_function("() => document.getElementById('coordinator').innerText.startsWith('offline')",
+                               timeout=10_000)
+        assert f"site={other}" in page.url and page.inner_text("#bridge") == "none on this site"
+        page.go_back()
+        page.wait_for_selector(job, timeout=10_000)
+        assert page.evaluate("() => window.sameDocument") is True
+
+
+DYNSEC = next(iter(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so")), None)
+
+
+def _dynsec_client(user: str, password: str) -> dict[str, Any]:
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return {"username": user, "salt": base64.b64encode(salt).decode(), "iterations": 101,
+            "password": base64.b64encode(digest).decode(), "roles": [{"rolename": user}]}
+
+
+@contextlib.contextmanager
+def one_site_broker(folder: Path, site: str, passwords: dict[str, str]) -> Iterator[tuple[str, Callable[..., None]]]:
+    """A mosquitto with passwords whose dynamic-security plugin lets ``dash`` subscribe to one
+    site's topics only: a subscription to every site's is refused with MQTT 5 reason code 0x87,
+    as mosquitto's recommended plugin, EMQX and HiveMQ answer. ``writer`` publishes anything.
+    Yields its WebSockets URL and a retained-publish function (as ``writer``)."""
+    port, ws_port = free_port(), free_port()
+
+    def role(name: str, acl: str, topic: str) -> dict[str, Any]:
+        return {"rolename": name, "acls": [{"acltype": acl, "topic": topic, "allow": True}]}
+
+    roles = [role("dash", "subscribePattern", f"fogmesh/{site}/#"), role("writer", "publishClientSend", "#")]
+    (folder / "dynsec.json").write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False,
+                             "unsubscribe": True},
+        "clients": [_dynsec_client(user, pw) for user, pw in passwords.items()], "roles": roles, "groups": []}))
+    conf = render_config(port, folder, ws_port=ws_port).replace(
+        "allow_anonymous true", f"allow_anonymous false\nplugin {DYNSEC}\nplugin_opt_config_file {folder}/dynsec.json")
+    (folder / "mosquitto.conf").write_text(conf)
+    broker = Mosquitto(port, folder, config=folder / "mosquitto.conf", ws_port=ws_port)
+    broker.start()
+
+    def publish(topic: str, payload: str | bytes) -> None:
+        message = payload if isinstance(payload, str) else payload.decode()
+        subprocess.run(["mosquitto_pub", "-V", "mqttv5", "-q", "1", "-r", "-h", "127.0.0.1", "-p", str(port),
+                        "-u", "writer", "-P", passwords["writer"], "-t", topic, "-m", message],
+                       check=True, timeout=10)
+    try:
+        yield f"ws://127.0.0.1:{ws_port}", publish
+    finally:
+        broker.stop()
+
+
+@needs_chromium
+@pytest.mark.skipif(not DYNSEC, reason="mosquitto's dynamic security plugin is not installed")
+def test_a_dashboard_user_allowed_one_site_logs_in_without_a_password_in_the_url_and_sees_that_site(
+        daemons, site_id, tmp_path):
+    from schemas import encode
+    from schemas.messages import AgentStatus, CoordinatorStatus, JobView, MeshJobs
 
     secret = tmp_path / "dash.password"
     secret.write_text("s3cret-not-for-urls\n")
-    port = free_port()
-    web = daemons("dashboard", "--port", str(port), "--ws", mosquitto.ws_url, "--username", "dash",
-                  "--password-file", str(secret))
-    url = wait_for(lambda: next((line.strip() for line in web.log().splitlines() if "http://" in line), None),
-                   10, what="the dashboard's URL")
-    assert "s3cret" not in web.log() and "password=" not in url
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
+    now = time.time()
+    with one_site_broker(tmp_path, site_id, {"dash": "s3cret-not-for-urls", "writer": "w"}) as (ws_url, publish):
+        web = daemons("dashboard", "--port", str(free_port()), "--ws", ws_url, "--username", "dash",
+                      "--password-file", str(secret))
+        for site in (site_id, f"{site_id}x"):  # the second is on the broker, but not this user's to read
+            publish(f"fogmesh/{site}/coordinator/status", encode(CoordinatorStatus(state="online", ts=now + 600)))
+        publish(f"fogmesh/{site_id}/agents/fine/status", encode(AgentStatus(
+            agent="fine", epoch=1, seq=1, state="online", slots_total=1, slots_free=1, ts=now, heartbeat_s=600)))
+        publish(f"fogmesh/{site_id}/mesh/jobs", encode(MeshJobs(live=1, limit=200, ts=now, jobs=[
+            JobView(key="dev/up", state="offloaded", node="cloud", created_at=now, max_tokens=24)])))
+        # what a page may meet on a shared broker: not JSON, not an object, fields of the wrong type
+        publish(f"fogmesh/{site_id}/agents/torn/status", "{not json")
+        publish(f"fogmesh/{site_id}/agents/list/status", "[1, 2]")
+        publish(f"fogmesh/{site_id}/agents/odd/status", '{"state": 5, "models": "x", "budget": 3, "ts": "noon"}')
+        publish(f"fogmesh/{site_id}/mesh/status", '{"agents_online": "two", "recent": {"totals": {"done": 3}}}')
+        url, fleet_url = dashboard_urls(web)
+        assert "s3cret" not in web.log() and "password=" not in url + fleet_url
+        with browser_page() as page:
+            page.goto(fleet_url)
             page.wait_for_selector("#login:not([hidden])", timeout=10_000)
+            page.fill("#password", "not-the-password")
+            page.click("#login button")
+            page.wait_for_selector("#login:not([hidden])", timeout=10_000)
+            assert "refused dash" in page.inner_text("#login-error")
             page.fill("#password", "s3cret-not-for-urls")
             page.click("#login button")
             page.wait_for_selector('#conn[data-connected="true"]', timeout=15_000)
+            page.wait_for_selector(f'#sites tr[data-site="{site_id}"][data-state="online"]', timeout=10_000)
+            assert f"read site {site_id} only" in page.inner_text("#fleet-note")
+            assert page.eval_on_selector_all("#sites tbody tr", "rows => rows.map(r => r.dataset.site)") == [site_id]
+            page.click(f'#sites tr[data-site="{site_id}"] a')
+            page.wait_for_selector('#jobs tr[data-job="dev/up"][data-state="offloaded"]', timeout=10_000)
+            assert page.inner_text('#jobs tr[data-job="dev/up"] td:nth-child(3)') == "cloud"
+            page.wait_for_selector('#agents tr[data-agent="fine"][data-state="online"]', timeout=10_000)
+            assert page.get_attribute('#agents tr[data-agent="odd"]', "data-state") == "unknown"
+            assert page.query_selector('#agents tr[data-agent="torn"]') is None
+            assert "online" in page.inner_text("#coordinator")
             assert "s3cret" not in page.url
-            page.reload()  # the tab remembers it; the address still does not hold it
+            page.reload()  # the tab remembers the password; the address still does not hold it
             page.wait_for_selector('#conn[data-connected="true"]', timeout=15_000)
             assert page.is_hidden("#login")
-        finally:
-            browser.close()
 
 
 def test_the_site_publishes_its_live_jobs_with_tokens_and_what_it_did_lately(daemons, broker_url, site_id, device):

@@ -203,12 +203,14 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--ha-prefix", default="homeassistant", help="the agent's Home Assistant discovery prefix")
     sp.set_defaults(fn=commands.cmd_forget)
 
-    sp = sub.add_parser("dashboard", help="serve the web dashboard (live agents, jobs, coordinator, bridge)")
+    sp = sub.add_parser("dashboard", help="serve the web dashboard: a site's jobs, counters, charts, agents; all sites")
     common(sp)
     sp.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
     sp.add_argument("--bind", default="127.0.0.1", help="HTTP address to listen on")
     sp.add_argument("--ws", help="the broker's MQTT-over-WebSockets URL, ws:// or wss:// "
                                  "(default: the one `fogmesh up` started, else ws://127.0.0.1:9001)")
+    sp.add_argument("--forget-offline-after", type=float, metavar="S",
+                    help="the page hides agents offline for longer than S seconds (default: 600)")
     sp.set_defaults(fn=commands.cmd_dashboard)
 
     sp = sub.add_parser("explain", help="why a job went where it went")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import secrets
@@ -349,15 +350,20 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-
+    """Serve the web dashboard and print its addresses: the site's page, and every site's."""
     from broker.cli.webui import page_url, serve
     from broker.ops.site import current
+    from broker.runtime.errors import ConfigError
 
+    if args.forget_offline_after is not None and not args.forget_offline_after >= 0:
+        raise ConfigError(f"--forget-offline-after must be 0 or more seconds, not {args.forget_offline_after:g}")
     conn = _client(args)
     ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
     server = serve(args.bind, args.port)
-    print(f"fogmesh dashboard for site {conn.site!r}: open\n  "
-          f"{page_url(args.bind, server.server_address[1], ws, conn.site, conn.username)}", flush=True)
+    url = functools.partial(page_url, args.bind, server.server_address[1], ws, conn.site, conn.username,
+                            args.forget_offline_after)
+    print(f"fogmesh dashboard for site {conn.site!r}: open\n  {url()}\nevery site on the broker:\n  "
+          f"{url(view='fleet')}", flush=True)
     if conn.username:
         where = f" (it is in {conn.password_file})" if conn.password_file else ""
         print(f"  the page asks for the password of {conn.username!r}{where}; it never goes in a URL", flush=True)

@@ -1,4 +1,4 @@
-"""``fogmesh dashboard``: serve the static web dashboard (broker/dashboard/) over HTTP.
+"""``fogmesh dashboard``: serve the static web dashboard (broker/cli/dashboard/) over HTTP.
 
 The page itself talks to the broker over MQTT over WebSockets, so any web
 server can serve the same folder; this one exists so a gateway needs nothing else.
@@ -29,9 +29,14 @@ class _Handler(SimpleHTTPRequestHandler):
         log.debug(kv("http", request=format % args))
 
 
-def page_url(bind: str, port: int, ws: str, site: str, username: str = "") -> str:
-    """The page's address: never a password in it (the page asks for one, and keeps it in the tab)."""
-    query = {"broker": ws, "site": site, **({"username": username} if username else {})}
+def page_url(bind: str, port: int, ws: str, site: str, username: str = "", offline_after_s: float | None = None,
+             view: str = "") -> str:
+    """The page's address: never a password in it (the page asks for one, and keeps it in the tab).
+    ``offline_after_s``: the page hides agents offline for longer (its own default: 600 s);
+    ``view="fleet"``: the page that lists every site."""
+    query = {"broker": ws, "site": site, **({"username": username} if username else {}),
+             **({"offline_after": f"{offline_after_s:g}"} if offline_after_s is not None else {}),
+             **({"view": view} if view else {})}
     host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
     return f"http://{host}:{port}/?{urlencode(query)}"
 
