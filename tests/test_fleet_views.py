@@ -239,7 +239,7 @@ def one_site_broker(folder: Path, site: str, passwords: dict[str, str]) -> Itera
 def test_a_dashboard_user_allowed_one_site_logs_in_without_a_password_in_the_url_and_sees_that_site(
         daemons, site_id, tmp_path):
     from schemas import encode
-    from schemas.messages import AgentStatus, CoordinatorStatus, JobView, MeshJobs
+    from schemas.status import AgentStatus, CoordinatorStatus, JobView, MeshJobs
 
     secret = tmp_path / "dash.password"
     secret.write_text("s3cret-not-for-urls\n")

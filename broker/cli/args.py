@@ -6,7 +6,7 @@ import argparse
 from types import ModuleType
 from typing import Any
 
-from broker.cli import admin
+from broker.cli import admin, watch
 from broker.coordinator.scheduler import POLICIES
 from broker.runtime import __version__
 
@@ -192,7 +192,7 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
     sp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (--watch)")
     sp.add_argument("--count", type=int, default=0, help="stop after this many redraws (--watch; 0: never)")
-    sp.set_defaults(fn=commands.cmd_status)
+    sp.set_defaults(fn=watch.cmd_status)
 
     sp = sub.add_parser("forget", help="clear a retired agent's retained status and Home Assistant discovery")
     common(sp)
@@ -201,7 +201,7 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
                     help="forget it even if its status says it is online (a running agent announces itself "
                          "again at its next heartbeat), or if it has no status left")
     sp.add_argument("--ha-prefix", default="homeassistant", help="the agent's Home Assistant discovery prefix")
-    sp.set_defaults(fn=commands.cmd_forget)
+    sp.set_defaults(fn=watch.cmd_forget)
 
     sp = sub.add_parser("dashboard", help="serve the web dashboard: a site's jobs, counters, charts, agents; all sites")
     common(sp)
@@ -211,13 +211,13 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
                                  "(default: the one `fogmesh up` started, else ws://127.0.0.1:9001)")
     sp.add_argument("--forget-offline-after", type=float, metavar="S",
                     help="the page hides agents offline for longer than S seconds (default: 600)")
-    sp.set_defaults(fn=commands.cmd_dashboard)
+    sp.set_defaults(fn=watch.cmd_dashboard)
 
     sp = sub.add_parser("explain", help="why a job went where it went")
     common(sp)
     sp.add_argument("--ledger", help="the coordinator's ledger (default: this host's for the site)")
     sp.add_argument("--json", action="store_true", help="print the job's history as JSON")
     sp.add_argument("job", help="the job id (or device/job key)")
-    sp.set_defaults(fn=commands.cmd_explain)
+    sp.set_defaults(fn=watch.cmd_explain)
     describe(p)
     return p

@@ -1,0 +1,177 @@
+"""The operator's commands: ``fogmesh status`` (one site, or every site), ``forget``, ``dashboard``
+and ``explain``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from broker.cli.connect import client_settings as _client
+from broker.runtime.errors import FogmeshError
+from schemas.topics import ROOT
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from broker.cli.console import print_once, watch
+    from broker.runtime.client import Fleet, site_check
+
+    conn = _client(args)
+    if args.all_sites:
+        return _all_sites(conn, args)
+    if args.watch:
+        fleet = Fleet(conn.address(), conn.site)
+        try:
+            time.sleep(0.3)  # the retained statuses arrive first
+            watch(fleet, args.interval, args.count)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            fleet.close()
+        return 0
+    snap = site_check(conn.address(), conn.site)
+    if args.json:
+        print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_once(snap)
+    return 0 if snap["coordinator"] else 3
+
+
+def _all_sites(conn: Any, args: argparse.Namespace) -> int:
+    """``status --all-sites``: one line (or one JSON object) per site on the broker."""
+    from broker.cli.console import site_health, sites_table, wide_console
+    from broker.runtime.client import snapshots
+
+    if args.watch:
+        raise FogmeshError("--all-sites reads every site once; --watch follows one site (--site NAME)")
+    address = conn.address()
+    rows = [site_health(snap) for snap in snapshots(address)]
+    if not rows:
+        who = f" that user {address.username!r} may read" if address.username else ""
+        print(f"no fogmesh site on {address.url}: no status{who} under {ROOT}/+/ (coordinator, mesh, bridge or "
+              "agents); check --broker, and that the ACL lets this user read the sites' status topics "
+              "(docs/security.md)", file=sys.stderr)
+        return 3
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    else:
+        wide_console().print(sites_table(rows, address.url))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Clear a retired agent's retained status and Home Assistant discovery topics."""
+    from agents.homeassistant import LEGACY_SENSORS
+    from broker.cli.console import liveness
+    from broker.runtime.client import clear_retained, snapshot
+    from schemas.topics import Topics, check_id
+
+    conn = _client(args)
+    agent, address, topics = check_id(args.agent, "agent id"), conn.address(), Topics(conn.site)
+    where = f"site {conn.site!r} on {address.url}"
+    agents = snapshot(address, conn.site, settle_s=0.3)["agents"]
+    status = agents.get(agent) or {}
+    if not status and not args.force:
+        others = sorted(agents)
+        print(f"fogmesh forget: no agent {agent!r} on {where}: nothing is retained on {topics.agent_status(agent)}"
+              f"{' (or this user may not read it)' if address.username else ''}; the agents there: "
+              f"{', '.join(others) or 'none'} (--force clears its topics anyway)", file=sys.stderr)
+        return 1
+    state = liveness(status, time.time())
+    if state in ("online", "draining") and not args.force:
+        print(f"fogmesh forget: agent {agent!r} on {where} is {state} (host {status.get('host', '?')}, pid "
+              f"{status.get('pid', '?')}, heard from {max(0.0, time.time() - (status.get('ts') or 0)):.0f} s ago): "
+              "stop it first, or --force (a running agent announces itself again at its next heartbeat)",
+              file=sys.stderr)
+        return 2
+    # Home Assistant's first, the status last: an interrupted forget leaves the agent listed, to run again.
+    ha = [*(topics.ha_discovery(agent, key, args.ha_prefix) for key in LEGACY_SENSORS),
+          topics.ha_device_discovery(agent, args.ha_prefix)]
+    refused = clear_retained(address, [*ha, topics.agent_status(agent)])
+    for topic, why in refused.items():
+        print(f"fogmesh forget: the broker refused to clear {topic} ({why}); the operator role may "
+              "(docs/security.md)", file=sys.stderr)
+    if refused:
+        return 1
+    print(f"forgot agent {agent!r} ({state}) of {where}: cleared {topics.agent_status(agent)} and its "
+          f"{len(ha)} Home Assistant discovery topics")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the web dashboard and print its addresses: the site's page, and every site's."""
+    from broker.cli.webui import page_url, serve
+    from broker.ops.site import current
+    from broker.runtime.errors import ConfigError
+
+    if args.forget_offline_after is not None and not args.forget_offline_after >= 0:
+        raise ConfigError(f"--forget-offline-after must be 0 or more seconds, not {args.forget_offline_after:g}")
+    conn = _client(args)
+    ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
+    server = serve(args.bind, args.port)
+    url = functools.partial(page_url, args.bind, server.server_address[1], ws, conn.site, conn.username,
+                            args.forget_offline_after)
+    print(f"fogmesh dashboard for site {conn.site!r}: open\n  {url()}\nevery site on the broker:\n  "
+          f"{url(view='fleet')}", flush=True)
+    if conn.username:
+        where = f" (it is in {conn.password_file})" if conn.password_file else ""
+        print(f"  the page asks for the password of {conn.username!r}{where}; it never goes in a URL", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Ask the coordinator (over MQTT) or read a ledger file (--ledger) for a job's history."""
+    from broker.coordinator.ledger import Ledger
+    from broker.runtime.client import request
+    from schemas.topics import Topics
+
+    conn = _client(args)
+    broker, site = conn.broker, conn.site
+    if args.ledger:
+        ledger = Ledger(args.ledger)
+        jobs = [{**row, "history": ledger.history(row["key"])} for row in ledger.find(args.job)]
+        reply: dict[str, Any] | None = {"job": args.job, "jobs": jobs}
+    else:
+        reply = request(conn.address(), Topics(site).explain, {"job": args.job})
+    if reply is None:
+        print(f"no answer from the coordinator of site {site!r} on {broker}", file=sys.stderr)
+        return 3
+    if not reply["jobs"]:
+        print(f"no job {args.job!r} on site {site!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for job in reply["jobs"]:
+        print(f"job {job['key']}: {job['state']}" + (f" on {job['agent']}" if job.get("agent") else "")
+              + f" after {job['attempt']} attempt(s)")
+        t0 = job["history"][0]["ts"] if job["history"] else 0.0
+        for h in job["history"]:
+            d = h.get("detail") or {}
+            line = f"  +{(h['ts'] - t0) * 1000:8.1f} ms  {h['state']:<10}"
+            if "policy" in d:
+                line += f" policy={d['policy']} -> {d.get('agent') or d.get('target')} ({d.get('reason')}),"
+                line += f" predicted {d.get('predicted_ms')} ms"
+                print(line)
+                for c in d.get("candidates", []):
+                    mark = "*" if c["agent"] == d.get("agent") else " "
+                    print(f"      {mark} {c['agent']:<14} {'eligible' if c['eligible'] else c['reason']:<14}"
+                          f" wait {c['wait_ms']:>7.1f} ms  completion {c['completion_ms']:>8.1f} ms"
+                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}")
+                if d.get("other_candidates"):
+                    print("        and " + ", ".join(f"{n} more {why}" for why, n in d["other_candidates"].items()))
+                continue
+            if d:
+                line += " " + " ".join(f"{k}={v}" for k, v in d.items())
+            print(line)
+    return 0
