@@ -35,15 +35,20 @@ def overhead() -> str:
         r = load(f"overhead-threads{threads}")
         if not r:
             continue
-        rows = [[p, r[p]["ttft_ms"]["p50"], r[p]["decode_tps"]["p50"], r[p]["tokens"]["p50"]]
-                for p in ("direct", "mesh", "server")]
-        head = ["path", "TTFT p50 ms", "decode tok/s p50", "tokens p50"]
-        parts.append(f"**{threads} thread(s)** for the model, {r['rounds']} interleaved rounds of {r['max_tokens']} "
-                     f"tokens ({r['meta']['when']}):\n\n" + table(head, rows)
-                     + f"\n\nmesh/direct decode ratio **{r['mesh_over_direct_tps']:.3f}**, mesh added TTFT "
-                       f"**{r['mesh_added_ttft_ms']:.1f} ms** (llama-cpp-python's server: "
-                       f"{r['server_added_ttft_ms']:.1f} ms, decode ratio {r['mesh_over_server_tps']:.2f} "
-                       "mesh/server).")
+        for mode in ("default", "greedy"):
+            m = r.get(mode, r if mode == "default" else None)
+            if not m:
+                continue
+            rows = [[p, m[p]["ttft_ms"]["p50"], m[p]["decode_tps"]["p50"], m[p]["tokens"]["p50"]]
+                    for p in ("direct", "mesh", "server")]
+            head = ["path", "TTFT p50 ms", "decode tok/s p50", "tokens p50"]
+            sampling = "the agent's default sampling" if mode == "default" else "greedy (temperature 0)"
+            parts.append(f"**{threads} thread(s)**, {sampling}, {r['rounds']} interleaved rounds of "
+                         f"{r['max_tokens']} tokens ({r['meta']['when']}):\n\n" + table(head, rows)
+                         + f"\n\nmesh/direct decode ratio **{m['mesh_over_direct_tps']:.3f}** (median of the "
+                           f"rounds' ratios), mesh added TTFT **{m['mesh_added_ttft_ms']:.1f} ms** "
+                           f"(llama-cpp-python's server: {m['server_added_ttft_ms']:.1f} ms, decode ratio "
+                           f"{m['mesh_over_server_tps']:.2f} mesh/server).")
     return "\n\n".join(parts)
 
 

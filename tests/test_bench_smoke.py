@@ -20,6 +20,7 @@ def test_overhead_runs(results_in_tmp):
     assert overhead.main(["--rounds", "1", "--max-tokens", "8", "--threads", "1"]) == 0
     r = orjson.loads((results_in_tmp / "overhead-threads1.json").read_bytes())
     assert r["mesh"]["decode_tps"]["p50"] > 0 and r["direct"]["ttft_ms"]["p50"] > 0
+    assert r["greedy"]["mesh"]["tokens"]["p50"] > 0 and r["greedy"]["mesh_over_direct_tps"] > 0
 
 
 def test_structured_runs(results_in_tmp):
