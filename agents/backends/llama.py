@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.backends.base import Generation, Stopped, StopStrings
-from agents.backends.sampling import Sampler, Sampling
+from agents.backends.sampling import Candidates, Sampler, Sampling
 from agents.chat import ChatRenderer, template_for
 from agents.errors import BackendError
 from schemas import output
@@ -105,6 +105,7 @@ class LlamaBackend:
         # Gemma's <end_of_turn> ends a generation as EOS does: ask llama.cpp which tokens end one.
         vocab = model.vocab
         self._vocab = vocab
+        self._candidates = Candidates(self._lib, self._llm.n_vocab())  # reused by every token of every request
         self._is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         # In a chat, a control token (Gemma's <start_of_turn>) is the model opening the next turn.
         self._is_control = lambda token: bool(llama_cpp.llama_vocab_is_control(vocab, token))
@@ -150,7 +151,7 @@ class LlamaBackend:
             raise BackendError(exc.code, exc.message) from exc
         llm = self._llm
         chat = request.messages is not None
-        sampler = Sampler(self._lib, llm._ctx.ctx, self._vocab, llm.n_vocab(), self.sampling(request), gbnf)
+        sampler = Sampler(self._lib, llm._ctx.ctx, self._vocab, self._candidates, self.sampling(request), gbnf)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopStrings(request.stops(), on_text)
         first = 0.0

@@ -6,6 +6,11 @@ decoding here. llama.cpp's own ``common_sampler`` samples first and checks only 
 against the grammar, filtering the whole vocabulary only when that token is rejected; this is
 the same algorithm over llama.cpp's C sampler API. The output is still always inside the grammar:
 a token is used only after the grammar accepted it.
+
+Every token is drawn from a candidate array that lives as long as the model's context. llama.cpp's
+``llama_sampler_sample`` builds a fresh vector of the whole vocabulary for every token (262k entries,
+3 MB for Gemma): measured here, 2.8 ms a token against 1.0-1.5 ms for the same chain over a reused
+array, about 7% of a token's time at 50 tokens/s.
 """
 
 from __future__ import annotations
@@ -35,13 +40,57 @@ class Sampling:
     seed: int | None = None
 
 
+class Candidates:
+    """The whole vocabulary as llama.cpp's candidate array, allocated once per model context and
+    refilled from the last position's logits for each token."""
+
+    def __init__(self, lib: Any, n_vocab: int) -> None:
+        self.lib, self.n_vocab = lib, n_vocab
+        dtype = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        self.cur = np.empty(n_vocab, dtype=dtype)
+        self._pristine = np.zeros(n_vocab, dtype=dtype)  # ids in order, p 0: copied over cur, then the logits
+        self._pristine["id"] = np.arange(n_vocab, dtype=np.intc)
+        self.array = lib.llama_token_data_array(data=self.cur.ctypes.data_as(lib.llama_token_data_p),
+                                                size=n_vocab, selected=-1, sorted=False)
+        self._one = (lib.llama_token_data * 1)()
+        self.single = lib.llama_token_data_array(data=ctypes.cast(self._one, lib.llama_token_data_p),
+                                                 size=1, selected=-1, sorted=False)
+
+    def fill(self, ctx: Any, shortlist: bool = False) -> Any:
+        """The last position's logits as the candidate array: the whole vocabulary, or only its
+        ``SHORTLIST`` likeliest tokens."""
+        cur, arr = self.cur, self.array
+        logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+        if shortlist:
+            ids = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
+            n = len(ids)
+            cur["id"][:n], cur["logit"][:n], cur["p"][:n] = ids, logits[ids], 0.0
+        else:
+            n = self.n_vocab
+            ctypes.memmove(cur.ctypes.data, self._pristine.ctypes.data, cur.nbytes)
+            cur["logit"] = logits
+        arr.size, arr.selected, arr.sorted = n, -1, False
+        return arr
+
+    def one(self, token: int) -> Any:
+        """A candidate array of ``token`` alone, to ask the grammar about it."""
+        one = self._one[0]
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        self.single.size, self.single.selected, self.single.sorted = 1, -1, False
+        return self.single
+
+    @property
+    def one_allowed(self) -> bool:
+        return bool(np.isfinite(self._one[0].logit))
+
+
 class Sampler:
     """One request's sampler: a chain (penalties, top-k, top-p, min-p, temperature, then a seeded draw,
     or greedy at temperature 0) and, for structured output, a grammar checked after the draw."""
 
-    def __init__(self, lib: Any, ctx: Any, vocab: Any, n_vocab: int, params: Sampling,
+    def __init__(self, lib: Any, ctx: Any, vocab: Any, candidates: Candidates, params: Sampling,
                  grammar: str | None = None) -> None:
-        self.lib, self.ctx, self.n_vocab = lib, ctx, n_vocab
+        self.lib, self.ctx, self.candidates = lib, ctx, candidates
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(self.chain, s)  # noqa: E731
         add(lib.llama_sampler_init_penalties(PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
@@ -61,48 +110,22 @@ class Sampler:
             if not self.grammar:
                 self.close()
                 raise BackendError("schema_unsupported", "llama.cpp could not compile the grammar for this schema")
-            # The whole-vocabulary candidates, for the steps where the drawn token is rejected.
-            self._cur = np.empty(n_vocab, dtype=np.dtype([("id", np.intc), ("logit", np.single),
-                                                          ("p", np.single)], align=True))
-            self._ids = np.arange(n_vocab, dtype=np.intc)
-            self._all = lib.llama_token_data_array(data=self._cur.ctypes.data_as(lib.llama_token_data_p),
-                                                   size=n_vocab, selected=-1, sorted=False)
-            self._one = (lib.llama_token_data * 1)()
-            self._single = lib.llama_token_data_array(data=ctypes.cast(self._one, lib.llama_token_data_p),
-                                                      size=1, selected=-1, sorted=False)
 
     def sample(self) -> int:
         """The next token, from the logits of the last evaluated position."""
         lib = self.lib
-        if self.grammar is None:
-            return int(lib.llama_sampler_sample(self.chain, self.ctx, -1))  # samples and accepts, in C
         token = self._draw(grammar_first=False)
-        if not self._allowed(token):
-            self.rejections += 1
-            shortlist = self._draw_shortlist()
-            token = self._draw(grammar_first=True) if shortlist is None else shortlist
-        lib.llama_sampler_accept(self.grammar, token)
+        if self.grammar is not None:
+            if not self._allowed(token):
+                self.rejections += 1
+                shortlist = self._draw_shortlist()
+                token = self._draw(grammar_first=True) if shortlist is None else shortlist
+            lib.llama_sampler_accept(self.grammar, token)
         lib.llama_sampler_accept(self.chain, token)
         return token
 
-    def _candidates(self, shortlist: bool) -> Any:
-        """The last position's logits as llama.cpp's candidate array: the whole vocabulary, or only
-        its ``SHORTLIST`` likeliest tokens."""
-        lib, cur, arr = self.lib, self._cur, self._all
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
-        if shortlist:
-            ids = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
-            n = len(ids)
-            cur["id"][:n], cur["logit"][:n] = ids, logits[ids]
-        else:
-            n = self.n_vocab
-            cur["id"], cur["logit"] = self._ids, logits
-        cur["p"][:n] = 0.0
-        arr.size, arr.selected, arr.sorted = n, -1, False
-        return arr
-
     def _draw(self, grammar_first: bool) -> int:
-        arr = self._candidates(shortlist=False)
+        arr = self.candidates.fill(self.ctx)
         if grammar_first:
             self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
@@ -118,9 +141,9 @@ class Sampler:
         picks the same token as over the whole vocabulary, and sampling loses only tokens whose
         probability is below the 1,024th likeliest's. A rejection costs ~1 ms instead of ~50 ms.
         """
-        arr = self._candidates(shortlist=True)
+        arr = self.candidates.fill(self.ctx, shortlist=True)
         self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        if not np.isfinite(self._cur["logit"][: arr.size]).any():
+        if not np.isfinite(self.candidates.cur["logit"][: arr.size]).any():
             return None
         self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if arr.selected < 0:
@@ -128,11 +151,8 @@ class Sampler:
         return int(arr.data[arr.selected].id)
 
     def _allowed(self, token: int) -> bool:
-        one = self._one[0]
-        one.id, one.logit, one.p = token, 1.0, 0.0
-        self._single.size, self._single.selected, self._single.sorted = 1, -1, False
-        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self._single))
-        return bool(np.isfinite(self._one[0].logit))
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self.candidates.one(token)))
+        return self.candidates.one_allowed
 
     def close(self) -> None:
         if self.chain:
