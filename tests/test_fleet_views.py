@@ -429,3 +429,47 @@ def test_forget_refuses_an_online_agent_and_clears_a_killed_ones_status_and_disc
     assert status.returncode == 0 and "a1" not in json.loads(status.stdout)["agents"]
     wait_for(lambda: "event=agent_forgotten agent=a1 was=offline" in coordinator.log(), 10,
              what="the coordinator dropping a1 from its registry")
+
+
+# What any client of the broker may leave retained on a status topic: wrong types, a list, negative
+# numbers, rich markup and terminal escape sequences where a host name should be.
+HOSTILE = {"state": "[/oops]", "ts": "yesterday", "heartbeat_s": "x", "host": "\x1b]0;pwned\x07\x1b[2J[/]",
+           "pid": [1], "decode_tps": "fast", "ttft_ms": None, "models": [1, None, {"name": "[/m]"}], "jobs": 5,
+           "budget": [1], "slots_free": -3, "queue_depth": {"a": 1}, "counters": "x", "policy": {"a": 1}}
+
+
+def hostile_snapshot(now: float) -> dict[str, Any]:
+    return {"site": "evil", "broker": "mqtt://x",
+            "coordinator": {**HOSTILE, "state": "online", "ts": now},
+            "mesh": {"agents_online": 1, "predicted_wait_ms": "soon", "queue_depth": "9", "overloaded": "yes",
+                     "slots_free": [], "recent": [1]},
+            "bridge": {**HOSTILE, "reachable": "yes", "oldest_age_s": "old"},
+            "agents": {"bad": HOSTILE, "[red]x": {"state": "online", "ts": now, "host": "[/]"}}}
+
+
+def test_status_shows_a_site_whose_statuses_are_malformed_without_markup_or_escape_sequences():
+    now = time.time()
+    console = Console(width=300, record=True)
+    console.print(render(hostile_snapshot(now), now))
+    text = console.export_text()
+    assert "\x1b" not in text and "pwned" in text  # the text is shown, the escape sequences are not
+    assert "[red]x " in text and "[/oops]" in text  # shown as sent, not taken as markup
+    assert "predicted wait 0 ms" in text
+
+
+def test_all_sites_lists_every_site_when_one_has_malformed_statuses():
+    from broker.cli.console import site_health, sites_table
+
+    now = time.time()
+    good = {"site": "good", "broker": "mqtt://x", "bridge": None, "mesh": {"queue_depth": 2},
+            "coordinator": {"state": "online", "ts": now, "counters": {"done": 4}},
+            "agents": {"a": {"state": "online", "ts": now}}}
+    rows = [site_health(hostile_snapshot(now), now), site_health(good, now)]
+    assert json.loads(json.dumps(rows))  # --json
+    console = Console(width=300, record=True)
+    console.print(sites_table(rows, "mqtt://x"))
+    text = console.export_text()
+    assert "\x1b" not in text and "[/oops]" in text
+    assert rows[1]["healthy"] and rows[1]["jobs"]["done"] == 4
+    assert rows[0]["queue_depth"] == 0 and rows[0]["jobs"]["done"] == 0 and rows[0]["cloud"] == "bridge [/oops]"
+

@@ -183,6 +183,8 @@ class Fleet:
             data = orjson.loads(msg.payload) if msg.payload else None
         except orjson.JSONDecodeError:
             return  # somebody else's garbage on a status topic is not ours to crash on
+        if data is not None and not isinstance(data, dict):
+            return  # JSON, but not a status: a list, a number
         if root != ROOT or (self.site is not None and site != self.site):
             return
         with self._lock:
