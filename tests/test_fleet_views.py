@@ -473,3 +473,35 @@ def test_all_sites_lists_every_site_when_one_has_malformed_statuses():
     assert rows[1]["healthy"] and rows[1]["jobs"]["done"] == 4
     assert rows[0]["queue_depth"] == 0 and rows[0]["jobs"]["done"] == 0 and rows[0]["cloud"] == "bridge [/oops]"
 
+
+def test_forget_clears_an_agent_whose_status_is_malformed_or_whose_id_is_odd(broker_url, site_id):
+    """What the operator wants gone most: a status some broken or hostile client left. `status` shows
+    it; `forget` clears it rather than tripping over it, whatever its id (one topic level)."""
+    from broker.runtime.client import retained
+    from broker.runtime.mqtt import BrokerAddress
+
+    address, flags = BrokerAddress.parse(broker_url), ("--broker", broker_url, "--site", site_id)
+
+    def publish(agent: str, payload: str, topic: str = "") -> str:
+        topic = topic or f"fogmesh/{site_id}/agents/{agent}/status"
+        subprocess.run(["mosquitto_pub", "-V", "mqttv5", "-q", "1", "-r", "-h", address.host, "-p",
+                        str(address.port), "-t", topic, "-m", payload], check=True, timeout=10)
+        return topic
+
+    now = time.time()
+    topics = {"bad": publish("bad", json.dumps(HOSTILE)), "torn": publish("torn", "{not json"),
+              "[red]x": publish("[red]x", json.dumps({"state": "offline", "ts": now}))}
+    publish("", json.dumps({"state": "online", "ts": now}), f"fogmesh/{site_id}/coordinator/status")
+    shown = cli("status", "--all-sites", *flags[:2], timeout_s=30, env={"COLUMNS": "250"})
+    assert shown.returncode == 0, shown.stderr
+    assert site_id in shown.stdout and "\x1b" not in shown.stdout
+    one = cli("status", *flags, timeout_s=30, env={"COLUMNS": "250"})
+    assert "Traceback" not in one.stderr and "[red]x" in one.stdout and "\x1b" not in one.stdout
+    for agent, topic in topics.items():
+        out = cli("forget", agent, *flags, timeout_s=30)
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout + out.stderr
+        assert retained(address, topic) == []
+    for bad in ("+", "#", "", "a/b"):
+        out = cli("forget", bad, *flags, "--force", timeout_s=30)
+        assert out.returncode == 1 and "one topic level" in out.stderr, (bad, out.stderr)

@@ -66,25 +66,28 @@ def _all_sites(conn: Any, args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     """Clear a retired agent's retained status and Home Assistant discovery topics."""
     from agents.homeassistant import LEGACY_SENSORS
-    from broker.cli.console import liveness
-    from broker.runtime.client import clear_retained, snapshot
-    from schemas.topics import Topics, check_id
+    from broker.cli.console import liveness, num, text
+    from broker.runtime.client import clear_retained, retained, snapshot
+    from schemas.topics import Topics
 
     conn = _client(args)
-    agent, address, topics = check_id(args.agent, "agent id"), conn.address(), Topics(conn.site)
+    agent, address, topics = _one_level(args.agent), conn.address(), Topics(conn.site)
     where = f"site {conn.site!r} on {address.url}"
     agents = snapshot(address, conn.site, settle_s=0.3)["agents"]
     status = agents.get(agent) or {}
-    if not status and not args.force:
-        others = sorted(agents)
+    # a status that is not a JSON object is no agent's, and just what an operator wants gone
+    if not status and not args.force and not retained(address, topics.agent_status(agent)):
+        others = [text(a) for a in sorted(agents)]
+        listed = ", ".join(others[:20]) + (f" and {len(others) - 20} more" if len(others) > 20 else "")
         print(f"fogmesh forget: no agent {agent!r} on {where}: nothing is retained on {topics.agent_status(agent)}"
               f"{' (or this user may not read it)' if address.username else ''}; the agents there: "
-              f"{', '.join(others) or 'none'} (--force clears its topics anyway)", file=sys.stderr)
+              f"{listed or 'none'} (--force clears its topics anyway)", file=sys.stderr)
         return 1
     state = liveness(status, time.time())
     if state in ("online", "draining") and not args.force:
-        print(f"fogmesh forget: agent {agent!r} on {where} is {state} (host {status.get('host', '?')}, pid "
-              f"{status.get('pid', '?')}, heard from {max(0.0, time.time() - (status.get('ts') or 0)):.0f} s ago): "
+        print(f"fogmesh forget: agent {agent!r} on {where} is {state} (host {text(status.get('host')) or '?'}, "
+              f"pid {text(status.get('pid')) or '?'}, heard from {max(0.0, time.time() - num(status.get('ts'))):.0f} "
+              "s ago): "
               "stop it first, or --force (a running agent announces itself again at its next heartbeat)",
               file=sys.stderr)
         return 2
@@ -100,6 +103,15 @@ def cmd_forget(args: argparse.Namespace) -> int:
     print(f"forgot agent {agent!r} ({state}) of {where}: cleared {topics.agent_status(agent)} and its "
           f"{len(ha)} Home Assistant discovery topics")
     return 0
+
+
+def _one_level(agent: str) -> str:
+    """The agent id ``forget`` was given, if it names one status topic: any id a status was left
+    under, odd ones too (a fogmesh agent's own is 1-128 letters, digits and _ . : @ -)."""
+    if not agent or any(c in agent for c in "/+#\0") or len(agent.encode()) > 1024:
+        raise FogmeshError(f"agent id {agent!r} must be one topic level: not empty, no / + # (as `fogmesh status` "
+                           "lists it)")
+    return agent
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
