@@ -505,3 +505,30 @@ def test_forget_clears_an_agent_whose_status_is_malformed_or_whose_id_is_odd(bro
     for bad in ("+", "#", "", "a/b"):
         out = cli("forget", bad, *flags, "--force", timeout_s=30)
         assert out.returncode == 1 and "one topic level" in out.stderr, (bad, out.stderr)
+
+
+def test_clearing_topics_on_a_broker_that_stops_answering_gives_up_at_the_first(tmp_path, monkeypatch):
+    """A broker that accepted the connection and then hangs (SIGSTOP): forget used to wait out every
+    topic in turn (35 s for an agent's seven) and blame the ACL for each."""
+    import signal
+
+    from broker.runtime import mqtt
+    from broker.runtime.client import clear_retained
+    from tests.conftest import private_broker
+
+    with private_broker(tmp_path / "stalled") as broker:
+        assert broker.proc is not None
+        start = mqtt.Session.start
+
+        def start_then_stall(self: mqtt.Session, *args: Any, **kwargs: Any) -> None:
+            start(self, *args, **kwargs)
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+
+        monkeypatch.setattr(mqtt.Session, "start", start_then_stall)
+        began = time.monotonic()
+        try:
+            failed = clear_retained(mqtt.BrokerAddress.parse(broker.url), ["t/a", "t/b", "t/c"], timeout_s=1.0)
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+    assert time.monotonic() - began < 4
+    assert failed["t/a"].startswith("no acknowledgement") and failed["t/c"].startswith("not tried")

@@ -94,14 +94,25 @@ def cmd_forget(args: argparse.Namespace) -> int:
     # Home Assistant's first, the status last: an interrupted forget leaves the agent listed, to run again.
     ha = [*(topics.ha_discovery(agent, key, args.ha_prefix) for key in LEGACY_SENSORS),
           topics.ha_device_discovery(agent, args.ha_prefix)]
-    refused = clear_retained(address, [*ha, topics.agent_status(agent)])
-    for topic, why in refused.items():
-        print(f"fogmesh forget: the broker refused to clear {topic} ({why}); the operator role may "
-              "(docs/security.md)", file=sys.stderr)
-    if refused:
+    status_topic = topics.agent_status(agent)
+    failed = clear_retained(address, [*ha, status_topic])
+    if any(not why.startswith("refused") for why in failed.values()):
+        print(f"fogmesh forget: {address.url} stopped answering ({next(iter(failed.values()))}), so agent "
+              f"{agent!r} is not forgotten, or only in part: run forget again once the broker answers",
+              file=sys.stderr)
         return 1
-    print(f"forgot agent {agent!r} ({state}) of {where}: cleared {topics.agent_status(agent)} and its "
-          f"{len(ha)} Home Assistant discovery topics")
+    if status_topic in failed:
+        print(f"fogmesh forget: the broker refused to clear {status_topic} ({failed[status_topic]}); an "
+              "operator user may (docs/security.md)", file=sys.stderr)
+        return 1
+    print(f"forgot agent {agent!r} ({state}) of {where}: cleared {status_topic}"
+          + ("" if failed else f" and its {len(ha)} Home Assistant discovery topics"))
+    if failed:
+        print(f"fogmesh forget: the broker refused to clear Home Assistant's {', '.join(failed)} "
+              f"({next(iter(failed.values()))}): an operator may clear the discovery of the agents its ACL was "
+              f"generated with; regenerate it (fogmesh broker config) with {agent!r} among the agent users, or "
+              "remove these topics as the broker's administrator", file=sys.stderr)
+        return 1
     return 0
 
 

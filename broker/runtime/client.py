@@ -256,23 +256,33 @@ def retained(address: BrokerAddress, topic_filter: str, settle_s: float = 0.3) -
 
 def clear_retained(address: BrokerAddress, topics: list[str], timeout_s: float = 5.0) -> dict[str, str]:
     """Delete what the broker retains on each topic: an empty retained message at QoS 1, each
-    one waited for until the broker acknowledges it. Returns the topics it refused, each with why
-    (none: all cleared); clearing a topic that holds nothing is no error."""
-    refused: dict[str, str] = {}
-    session = Session(address, f"fogmesh-clear-{secrets.token_hex(4)}", lambda _msg: None, persistent=False)
-    session.start()
+    one waited for until the broker acknowledges it. Returns the topics not cleared, each with why
+    (none: all cleared); clearing a topic that holds nothing is no error. A refusal is ``refused:
+    ...``: mosquitto 2.0 then closes the connection, so the next topic goes on a new one. Once the
+    broker does not answer in time, the rest are ``not tried: ...``."""
+    failed: dict[str, str] = {}
+    session: Session | None = None
     try:
-        for topic in topics:
-            if not session.connected and not session.wait_connected(timeout_s):
-                refused[topic] = f"no connection to {address.url}"
-                continue
+        for i, topic in enumerate(topics):
+            if session is None:
+                session = Session(address, f"fogmesh-clear-{secrets.token_hex(4)}", lambda _msg: None,
+                                  persistent=False)
+                session.start(timeout_s)
             how = refusal(session, session.publish(topic, b"", qos=1, retain=True), timeout_s)
-            if how is not None:
-                refused[topic] = (f"{how}: {_who(session)} may not write there" if how else
-                                  f"no acknowledgement from {address.url} within {timeout_s:.0f} s")
+            if how is None:
+                continue
+            if how:
+                failed[topic] = f"refused: {how}: {_who(session)} may not write there"
+                session.stop()
+                session = None
+                continue
+            failed[topic] = f"no acknowledgement from {address.url} within {timeout_s:.0f} s"
+            failed.update({t: f"not tried: {address.url} stopped answering" for t in topics[i + 1:]})
+            break
     finally:
-        session.stop()
-    return refused
+        if session is not None:
+            session.stop()
+    return failed
 
 
 def sites(address: BrokerAddress) -> list[str]:
