@@ -532,3 +532,28 @@ def test_clearing_topics_on_a_broker_that_stops_answering_gives_up_at_the_first(
             os.kill(broker.proc.pid, signal.SIGCONT)
     assert time.monotonic() - began < 4
     assert failed["t/a"].startswith("no acknowledgement") and failed["t/c"].startswith("not tried")
+
+
+def test_reading_the_fleet_waits_while_retained_statuses_still_come():
+    """A broker with thousands of sites takes seconds to send their retained statuses: after a fixed
+    half second, status --all-sites listed 2,500-3,000 of 3,000 sites, a different count each run."""
+    import threading
+
+    from broker.runtime.client import Fleet
+    from broker.runtime.mqtt import Message
+
+    fleet = Fleet.__new__(Fleet)
+    fleet.site, fleet.broker, fleet._lock, fleet._sites = None, "mqtt://x", threading.Lock(), {}
+    fleet._heard = time.monotonic()
+
+    def trickle() -> None:  # one site every 0.1 s for 1.5 s
+        for i in range(15):
+            fleet._on_message(Message(topic=f"fogmesh/s{i}/coordinator/status", payload=b'{"state": "online"}',
+                                      qos=1, retain=True))
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    fleet.settle(0.3)
+    sender.join()
+    assert len(fleet.snapshots()) == 15

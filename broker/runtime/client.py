@@ -171,6 +171,7 @@ class Fleet:
         self.site, self.broker = site, address.url
         self._lock = threading.Lock()
         self._sites: dict[str, dict[str, Any]] = {}
+        self._heard = time.monotonic()  # when the last message came
         self.session = Session(address, f"fogmesh-status-{secrets.token_hex(4)}", self._on_message, persistent=False)
         self.session.start()
         prefix = Topics(site).prefix if site is not None else f"{ROOT}/+"
@@ -178,6 +179,7 @@ class Fleet:
             self.session.subscribe(f"{prefix}/{level}", qos=1)
 
     def _on_message(self, msg: Message) -> None:
+        self._heard = time.monotonic()
         root, site, *level = msg.topic.split("/")
         try:
             data = orjson.loads(msg.payload) if msg.payload else None
@@ -214,15 +216,24 @@ class Fleet:
             snaps = [self._snapshot(site) for site in sorted(self._sites)]
         return [s for s in snaps if s["agents"] or s["coordinator"] or s["mesh"] or s["bridge"]]
 
+    def settle(self, settle_s: float, quiet_s: float = 0.25, most_s: float = 15.0) -> None:
+        """Wait ``settle_s``, then on while the retained statuses still come (until none has come for
+        ``quiet_s``; ``most_s`` at most): a broker with thousands of sites takes seconds to send them."""
+        began = time.monotonic()
+        time.sleep(settle_s)
+        while time.monotonic() - self._heard < quiet_s and time.monotonic() - began < most_s:
+            time.sleep(0.05)
+
     def close(self) -> None:
         self.session.stop()
 
 
 def _settled(address: BrokerAddress, site: str | None, settle_s: float) -> Fleet:
-    """A Fleet given ``settle_s`` for the retained statuses to arrive, then closed: read once."""
+    """A Fleet given ``settle_s`` and then as long as they keep coming for the retained statuses to
+    arrive, then closed: read once."""
     fleet = Fleet(address, site)
     try:
-        time.sleep(settle_s)
+        fleet.settle(settle_s)
     finally:
         fleet.close()
     return fleet
