@@ -74,3 +74,18 @@ def test_a_cleared_status_drops_the_agent_and_requeues_the_jobs_it_held(coord):
     assert coord.counters["reassigned"] == 1
     coord._handle(Message(topic=Topics(SITE).agent_status("a2"), payload=b"", qos=1, received_at=time.time()))
     assert coord.registry.agents == {}  # an agent it never knew: nothing to drop
+
+
+def test_a_status_speaks_only_for_the_agent_whose_topic_it_is_on(coord):
+    """The ACL lets each agent write its own status topic only; the coordinator must not let one
+    agent's topic declare another agent offline (and requeue its jobs), or list one that does not exist."""
+    coord._handle(status("a1", 1, time.time()))
+    coord._handle(prompt(0))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert [job.agent for job in coord.jobs] == ["a1"]
+    lie = encode(AgentStatus(agent="a1", epoch=2, seq=1, state="offline", heartbeat_s=1.0))
+    coord._handle(Message(topic=Topics(SITE).agent_status("a2"), payload=lie, qos=1, received_at=time.time()))
+    assert coord.registry.is_online("a1") and [job.agent for job in coord.jobs] == ["a1"]
+    ghost = encode(AgentStatus(agent="ghost", epoch=1, seq=1, state="online", slots_total=4, heartbeat_s=1.0))
+    coord._handle(Message(topic=Topics(SITE).agent_status("a2"), payload=ghost, qos=1, received_at=time.time()))
+    assert set(coord.registry.agents) == {"a1"}
