@@ -557,3 +557,30 @@ def test_reading_the_fleet_waits_while_retained_statuses_still_come():
     fleet.settle(0.3)
     sender.join()
     assert len(fleet.snapshots()) == 15
+
+
+@needs_chromium
+def test_the_site_page_shows_a_bounded_number_of_jobs_and_steps_whatever_a_publisher_sends(daemons, broker_url,
+                                                                                          site_id, mosquitto):
+    """The coordinator shows 200 live jobs, 20 finished and 90 history steps; any client allowed to
+    write mesh/jobs can send more. The page rebuilds its tables every second: with 5,000 job rows it
+    kept the browser's main thread busy (a script call took 2 s to return)."""
+    now = time.time()
+    address = mosquitto.url.split("//")[1].split(":")
+    jobs = {"live": 5000, "limit": 5000, "ts": now, "jobs": [{"key": f"d/{i}", "state": "queued"} for i in range(5000)],
+            "finished": [{"key": f"d/f{i}", "status": "done"} for i in range(1000)]}
+    history = {"step_s": 10, "ts": now, "steps": [{"ts": now - 10 * (3000 - i), "done": 1} for i in range(3000)]}
+    for topic, body in (("mesh/jobs", jobs), ("mesh/history", history)):
+        subprocess.run(["mosquitto_pub", "-V", "mqttv5", "-q", "1", "-r", "-h", address[0], "-p", address[1], "-t",
+                        f"fogmesh/{site_id}/{topic}", "-s"], input=json.dumps(body).encode(), check=True, timeout=10)
+    web = daemons("dashboard", "--port", str(free_port()), "--ws", mosquitto.ws_url)
+    with browser_page() as page:
+        page.goto(dashboard_urls(web)[0])
+        page.wait_for_function("() => document.getElementById('jobs-note').innerText.startsWith('5000 live')",
+                               timeout=20_000)
+        assert "the oldest 200 shown" in page.inner_text("#jobs-note")
+        assert page.evaluate("() => document.querySelectorAll('#jobs tbody tr').length") == 200
+        assert page.evaluate("() => document.querySelectorAll('#finished tbody tr').length") <= 50
+        page.wait_for_function("() => document.getElementById('peak-throughput').innerText.startsWith('peak')")
+        points = page.get_attribute("#chart-throughput path", "d")
+        assert 1 <= points.count("L") < 400, points.count("L")
