@@ -75,3 +75,16 @@ def test_the_command_prints_its_help():
     out = cli("status", "--help", timeout_s=30, env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert "--all-sites" in out.stdout and "(default: 1.0)" in out.stdout
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--watch", "--interval", "-5"], "--interval"),  # a traceback after the first redraw
+    (["--watch", "--interval", "0"], "--interval"),
+    (["--watch", "--count", "-1"], "--count"),
+    (["--watch", "--json"], "--json"),  # --json was ignored, and the redraws never ended
+])
+def test_status_refuses_watch_flags_it_cannot_honour_before_it_connects(flags, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--broker", "mqtt://127.0.0.1:1", *flags])
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err

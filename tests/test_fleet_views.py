@@ -584,3 +584,15 @@ def test_the_site_page_shows_a_bounded_number_of_jobs_and_steps_whatever_a_publi
         page.wait_for_function("() => document.getElementById('peak-throughput').innerText.startsWith('peak')")
         points = page.get_attribute("#chart-throughput path", "d")
         assert 1 <= points.count("L") < 400, points.count("L")
+
+
+def test_status_watch_of_a_site_that_is_not_there_says_so(daemons, broker_url, site_id):
+    """A typo in --site: plain status names the sites there; --watch drew an empty site until Ctrl-C."""
+    from broker.runtime.client import snapshot
+    from broker.runtime.mqtt import BrokerAddress
+
+    daemons("coordinator")
+    wait_for(lambda: snapshot(BrokerAddress.parse(broker_url), site_id, 0.2)["coordinator"], 30,
+             what="the coordinator's status")
+    out = cli("status", "--watch", "--count", "1", "--broker", broker_url, "--site", site_id + "x", timeout_s=30)
+    assert out.returncode == 1 and f"no site '{site_id}x'" in out.stderr and site_id in out.stderr, out.stderr

@@ -24,6 +24,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.all_sites:
         return _all_sites(conn, args)
     if args.watch:
+        site_check(conn.address(), conn.site)  # a site that is not there says so, as plain status does
         fleet = Fleet(conn.address(), conn.site)
         try:
             time.sleep(0.3)  # the retained statuses arrive first
