@@ -147,7 +147,7 @@ def site_health(snap: dict[str, Any], now: float | None = None) -> dict[str, Any
         problems.append("overloaded")
     if cloud not in (None, "reachable"):
         problems.append(f"cloud {cloud}" if cloud == "unreachable" else str(cloud))
-    return {"site": text(snap["site"]), "healthy": not problems, "problems": problems, "coordinator": coordinator,
+    return {"site": snap["site"], "healthy": not problems, "problems": problems, "coordinator": coordinator,
             "agents_online": online, "agents_total": len(agents), "queue_depth": count(mesh.get("queue_depth")),
             "overloaded": mesh.get("overloaded") is True, "cloud": cloud,
             "jobs": {key: count(counters.get(key)) for key in JOB_COUNTS}}
@@ -163,7 +163,7 @@ def sites_table(rows: list[dict[str, Any]], broker: str) -> Group:
     for r in rows:
         jobs = r["jobs"]
         table.add_row(*_cells(
-            r["site"], Text("ok", style="green") if r["healthy"] else Text("UNHEALTHY", style="bold red"),
+            text(r["site"]), Text("ok", style="green") if r["healthy"] else Text("UNHEALTHY", style="bold red"),
             _styled(r["coordinator"]), f"{r['agents_online']}/{r['agents_total']}",
             f"{r['queue_depth']}" + (" OVERLOADED" if r["overloaded"] else ""), r["cloud"] or "-",
             f"{jobs['done']}/{jobs['rejected']}/{jobs['expired']}/{jobs['error']}", ", ".join(r["problems"])))
