@@ -136,6 +136,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError(f"--forget-offline-after must be 0 or more seconds, not {args.forget_offline_after:g}")
     conn = _client(args)
     ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
+    if not ws.startswith(("ws://", "wss://")):
+        raise ConfigError(f"--ws {ws}: the page reaches the broker over WebSockets: give a ws:// or wss:// URL "
+                          "(the broker's listener with protocol websockets)")
     server = serve(args.bind, args.port)
     url = functools.partial(page_url, args.bind, server.server_address[1], ws, conn.site, conn.username,
                             args.forget_offline_after)
