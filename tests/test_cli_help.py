@@ -75,3 +75,27 @@ def test_the_command_prints_its_help():
     out = cli("status", "--help", timeout_s=30, env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert "--all-sites" in out.stdout and "(default: 1.0)" in out.stdout
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--watch", "--interval", "-5"], "--interval"),  # a traceback after the first redraw
+    (["--watch", "--interval", "0"], "--interval"),
+    (["--watch", "--count", "-1"], "--count"),
+    (["--watch", "--json"], "--json"),  # --json was ignored, and the redraws never ended
+])
+def test_status_refuses_watch_flags_it_cannot_honour_before_it_connects(flags, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--broker", "mqtt://127.0.0.1:1", *flags])
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--port", "99999"], "--port"),  # an OverflowError traceback
+    (["--bind", "10.255.255.1"], "--bind"),  # an address this host does not have: not a port to change
+    (["--ws", "http://127.0.0.1:9001"], "ws://"),  # printed as the page's broker; the page could never connect
+])
+def test_dashboard_says_which_flag_is_wrong(flags, says, capsys):
+    assert main(["dashboard", "--broker", "mqtt://127.0.0.1:1", "--port", "0", *flags]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err

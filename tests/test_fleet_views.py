@@ -429,3 +429,170 @@ def test_forget_refuses_an_online_agent_and_clears_a_killed_ones_status_and_disc
     assert status.returncode == 0 and "a1" not in json.loads(status.stdout)["agents"]
     wait_for(lambda: "event=agent_forgotten agent=a1 was=offline" in coordinator.log(), 10,
              what="the coordinator dropping a1 from its registry")
+
+
+# What any client of the broker may leave retained on a status topic: wrong types, a list, negative
+# numbers, rich markup and terminal escape sequences where a host name should be.
+HOSTILE = {"state": "[/oops]", "ts": "yesterday", "heartbeat_s": "x", "host": "\x1b]0;pwned\x07\x1b[2J[/]",
+           "pid": [1], "decode_tps": "fast", "ttft_ms": None, "models": [1, None, {"name": "[/m]"}], "jobs": 5,
+           "budget": [1], "slots_free": -3, "queue_depth": {"a": 1}, "counters": "x", "policy": {"a": 1}}
+
+
+def hostile_snapshot(now: float) -> dict[str, Any]:
+    return {"site": "evil", "broker": "mqtt://x",
+            "coordinator": {**HOSTILE, "state": "online", "ts": now},
+            "mesh": {"agents_online": 1, "predicted_wait_ms": "soon", "queue_depth": "9", "overloaded": "yes",
+                     "slots_free": [], "recent": [1]},
+            "bridge": {**HOSTILE, "reachable": "yes", "oldest_age_s": "old"},
+            "agents": {"bad": HOSTILE, "[red]x": {"state": "online", "ts": now, "host": "[/]"}}}
+
+
+def test_status_shows_a_site_whose_statuses_are_malformed_without_markup_or_escape_sequences():
+    now = time.time()
+    console = Console(width=300, record=True)
+    console.print(render(hostile_snapshot(now), now))
+    text = console.export_text()
+    assert "\x1b" not in text and "pwned" in text  # the text is shown, the escape sequences are not
+    assert "[red]x " in text and "[/oops]" in text  # shown as sent, not taken as markup
+    assert "predicted wait 0 ms" in text
+
+
+def test_all_sites_lists_every_site_when_one_has_malformed_statuses():
+    from broker.cli.console import site_health, sites_table
+
+    now = time.time()
+    good = {"site": "good", "broker": "mqtt://x", "bridge": None, "mesh": {"queue_depth": 2},
+            "coordinator": {"state": "online", "ts": now, "counters": {"done": 4}},
+            "agents": {"a": {"state": "online", "ts": now}}}
+    rows = [site_health(hostile_snapshot(now), now), site_health(good, now)]
+    assert json.loads(json.dumps(rows))  # --json
+    console = Console(width=300, record=True)
+    console.print(sites_table(rows, "mqtt://x"))
+    text = console.export_text()
+    assert "\x1b" not in text and "[/oops]" in text
+    assert rows[1]["healthy"] and rows[1]["jobs"]["done"] == 4
+    assert rows[0]["queue_depth"] == 0 and rows[0]["jobs"]["done"] == 0 and rows[0]["cloud"] == "bridge [/oops]"
+
+
+def test_forget_clears_an_agent_whose_status_is_malformed_or_whose_id_is_odd(broker_url, site_id):
+    """What the operator wants gone most: a status some broken or hostile client left. `status` shows
+    it; `forget` clears it rather than tripping over it, whatever its id (one topic level)."""
+    from broker.runtime.client import retained
+    from broker.runtime.mqtt import BrokerAddress
+
+    address, flags = BrokerAddress.parse(broker_url), ("--broker", broker_url, "--site", site_id)
+
+    def publish(agent: str, payload: str, topic: str = "") -> str:
+        topic = topic or f"fogmesh/{site_id}/agents/{agent}/status"
+        subprocess.run(["mosquitto_pub", "-V", "mqttv5", "-q", "1", "-r", "-h", address.host, "-p",
+                        str(address.port), "-t", topic, "-m", payload], check=True, timeout=10)
+        return topic
+
+    now = time.time()
+    topics = {"bad": publish("bad", json.dumps(HOSTILE)), "torn": publish("torn", "{not json"),
+              "[red]x": publish("[red]x", json.dumps({"state": "offline", "ts": now}))}
+    publish("", json.dumps({"state": "online", "ts": now}), f"fogmesh/{site_id}/coordinator/status")
+    shown = cli("status", "--all-sites", *flags[:2], timeout_s=30, env={"COLUMNS": "250"})
+    assert shown.returncode == 0, shown.stderr
+    assert site_id in shown.stdout and "\x1b" not in shown.stdout
+    one = cli("status", *flags, timeout_s=30, env={"COLUMNS": "250"})
+    assert "Traceback" not in one.stderr and "[red]x" in one.stdout and "\x1b" not in one.stdout
+    for agent, topic in topics.items():
+        out = cli("forget", agent, *flags, timeout_s=30)
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout + out.stderr
+        assert retained(address, topic) == []
+    for bad in ("+", "#", "", "a/b"):
+        out = cli("forget", bad, *flags, "--force", timeout_s=30)
+        assert out.returncode == 1 and "one topic level" in out.stderr, (bad, out.stderr)
+
+
+def test_clearing_topics_on_a_broker_that_stops_answering_gives_up_at_the_first(tmp_path, monkeypatch):
+    """A broker that accepted the connection and then hangs (SIGSTOP): forget used to wait out every
+    topic in turn (35 s for an agent's seven) and blame the ACL for each."""
+    import signal
+
+    from broker.runtime import mqtt
+    from broker.runtime.client import clear_retained
+    from tests.conftest import private_broker
+
+    with private_broker(tmp_path / "stalled") as broker:
+        assert broker.proc is not None
+        start = mqtt.Session.start
+
+        def start_then_stall(self: mqtt.Session, *args: Any, **kwargs: Any) -> None:
+            start(self, *args, **kwargs)
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+
+        monkeypatch.setattr(mqtt.Session, "start", start_then_stall)
+        began = time.monotonic()
+        try:
+            failed = clear_retained(mqtt.BrokerAddress.parse(broker.url), ["t/a", "t/b", "t/c"], timeout_s=1.0)
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+    assert time.monotonic() - began < 4
+    assert failed["t/a"].startswith("no acknowledgement") and failed["t/c"].startswith("not tried")
+
+
+def test_reading_the_fleet_waits_while_retained_statuses_still_come():
+    """A broker with thousands of sites takes seconds to send their retained statuses: after a fixed
+    half second, status --all-sites listed 2,500-3,000 of 3,000 sites, a different count each run."""
+    import threading
+
+    from broker.runtime.client import Fleet
+    from broker.runtime.mqtt import Message
+
+    fleet = Fleet.__new__(Fleet)
+    fleet.site, fleet.broker, fleet._lock, fleet._sites = None, "mqtt://x", threading.Lock(), {}
+    fleet._heard = time.monotonic()
+
+    def trickle() -> None:  # one site every 0.1 s for 1.5 s
+        for i in range(15):
+            fleet._on_message(Message(topic=f"fogmesh/s{i}/coordinator/status", payload=b'{"state": "online"}',
+                                      qos=1, retain=True))
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    fleet.settle(0.3)
+    sender.join()
+    assert len(fleet.snapshots()) == 15
+
+
+@needs_chromium
+def test_the_site_page_shows_a_bounded_number_of_jobs_and_steps_whatever_a_publisher_sends(daemons, broker_url,
+                                                                                          site_id, mosquitto):
+    """The coordinator shows 200 live jobs, 20 finished and 90 history steps; any client allowed to
+    write mesh/jobs can send more. The page rebuilds its tables every second: with 5,000 job rows it
+    kept the browser's main thread busy (a script call took 2 s to return)."""
+    now = time.time()
+    address = mosquitto.url.split("//")[1].split(":")
+    jobs = {"live": 5000, "limit": 5000, "ts": now, "jobs": [{"key": f"d/{i}", "state": "queued"} for i in range(5000)],
+            "finished": [{"key": f"d/f{i}", "status": "done"} for i in range(1000)]}
+    history = {"step_s": 10, "ts": now, "steps": [{"ts": now - 10 * (3000 - i), "done": 1} for i in range(3000)]}
+    for topic, body in (("mesh/jobs", jobs), ("mesh/history", history)):
+        subprocess.run(["mosquitto_pub", "-V", "mqttv5", "-q", "1", "-r", "-h", address[0], "-p", address[1], "-t",
+                        f"fogmesh/{site_id}/{topic}", "-s"], input=json.dumps(body).encode(), check=True, timeout=10)
+    web = daemons("dashboard", "--port", str(free_port()), "--ws", mosquitto.ws_url)
+    with browser_page() as page:
+        page.goto(dashboard_urls(web)[0])
+        page.wait_for_function("() => document.getElementById('jobs-note').innerText.startsWith('5000 live')",
+                               timeout=20_000)
+        assert "the oldest 200 shown" in page.inner_text("#jobs-note")
+        assert page.evaluate("() => document.querySelectorAll('#jobs tbody tr').length") == 200
+        assert page.evaluate("() => document.querySelectorAll('#finished tbody tr').length") <= 50
+        page.wait_for_function("() => document.getElementById('peak-throughput').innerText.startsWith('peak')")
+        points = page.get_attribute("#chart-throughput path", "d")
+        assert 1 <= points.count("L") < 400, points.count("L")
+
+
+def test_status_watch_of_a_site_that_is_not_there_says_so(daemons, broker_url, site_id):
+    """A typo in --site: plain status names the sites there; --watch drew an empty site until Ctrl-C."""
+    from broker.runtime.client import snapshot
+    from broker.runtime.mqtt import BrokerAddress
+
+    daemons("coordinator")
+    wait_for(lambda: snapshot(BrokerAddress.parse(broker_url), site_id, 0.2)["coordinator"], 30,
+             what="the coordinator's status")
+    out = cli("status", "--watch", "--count", "1", "--broker", broker_url, "--site", site_id + "x", timeout_s=30)
+    assert out.returncode == 1 and f"no site '{site_id}x'" in out.stderr and site_id in out.stderr, out.stderr

@@ -330,3 +330,24 @@ def test_an_operator_forgets_a_retired_agent_and_a_dashboard_cannot(secure):
     finally:
         status.close()
         ha.close()
+
+
+def test_an_operator_forgets_an_agent_the_acl_no_longer_lists(secure):
+    """Retiring an agent the safe way removes its user first; the ACL then no longer lets the
+    operator clear its Home Assistant topics. The broker refuses those (and mosquitto closes the
+    connection on each): forget still clears the status, and says which topics are left and why."""
+    t = Topics(SITE)
+    assert "RC:135" not in secure.pub("ops", t.agent_status("agent-gone"), '{"state": "offline", "ts": 1}',
+                                      retain=True)
+    started = time.monotonic()
+    out = cli("forget", "agent-gone", *secure.flags("ops"), timeout_s=60)
+    assert time.monotonic() - started < 30
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cleared {t.agent_status('agent-gone')}" in out.stdout
+    assert t.ha_device_discovery("agent-gone") in out.stderr and "fogmesh broker config" in out.stderr
+    assert f"refused to clear {t.agent_status('agent-gone')}" not in out.stderr
+    status = Listener(secure.address("dash"), t.agent_status("agent-gone"), settle_s=0.3)
+    try:
+        assert status.topics(0) == []
+    finally:
+        status.close()

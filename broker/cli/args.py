@@ -34,6 +34,28 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def positive(text: str) -> float:
+    """An option's value that must be a number above 0 (seconds between redraws)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
+
+
+def whole(text: str) -> int:
+    """An option's value that must be a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
 def describe(p: argparse.ArgumentParser) -> None:
     """Give each subcommand its one-line summary (the ``help`` in its parent's list) as the
     description that ``fogmesh <command> --help`` opens with."""
@@ -188,10 +210,11 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--all-sites", action="store_true",
                     help="one line per site on the broker, with its health at a glance")
-    sp.add_argument("--json", action="store_true", help="print it as one JSON document")
-    sp.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
-    sp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (--watch)")
-    sp.add_argument("--count", type=int, default=0, help="stop after this many redraws (--watch; 0: never)")
+    once = sp.add_mutually_exclusive_group()
+    once.add_argument("--json", action="store_true", help="print it as one JSON document")
+    once.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
+    sp.add_argument("--interval", type=positive, default=1.0, help="seconds between redraws (--watch)")
+    sp.add_argument("--count", type=whole, default=0, help="stop after this many redraws (--watch; 0: never)")
     sp.set_defaults(fn=watch.cmd_status)
 
     sp = sub.add_parser("forget", help="clear a retired agent's retained status and Home Assistant discovery")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -20,13 +21,48 @@ JOB_COUNTS = ("accepted", "done", "rejected", "cancelled", "expired", "error")  
 STATE_STYLE = {"online": "green", "draining": "yellow", "offline": "red", "stale": "bold red", "missing": "bold red"}
 
 
+# What a terminal would act on rather than show: C0 and C1 controls (ESC starts escape sequences).
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+# Any client the broker lets write a status topic decides what is in it: every field is read as
+# what it should be, or its default, and every string is shown as text, never as rich markup or as
+# the escape sequences a terminal would run.
+
+def num(value: Any, default: float = 0.0) -> float:
+    """A finite number from a status field, else ``default``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else default
+
+
+def count(value: Any) -> int:
+    """A count from a status field: a whole number 0 or more, else 0."""
+    return max(0, int(num(value)))
+
+
+def text(value: Any) -> str:
+    """A string from a status field (a number shown as it is, anything else empty), without control
+    characters."""
+    if isinstance(value, str):
+        return _CONTROLS.sub("", value)
+    return str(value) if num(value, math.nan) == value else ""
+
+
+def obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def liveness(status: dict[str, Any] | None, now: float) -> str:
     """A status's state, or ``stale`` when an online daemon has missed three heartbeats."""
-    if not status:
+    if not status or not isinstance(status, dict):
         return "unknown"
-    state = str(status.get("state", "?"))
-    ts, every = status.get("ts") or 0.0, status.get("heartbeat_s") or 5.0
-    if state != "offline" and ts and now - ts > 3 * every:
+    state = text(status.get("state", "?")) or "?"
+    ts, every = num(status.get("ts")), num(status.get("heartbeat_s"), 5.0)
+    if state != "offline" and ts and now - ts > 3 * (every if every > 0 else 5.0):
         return "stale"
     return state
 
@@ -35,48 +71,55 @@ def _styled(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
+def _cells(*values: Any) -> list[Any]:
+    """A table row's cells, a plain string as plain text: rich would read one as markup."""
+    return [Text(v) if isinstance(v, str) else v for v in values]
+
+
 def render(snap: dict[str, Any], now: float | None = None) -> Group:
     now = now or time.time()
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    coord = snap["coordinator"] or {}
-    head.add_row("site", f"{snap['site']} on {snap['broker']}")
-    line = Text.assemble(_styled(liveness(coord, now)), f"  host {coord.get('host', '-')}  pid "
-                         f"{coord.get('pid', '-')}  policy {coord.get('policy', '-')}")
+    coord = obj(snap["coordinator"])
+    head.add_row(*_cells("site", f"{text(snap['site'])} on {snap['broker']}"))
+    line = Text.assemble(_styled(liveness(coord, now)), f"  host {text(coord.get('host')) or '-'}  pid "
+                         f"{text(coord.get('pid')) or '-'}  policy {text(coord.get('policy')) or '-'}")
     head.add_row("coordinator", line)
-    mesh = snap["mesh"] or {}
+    mesh = obj(snap["mesh"])
     if mesh:
         # with no agent there is no wait to predict: say so, not "predicted wait 0 ms"
-        wait = (f"predicted wait {mesh.get('predicted_wait_ms', 0):.0f} ms" if mesh.get("agents_online") else
-                "no agent online: jobs wait for one")
-        text = Text(f"{mesh.get('agents_online', 0)} agents · slots {mesh.get('slots_free', 0)}/"
-                    f"{mesh.get('slots_total', 0)} free · queue {mesh.get('queue_depth', 0)} · running "
-                    f"{mesh.get('running', 0)} · {wait}")
-        if mesh.get("overloaded"):
-            text.append("  OVERLOADED", style="bold red")
-        head.add_row("mesh", text)
-    bridge = snap["bridge"] or {}
+        wait = (f"predicted wait {num(mesh.get('predicted_wait_ms')):.0f} ms" if count(mesh.get("agents_online"))
+                else "no agent online: jobs wait for one")
+        line = Text(f"{count(mesh.get('agents_online'))} agents · slots {count(mesh.get('slots_free'))}/"
+                    f"{count(mesh.get('slots_total'))} free · queue {count(mesh.get('queue_depth'))} · running "
+                    f"{count(mesh.get('running'))} · {wait}")
+        if mesh.get("overloaded") is True:
+            line.append("  OVERLOADED", style="bold red")
+        head.add_row("mesh", line)
+    bridge = obj(snap["bridge"])
     if bridge:
-        reach = Text("reachable", style="green") if bridge.get("reachable") else Text("UNREACHABLE", style="bold red")
+        reach = (Text("reachable", style="green") if bridge.get("reachable") is True
+                 else Text("UNREACHABLE", style="bold red"))
         head.add_row("cloud bridge", Text.assemble(
             _styled(liveness(bridge, now)), "  cloud ", reach,
-            f" · outbox {bridge.get('outbox_depth', 0)} (oldest {bridge.get('oldest_age_s', 0):.0f} s)"
-            f" · dead letters {bridge.get('dlq_depth', 0)}"))
+            f" · outbox {count(bridge.get('outbox_depth'))} (oldest {num(bridge.get('oldest_age_s')):.0f} s)"
+            f" · dead letters {count(bridge.get('dlq_depth'))}"))
     agents = Table(show_edge=False, pad_edge=False, header_style="bold")
     for name, justify in (("agent", "left"), ("state", "left"), ("host", "left"), ("pid", "right"),
                           ("slots free", "right"), ("queue", "right"), ("jobs", "right"), ("tok/s", "right"),
                           ("TTFT ms", "right"), ("budget", "right"), ("seen", "right"), ("models", "left")):
         agents.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for name, a in sorted(snap["agents"].items()):
-        budget = a.get("budget") or {}
-        seen = f"{max(0.0, now - a['ts']):.0f} s ago" if a.get("ts") else "-"
-        agents.add_row(
-            name, _styled(liveness(a, now)), str(a.get("host", ""))[:16], str(a.get("pid", "")),
-            f"{a.get('slots_free', 0)}/{a.get('slots_total', 0)}", str(a.get("queue_depth", 0)),
-            str(len(a.get("jobs", []))), f"{a.get('decode_tps', 0):.1f}", f"{a.get('ttft_ms', 0):.0f}",
-            f"{budget.get('used', 0)}/{budget.get('tokens')}" if budget else "-", seen,
-            ",".join(m["name"] for m in a.get("models", [])))
+        a, ts = obj(a), num(obj(a).get("ts"))
+        budget = obj(a.get("budget"))
+        agents.add_row(*_cells(
+            text(name), _styled(liveness(a, now)), text(a.get("host"))[:16], text(a.get("pid")),
+            f"{count(a.get('slots_free'))}/{count(a.get('slots_total'))}", str(count(a.get("queue_depth"))),
+            str(len(items(a.get("jobs")))), f"{num(a.get('decode_tps')):.1f}", f"{num(a.get('ttft_ms')):.0f}",
+            f"{count(budget.get('used'))}/{count(budget.get('tokens'))}" if budget else "-",
+            f"{max(0.0, now - ts):.0f} s ago" if ts else "-",
+            ",".join(text(obj(m).get("name")) for m in items(a.get("models")))))
     if not snap["agents"]:
         agents.add_row("(no agent has reported on this site)", *[""] * 11)
     return Group(head, Text(""), agents)
@@ -87,26 +130,27 @@ def site_health(snap: dict[str, Any], now: float | None = None) -> dict[str, Any
     when its coordinator is online and heartbeating, an agent is online, it is not overloaded and
     its cloud, where it has a bridge, is reachable; ``problems`` says what is not so."""
     now = now or time.time()
-    coord, mesh, bridge = snap["coordinator"], snap["mesh"] or {}, snap["bridge"]
+    coord, mesh, bridge = snap["coordinator"], obj(snap["mesh"]), snap["bridge"]
     coordinator = liveness(coord, now) if coord else "missing"
     agents = [liveness(a, now) for a in snap["agents"].values()]
     online = sum(1 for state in agents if state in ("online", "draining"))
-    counters = (coord or {}).get("counters") or {}
+    counters = obj(obj(coord).get("counters"))
     cloud = None
     if bridge:
         state = liveness(bridge, now)
-        cloud = ("reachable" if bridge.get("reachable") else "unreachable") if state == "online" else f"bridge {state}"
+        reachable = obj(bridge).get("reachable") is True
+        cloud = ("reachable" if reachable else "unreachable") if state == "online" else f"bridge {state}"
     problems = [f"coordinator {coordinator}"] if coordinator != "online" else []
     if not online:
         problems.append("no agent online")
-    if mesh.get("overloaded"):
+    if mesh.get("overloaded") is True:
         problems.append("overloaded")
     if cloud not in (None, "reachable"):
         problems.append(f"cloud {cloud}" if cloud == "unreachable" else str(cloud))
     return {"site": snap["site"], "healthy": not problems, "problems": problems, "coordinator": coordinator,
-            "agents_online": online, "agents_total": len(agents), "queue_depth": mesh.get("queue_depth", 0),
-            "overloaded": bool(mesh.get("overloaded")), "cloud": cloud,
-            "jobs": {key: counters.get(key, 0) for key in JOB_COUNTS}}
+            "agents_online": online, "agents_total": len(agents), "queue_depth": count(mesh.get("queue_depth")),
+            "overloaded": mesh.get("overloaded") is True, "cloud": cloud,
+            "jobs": {key: count(counters.get(key)) for key in JOB_COUNTS}}
 
 
 def sites_table(rows: list[dict[str, Any]], broker: str) -> Group:
@@ -118,11 +162,11 @@ def sites_table(rows: list[dict[str, Any]], broker: str) -> Group:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         jobs = r["jobs"]
-        table.add_row(r["site"], Text("ok", style="green") if r["healthy"] else Text("UNHEALTHY", style="bold red"),
-                      _styled(r["coordinator"]), f"{r['agents_online']}/{r['agents_total']}",
-                      f"{r['queue_depth']}" + (" OVERLOADED" if r["overloaded"] else ""), r["cloud"] or "-",
-                      f"{jobs['done']}/{jobs['rejected']}/{jobs['expired']}/{jobs['error']}",
-                      ", ".join(r["problems"]))
+        table.add_row(*_cells(
+            text(r["site"]), Text("ok", style="green") if r["healthy"] else Text("UNHEALTHY", style="bold red"),
+            _styled(r["coordinator"]), f"{r['agents_online']}/{r['agents_total']}",
+            f"{r['queue_depth']}" + (" OVERLOADED" if r["overloaded"] else ""), r["cloud"] or "-",
+            f"{jobs['done']}/{jobs['rejected']}/{jobs['expired']}/{jobs['error']}", ", ".join(r["problems"])))
     unhealthy = sum(1 for r in rows if not r["healthy"])
     return Group(Text(f"{len(rows)} site(s) on {broker}, {unhealthy} unhealthy"), Text(""), table)
 

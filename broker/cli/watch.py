@@ -24,6 +24,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.all_sites:
         return _all_sites(conn, args)
     if args.watch:
+        site_check(conn.address(), conn.site)  # a site that is not there says so, as plain status does
         fleet = Fleet(conn.address(), conn.site)
         try:
             time.sleep(0.3)  # the retained statuses arrive first
@@ -66,40 +67,63 @@ def _all_sites(conn: Any, args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     """Clear a retired agent's retained status and Home Assistant discovery topics."""
     from agents.homeassistant import LEGACY_SENSORS
-    from broker.cli.console import liveness
-    from broker.runtime.client import clear_retained, snapshot
-    from schemas.topics import Topics, check_id
+    from broker.cli.console import liveness, num, text
+    from broker.runtime.client import clear_retained, retained, snapshot
+    from schemas.topics import Topics
 
     conn = _client(args)
-    agent, address, topics = check_id(args.agent, "agent id"), conn.address(), Topics(conn.site)
+    agent, address, topics = _one_level(args.agent), conn.address(), Topics(conn.site)
     where = f"site {conn.site!r} on {address.url}"
     agents = snapshot(address, conn.site, settle_s=0.3)["agents"]
     status = agents.get(agent) or {}
-    if not status and not args.force:
-        others = sorted(agents)
+    # a status that is not a JSON object is no agent's, and just what an operator wants gone
+    if not status and not args.force and not retained(address, topics.agent_status(agent)):
+        others = [text(a) for a in sorted(agents)]
+        listed = ", ".join(others[:20]) + (f" and {len(others) - 20} more" if len(others) > 20 else "")
         print(f"fogmesh forget: no agent {agent!r} on {where}: nothing is retained on {topics.agent_status(agent)}"
               f"{' (or this user may not read it)' if address.username else ''}; the agents there: "
-              f"{', '.join(others) or 'none'} (--force clears its topics anyway)", file=sys.stderr)
+              f"{listed or 'none'} (--force clears its topics anyway)", file=sys.stderr)
         return 1
     state = liveness(status, time.time())
     if state in ("online", "draining") and not args.force:
-        print(f"fogmesh forget: agent {agent!r} on {where} is {state} (host {status.get('host', '?')}, pid "
-              f"{status.get('pid', '?')}, heard from {max(0.0, time.time() - (status.get('ts') or 0)):.0f} s ago): "
+        print(f"fogmesh forget: agent {agent!r} on {where} is {state} (host {text(status.get('host')) or '?'}, "
+              f"pid {text(status.get('pid')) or '?'}, heard from {max(0.0, time.time() - num(status.get('ts'))):.0f} "
+              "s ago): "
               "stop it first, or --force (a running agent announces itself again at its next heartbeat)",
               file=sys.stderr)
         return 2
     # Home Assistant's first, the status last: an interrupted forget leaves the agent listed, to run again.
     ha = [*(topics.ha_discovery(agent, key, args.ha_prefix) for key in LEGACY_SENSORS),
           topics.ha_device_discovery(agent, args.ha_prefix)]
-    refused = clear_retained(address, [*ha, topics.agent_status(agent)])
-    for topic, why in refused.items():
-        print(f"fogmesh forget: the broker refused to clear {topic} ({why}); the operator role may "
-              "(docs/security.md)", file=sys.stderr)
-    if refused:
+    status_topic = topics.agent_status(agent)
+    failed = clear_retained(address, [*ha, status_topic])
+    if any(not why.startswith("refused") for why in failed.values()):
+        print(f"fogmesh forget: {address.url} stopped answering ({next(iter(failed.values()))}), so agent "
+              f"{agent!r} is not forgotten, or only in part: run forget again once the broker answers",
+              file=sys.stderr)
         return 1
-    print(f"forgot agent {agent!r} ({state}) of {where}: cleared {topics.agent_status(agent)} and its "
-          f"{len(ha)} Home Assistant discovery topics")
+    if status_topic in failed:
+        print(f"fogmesh forget: the broker refused to clear {status_topic} ({failed[status_topic]}); an "
+              "operator user may (docs/security.md)", file=sys.stderr)
+        return 1
+    print(f"forgot agent {agent!r} ({state}) of {where}: cleared {status_topic}"
+          + ("" if failed else f" and its {len(ha)} Home Assistant discovery topics"))
+    if failed:
+        print(f"fogmesh forget: the broker refused to clear Home Assistant's {', '.join(failed)} "
+              f"({next(iter(failed.values()))}): an operator may clear the discovery of the agents its ACL was "
+              f"generated with; regenerate it (fogmesh broker config) with {agent!r} among the agent users, or "
+              "remove these topics as the broker's administrator", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_level(agent: str) -> str:
+    """The agent id ``forget`` was given, if it names one status topic: any id a status was left
+    under, odd ones too (a fogmesh agent's own is 1-128 letters, digits and _ . : @ -)."""
+    if not agent or any(c in agent for c in "/+#\0") or len(agent.encode()) > 1024:
+        raise FogmeshError(f"agent id {agent!r} must be one topic level: not empty, no / + # (as `fogmesh status` "
+                           "lists it)")
+    return agent
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -112,6 +136,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError(f"--forget-offline-after must be 0 or more seconds, not {args.forget_offline_after:g}")
     conn = _client(args)
     ws = args.ws or current().get("ws") or "ws://127.0.0.1:9001"
+    if not ws.startswith(("ws://", "wss://")):
+        raise ConfigError(f"--ws {ws}: the page reaches the broker over WebSockets: give a ws:// or wss:// URL "
+                          "(the broker's listener with protocol websockets)")
     server = serve(args.bind, args.port)
     url = functools.partial(page_url, args.bind, server.server_address[1], ws, conn.site, conn.username,
                             args.forget_offline_after)

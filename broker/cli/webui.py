@@ -6,6 +6,7 @@ server can serve the same folder; this one exists so a gateway needs nothing els
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +44,11 @@ def page_url(bind: str, port: int, ws: str, site: str, username: str = "", offli
 
 def serve(bind: str, port: int) -> ThreadingHTTPServer:
     handler = functools.partial(_Handler, directory=str(folder()))
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"dashboard: --port {port} is not a port (0-65535)")
     try:
         return ThreadingHTTPServer((bind, port), handler)
     except OSError as exc:
-        raise ConfigError(f"dashboard: cannot listen on {bind}:{port} ({exc.strerror}); choose another --port") from exc
+        which = "--port" if exc.errno == errno.EADDRINUSE else "--bind (an address of this host) or --port"
+        raise ConfigError(f"dashboard: cannot listen on {bind}:{port} ({exc.strerror or exc}); choose another "
+                          f"{which}") from exc

@@ -34,6 +34,12 @@ class Edge:
         status = msg.decoded(AgentStatus, log, "status_invalid", topic=msg.topic)
         if status is None:
             return
+        if status.agent != c.topics.parse(msg.topic)[1]:
+            # The ACL lets an agent write its own status topic only: a status speaks for that agent
+            # alone, or one agent could declare another offline and take its jobs away.
+            log.warning(kv("status_invalid", topic=msg.topic, code="wrong_agent",
+                           detail=f"the status names agent {status.agent!r}, not the one of its topic"))
+            return
         # Liveness counts from when the status arrived, not from when this loop got to it:
         # a coordinator behind on its inbox must not declare live agents dead.
         arrived = time.monotonic() - max(0.0, time.time() - msg.received_at)

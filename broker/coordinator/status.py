@@ -32,7 +32,8 @@ class StatusBoard:
         self.core = core
         self.views = views
         self.last: MeshStatus | None = None
-        self._last_at = 0.0
+        self._last_at = 0.0  # when the mesh status was last published
+        self._checked_at = 0.0  # when the views were last worked out, published or not
         self._jobs_shown: tuple[Any, ...] | None = None
         self._history_at = 0.0
 
@@ -73,10 +74,12 @@ class StatusBoard:
 
     def publish_mesh(self, session: Publisher) -> None:
         """On a change (at most 4 times a second), and at the status interval as a heartbeat; the
-        live jobs when they change (tokens too), the history every step."""
+        live jobs when they change (tokens too), the history every step. Each view walks the live
+        jobs, so they are worked out at most 4 times a second too, whether anything changed or not."""
         mono = time.monotonic()
-        if mono - self._last_at < 0.25:
+        if mono - self._checked_at < 0.25:
             return
+        self._checked_at = mono
         c = self.core
         mesh, jobs = self.mesh(), self.jobs()
         shown = (jobs.live, tuple((j.key, j.state, j.node, j.tokens) for j in jobs.jobs),

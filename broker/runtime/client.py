@@ -171,6 +171,7 @@ class Fleet:
         self.site, self.broker = site, address.url
         self._lock = threading.Lock()
         self._sites: dict[str, dict[str, Any]] = {}
+        self._heard = time.monotonic()  # when the last message came
         self.session = Session(address, f"fogmesh-status-{secrets.token_hex(4)}", self._on_message, persistent=False)
         self.session.start()
         prefix = Topics(site).prefix if site is not None else f"{ROOT}/+"
@@ -178,11 +179,14 @@ class Fleet:
             self.session.subscribe(f"{prefix}/{level}", qos=1)
 
     def _on_message(self, msg: Message) -> None:
+        self._heard = time.monotonic()
         root, site, *level = msg.topic.split("/")
         try:
             data = orjson.loads(msg.payload) if msg.payload else None
         except orjson.JSONDecodeError:
             return  # somebody else's garbage on a status topic is not ours to crash on
+        if data is not None and not isinstance(data, dict):
+            return  # JSON, but not a status: a list, a number
         if root != ROOT or (self.site is not None and site != self.site):
             return
         with self._lock:
@@ -212,15 +216,24 @@ class Fleet:
             snaps = [self._snapshot(site) for site in sorted(self._sites)]
         return [s for s in snaps if s["agents"] or s["coordinator"] or s["mesh"] or s["bridge"]]
 
+    def settle(self, settle_s: float, quiet_s: float = 0.25, most_s: float = 15.0) -> None:
+        """Wait ``settle_s``, then on while the retained statuses still come (until none has come for
+        ``quiet_s``; ``most_s`` at most): a broker with thousands of sites takes seconds to send them."""
+        began = time.monotonic()
+        time.sleep(settle_s)
+        while time.monotonic() - self._heard < quiet_s and time.monotonic() - began < most_s:
+            time.sleep(0.05)
+
     def close(self) -> None:
         self.session.stop()
 
 
 def _settled(address: BrokerAddress, site: str | None, settle_s: float) -> Fleet:
-    """A Fleet given ``settle_s`` for the retained statuses to arrive, then closed: read once."""
+    """A Fleet given ``settle_s`` and then as long as they keep coming for the retained statuses to
+    arrive, then closed: read once."""
     fleet = Fleet(address, site)
     try:
-        time.sleep(settle_s)
+        fleet.settle(settle_s)
     finally:
         fleet.close()
     return fleet
@@ -254,23 +267,33 @@ def retained(address: BrokerAddress, topic_filter: str, settle_s: float = 0.3) -
 
 def clear_retained(address: BrokerAddress, topics: list[str], timeout_s: float = 5.0) -> dict[str, str]:
     """Delete what the broker retains on each topic: an empty retained message at QoS 1, each
-    one waited for until the broker acknowledges it. Returns the topics it refused, each with why
-    (none: all cleared); clearing a topic that holds nothing is no error."""
-    refused: dict[str, str] = {}
-    session = Session(address, f"fogmesh-clear-{secrets.token_hex(4)}", lambda _msg: None, persistent=False)
-    session.start()
+    one waited for until the broker acknowledges it. Returns the topics not cleared, each with why
+    (none: all cleared); clearing a topic that holds nothing is no error. A refusal is ``refused:
+    ...``: mosquitto 2.0 then closes the connection, so the next topic goes on a new one. Once the
+    broker does not answer in time, the rest are ``not tried: ...``."""
+    failed: dict[str, str] = {}
+    session: Session | None = None
     try:
-        for topic in topics:
-            if not session.connected and not session.wait_connected(timeout_s):
-                refused[topic] = f"no connection to {address.url}"
-                continue
+        for i, topic in enumerate(topics):
+            if session is None:
+                session = Session(address, f"fogmesh-clear-{secrets.token_hex(4)}", lambda _msg: None,
+                                  persistent=False)
+                session.start(timeout_s)
             how = refusal(session, session.publish(topic, b"", qos=1, retain=True), timeout_s)
-            if how is not None:
-                refused[topic] = (f"{how}: {_who(session)} may not write there" if how else
-                                  f"no acknowledgement from {address.url} within {timeout_s:.0f} s")
+            if how is None:
+                continue
+            if how:
+                failed[topic] = f"refused: {how}: {_who(session)} may not write there"
+                session.stop()
+                session = None
+                continue
+            failed[topic] = f"no acknowledgement from {address.url} within {timeout_s:.0f} s"
+            failed.update({t: f"not tried: {address.url} stopped answering" for t in topics[i + 1:]})
+            break
     finally:
-        session.stop()
-    return refused
+        if session is not None:
+            session.stop()
+    return failed
 
 
 def sites(address: BrokerAddress) -> list[str]:

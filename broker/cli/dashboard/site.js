@@ -7,6 +7,11 @@ import { $, cell, duration, el, guard, list, liveness, ms, num, obj, str } from 
 
 const STATUSES = ["done", "rejected", "expired", "error", "cancelled"];
 const TIERS = ["edge", "cloud", "none"];
+// At most what the coordinator sends (200 live jobs, 20 finished, 90 steps) and some: anyone allowed
+// to write mesh/jobs or mesh/history may send more, and every table is rebuilt every second.
+const MAX_JOBS = 200;
+const MAX_FINISHED = 50;
+const MAX_STEPS = 360;
 
 function card(id, parts) {
   const node = $(id);
@@ -85,7 +90,7 @@ function counters(rec) {
 /** Throughput, latency and TTFT, tokens/s over the history (mesh/history, 10-second steps). */
 function charts(rec) {
   const h = rec ? rec.data : {};
-  const steps = list(h.steps).map(obj);
+  const steps = list(h.steps).slice(-MAX_STEPS).map(obj);
   const stepS = num(h.step_s, 10) || 10;
   const span = duration(steps.length * stepS);
   // The newest step is still running when the history is published: its rate is over its part.
@@ -117,10 +122,13 @@ function jobs(rec, coordinatorNow, coordinatorUp) {
     return;
   }
   const m = rec.data;
-  const shown = list(m.jobs).map(obj).filter((j) => str(j.key));
-  let note = `${num(m.live, shown.length)} live`;
-  if (num(m.live) > shown.length) note += ` (the oldest ${shown.length} shown)`;
-  if (!coordinatorUp) note += ` · as the coordinator last published them, ${duration(coordinatorNow - num(m.ts))} ago`;
+  const shown = list(m.jobs).slice(0, MAX_JOBS).map(obj).filter((j) => str(j.key));
+  const live = Math.max(num(m.live), list(m.jobs).length);
+  let note = `${live} live`;
+  if (live > shown.length) note += ` (the oldest ${shown.length} shown)`;
+  if (!coordinatorUp && num(m.ts)) {
+    note += ` · as the coordinator last published them, ${duration(coordinatorNow - num(m.ts))} ago`;
+  }
   $("jobs-note").textContent = note;
   for (const j of shown) {
     const row = body.insertRow();
@@ -140,7 +148,7 @@ function jobs(rec, coordinatorNow, coordinatorUp) {
 function finished(rec, coordinatorNow) {
   const body = $("finished").tBodies[0];
   body.replaceChildren();
-  for (const f of rec ? list(rec.data.finished).map(obj).filter((j) => str(j.key)) : []) {
+  for (const f of rec ? list(rec.data.finished).slice(0, MAX_FINISHED).map(obj).filter((j) => str(j.key)) : []) {
     const row = body.insertRow();
     row.dataset.job = str(f.key);
     row.dataset.status = str(f.status);
