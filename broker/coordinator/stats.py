@@ -102,18 +102,10 @@ class SiteStats:
             return last  # a clock stepped back writes into the newest step rather than reorder history
         first = start - (STEPS - 1) * STEP_S
         begin = max(last.start + STEP_S, first) if last is not None else start
-        for t in _range(begin, start, STEP_S):
-            self._steps.append(_Step(t))
+        for i in range(round((start - begin) / STEP_S)):  # the quiet steps between, both ends multiples of STEP_S
+            self._steps.append(_Step(begin + i * STEP_S))
         self._steps.append(_Step(start))
         return self._steps[-1]
-
-
-def _range(start: float, stop: float, step: int) -> list[float]:
-    out, t = [], start
-    while t < stop:
-        out.append(t)
-        t += step
-    return out
 
 
 def _median(values: list[float]) -> float:
