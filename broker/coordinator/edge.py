@@ -85,6 +85,7 @@ class Edge:
             known = c.registry.agents.get(ev.agent)
             if known and ev.usage:
                 known.window.add(ev.usage.completion_tokens)
+                c.registry.touch(ev.agent)  # its budget use changed
             self.finals.finish(job, "done", text=ev.text, usage=ev.usage, agent_timings=ev.timings,
                                served_by=ServedBy(tier="edge", node=ev.agent), cost=self.cost(ev.agent, ev.usage),
                                finish_reason=ev.finish_reason)

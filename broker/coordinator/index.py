@@ -170,6 +170,8 @@ class AgentIndex:
         self._serial: dict[str, int] = {}
         self._pools: dict[str | None, tuple[_Side, _Side]] = {}  # None: every agent
         self._none = (_Side(True, self._serial), _Side(False, self._serial))  # a model no agent holds
+        self.accepting = 0  # agents that take new work (online, not draining)
+        self.room = 0  # jobs they can take now: slots + prefetch - outstanding, summed over them
 
     def __len__(self) -> int:
         return len(self._views)
@@ -188,6 +190,9 @@ class AgentIndex:
         self.remove(v.agent)
         self._views[v.agent] = v
         self._serial[v.agent] = self._serial.get(v.agent, 0) + 1
+        if v.online:
+            self.accepting += 1
+            self.room += max(0, v.slots + v.prefetch - v.outstanding)
         if not (v.online and v.fresh):
             return  # no job may go there: kept for views(), in no pool
         for model in (None, *v.models):
@@ -198,6 +203,9 @@ class AgentIndex:
 
     def remove(self, agent: str) -> None:
         old = self._views.pop(agent, None)
+        if old is not None and old.online:
+            self.accepting -= 1
+            self.room -= max(0, old.slots + old.prefetch - old.outstanding)
         if old is None or not (old.online and old.fresh):
             return
         for model in (None, *old.models):

@@ -50,17 +50,17 @@ class StatusBoard:
     def mesh(self) -> MeshStatus:
         c = self.core
         views = [v for v in self.views() if v.online]
-        queued = [j for j in c.jobs if j.state is JobState.QUEUED]
+        queued = len(c.jobs.waiting)  # counted as they come and go: a site may queue 100,000 jobs
         tps = sum(v.decode_tps * v.slots for v in views) or 0.0
-        backlog = sum(j.req.max_tokens for j in queued) + sum(v.outstanding_tokens for v in views)
+        backlog = c.jobs.queued_tokens + sum(v.outstanding_tokens for v in views)
         return MeshStatus(
             agents_online=len(views),
             slots_total=sum(v.slots for v in views),
             slots_free=sum(max(0, v.slots - v.outstanding) for v in views),
-            queue_depth=len(queued),
-            running=sum(1 for j in c.jobs if j.state.on_agent),
+            queue_depth=queued,
+            running=c.jobs.placed,
             predicted_wait_ms=round(backlog / tps * 1000, 1) if tps else 0.0,
-            overloaded=len(queued) >= c.settings.max_queue * 0.8 or (bool(queued) and not views),
+            overloaded=queued >= c.settings.max_queue * 0.8 or (bool(queued) and not views),
             recent=c.stats.window(c.clock()),
             ts=c.clock(),
         )
