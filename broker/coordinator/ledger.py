@@ -40,6 +40,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS transitions_key ON transitions(key);
     """,
+    # An index on the state moved at every state change (queued, assigned, running, done) and cost
+    # ~15 us of the ~20 us each of those updates took. An open job is one without its final
+    # message: indexed on that, a row enters the index once and leaves it once, and the restart
+    # reads the open jobs in order of arrival straight from it.
+    """
+    DROP INDEX IF EXISTS jobs_open;
+    CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(created_at) WHERE final IS NULL;
+    """,
 ]
 
 
@@ -55,6 +63,7 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the job ledger {path}: {exc}") from exc
         self.path = path
+        self._transitions: list[tuple[str, float, str, str | None]] = []  # written at commit, all at once
 
     def _migrate(self) -> None:
         conn = self.db.conn
@@ -76,13 +85,22 @@ class Ledger:
         try:
             conn.execute("BEGIN IMMEDIATE")
             yield
+            self._write_transitions()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._transitions.clear()
             conn.execute("ROLLBACK")
             raise LedgerError(f"ledger write failed: {exc}") from exc
         except BaseException:
+            self._transitions.clear()
             conn.execute("ROLLBACK")
             raise
+
+    def _write_transitions(self) -> None:
+        """The transitions noted so far, in one statement (they are only read by `explain`)."""
+        if self._transitions:
+            rows, self._transitions = self._transitions, []
+            self.db.conn.executemany("INSERT INTO transitions (key, ts, state, detail) VALUES (?, ?, ?, ?)", rows)
 
     # The per-job writes below are plain parameterised SQL: they run several times for
     # every job, and sqlite-utils' table helpers re-read the schema on each call.
@@ -107,17 +125,18 @@ class Ledger:
         self._transition(key, state, detail, time.time())
 
     def _transition(self, key: str, state: str, detail: dict[str, Any] | None, ts: float) -> None:
-        self.db.conn.execute(
-            "INSERT INTO transitions (key, ts, state, detail) VALUES (?, ?, ?, ?)",
-            (key, ts, state, orjson.dumps(detail).decode() if detail else None),
-        )
+        self._transitions.append((key, ts, state, orjson.dumps(detail).decode() if detail else None))
+        if not self.db.conn.in_transaction:  # a write on its own: no commit to wait for
+            self._write_transitions()
 
     def mark_delivered(self, keys: list[str]) -> None:
         self.db.conn.executemany("UPDATE jobs SET delivered = 1 WHERE key = ?", [(k,) for k in keys])
 
     def get(self, key: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM jobs WHERE key = ?", [key]))
-        return rows[0] if rows else None
+        # Asked for every prompt (is its id taken?): plain SQL, 4 us against sqlite-utils' 16.
+        cur = self.db.conn.execute("SELECT * FROM jobs WHERE key = ?", (key,))
+        row = cur.fetchone()
+        return dict(zip((d[0] for d in cur.description), row, strict=True)) if row else None
 
     def find(self, job: str) -> list[dict[str, Any]]:
         """Jobs whose device job id or key is ``job``."""
@@ -125,13 +144,15 @@ class Ledger:
 
     def open_jobs(self) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(FINAL_STATES))
-        return list(self.db.query(
-            f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY created_at", list(FINAL_STATES)))
+        return list(self.db.query(  # `final IS NULL`: read in order from the jobs_unfinished index
+            f"SELECT * FROM jobs WHERE final IS NULL AND state NOT IN ({marks}) ORDER BY created_at",
+            list(FINAL_STATES)))
 
     def undelivered(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM jobs WHERE delivered = 0 AND final IS NOT NULL"))
 
     def history(self, key: str) -> list[dict[str, Any]]:
+        self._write_transitions()
         rows = self.db.query("SELECT ts, state, detail FROM transitions WHERE key = ? ORDER BY id", [key])
         return [{**r, "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows]
 
@@ -152,6 +173,7 @@ class Ledger:
                 keys += [r[0] for r in conn.execute(
                     f"SELECT key FROM jobs WHERE {done} ORDER BY updated_at LIMIT ? OFFSET ?",
                     [*FINAL_STATES, excess, len(keys)])]
+        self._write_transitions()
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             qs = ",".join("?" * len(chunk))
