@@ -94,5 +94,6 @@ class Dispatcher:
                           response_topic=job.response_topic, correlation=job.correlation,
                           deadline_at=job.deadline_at, assigned_at=c.clock())
         c.pending.publish(c.topics.assign(agent), encode(spec))
-        log.info(kv("job_assigned", job=job.key, agent=agent, attempt=job.attempt,
-                    predicted_ms=decision.predicted_s * 1000, reason=decision.reason))
+        if log.isEnabledFor(logging.INFO):
+            log.info(kv("job_assigned", job=job.key, agent=agent, attempt=job.attempt,
+                        predicted_ms=decision.predicted_s * 1000, reason=decision.reason))

@@ -67,9 +67,9 @@ class Job:
     decision: dict[str, Any] | None = None
 
     def request_row(self) -> str:
-        data = {"prompt": orjson.loads(encode(self.req)), "response_topic": self.response_topic,
-                "correlation": self.correlation}
-        return orjson.dumps(data).decode()
+        # Spliced rather than decoded and encoded again: written for every job.
+        return (b'{"prompt":' + encode(self.req) + b',"response_topic":' + orjson.dumps(self.response_topic)
+                + b',"correlation":' + orjson.dumps(self.correlation) + b"}").decode()
 
 
 class Jobs:

@@ -83,7 +83,7 @@ class Coordinator(Daemon):
         self.session = session
         # a PUBACK for a final wakes the loop, so its delivery is recorded at once: a coordinator
         # killed after the broker took a final re-sends it on restart only inside this short window
-        session.set_on_delivered(lambda: self._inbox.put(None))
+        session.set_on_delivered(self._inbox.wake)
         self.status.gauges(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
