@@ -124,6 +124,43 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+class _Client(mqtt.Client):
+    """paho's client, reading its socket in large pieces.
+
+    paho asks the socket for each packet's first byte, then each byte of its length, then the
+    rest: three system calls or more for every packet. Under load those reads were a quarter of
+    the coordinator's network thread (py-spy, docs/benchmarks.md). Here a read takes whatever is
+    there (up to 64 KiB) and hands it out as paho asks; ``loop_read`` goes on while bytes wait
+    here, since ``select()`` on the socket no longer sees them. Reconnecting starts empty.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fm_buf = b""
+        self._fm_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._fm_buf, self._fm_pos
+        if pos >= len(buf):
+            buf = super()._sock_recv(max(bufsize, 65536))  # BlockingIOError when nothing is there, as before
+            if not buf:
+                return buf  # the connection closed
+            pos = 0
+        end = min(pos + bufsize, len(buf))
+        self._fm_buf, self._fm_pos = buf, end
+        return buf[pos:end]
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._fm_pos < len(self._fm_buf) and self._sock:
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _sock_close(self) -> None:
+        self._fm_buf, self._fm_pos = b"", 0
+        super()._sock_close()
+
+
 class Session:
     """A persistent MQTT 5 session (clean start off, session expiry set) with a Last Will.
 
@@ -161,7 +198,7 @@ class Session:
         self._pending: dict[int, Delivery] = {}  # mid -> its delivery, until the broker answers
         self._early: dict[int, int] = {}  # acknowledged before publish() had registered the mid
         self._on_delivered: Callable[[], None] | None = None
-        self._client = mqtt.Client(
+        self._client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -169,7 +206,11 @@ class Session:
         )
         client = self._client
         client.max_queued_messages_set(0)  # never drop our own outgoing QoS 1 while offline
-        client.max_inflight_messages_set(1000)
+        # No limit on our unacknowledged publishes: with one set, paho walks all of them at every
+        # PUBACK (13% of the coordinator's network thread under load), and fogmesh's brokers set
+        # none either (mosquitto's max_inflight_messages 0); paho never honoured the broker's
+        # Receive Maximum anyway.
+        client.max_inflight_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         if address.username:
             client.username_pw_set(address.username, address.password)
