@@ -77,7 +77,7 @@ class Dispatcher:
                        chat=job.req.is_chat,
                        model=job.req.model or self.core.settings.default_model or None, priority=job.req.priority,
                        deadline_at=job.deadline_at, privacy=job.req.privacy, offline_ok=job.req.offline_ok,
-                       exclude=frozenset(job.exclude))
+                       exclude=job.exclude)
 
     def assign(self, job: Job, decision: Decision, mono: float) -> None:
         c = self.core

@@ -91,7 +91,7 @@ class Edge:
                                finish_reason=ev.finish_reason)
         elif ev.kind == "refused":
             if ev.error and ev.error.code == "draining":
-                job.exclude.add(ev.agent)
+                job.exclude |= {ev.agent}
             self.requeue(job, f"agent refused: {ev.error.message if ev.error else ''}")
         elif ev.kind == "failed":
             self.failed(job, ev.error or ErrorInfo(code="agent_error", message="agent failed"))
@@ -113,7 +113,7 @@ class Edge:
         job.failures += 1
         c.ledger.note(job.key, "failed", {"agent": job.agent, "code": error.code, "message": error.message})
         if job.agent:
-            job.exclude.add(job.agent)
+            job.exclude |= {job.agent}
         others = [k for k in c.registry.agents.values()
                   if k.online and k.status.agent not in job.exclude
                   and (not job.req.model or job.req.model in k.models)]

@@ -9,9 +9,10 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from broker.coordinator.scheduler import WaitQueue
@@ -44,7 +45,19 @@ class JobState(enum.StrEnum):
         return self in (JobState.ACCEPTED, JobState.RUNNING)
 
 
-@dataclass
+class _Stored(msgspec.Struct):
+    """A job's request as the ledger keeps it (:meth:`Job.request_row`)."""
+
+    prompt: Prompt
+    response_topic: str | None = None
+    correlation: str | None = None
+
+
+_STORED = msgspec.json.Decoder(_Stored)
+RECOVERED = ("assigned", "running", "offloaded")  # states a restart resumes; the others start queued
+
+
+@dataclass(slots=True)  # no per-job __dict__: a site may hold 100,000 queued jobs
 class Job:
     key: str  # <device>/<job id>
     device: str
@@ -61,10 +74,23 @@ class Job:
     assigned_mono: float = 0.0
     started_at: float | None = None
     failures: int = 0
-    exclude: set[str] = field(default_factory=set)  # agents it must not go to again
+    # Agents it must not go to again: rarely any, and the empty frozenset is shared, where an empty
+    # set took 216 bytes a job.
+    exclude: frozenset[str] = frozenset()
     size: int = 0  # bytes of the prompt held in memory (max_queue_bytes)
     stranded_at: float | None = None  # since when no agent online (nor the cloud) could take it
     decision: dict[str, Any] | None = None
+
+    @classmethod
+    def recovered(cls, row: dict[str, Any], mono: float) -> Job:
+        """A live job from its ledger row, at a restart (one C call decodes and checks its request)."""
+        stored = _STORED.decode(row["request"])
+        state = JobState(row["state"]) if row["state"] in RECOVERED else JobState.QUEUED
+        return cls(key=row["key"], device=row["device"], job=row["job"], req=stored.prompt,
+                   created_at=row["created_at"], deadline_at=row["deadline_at"],
+                   response_topic=stored.response_topic, correlation=stored.correlation, state=state,
+                   agent=row["agent"] if state is not JobState.QUEUED else None, attempt=row["attempt"],
+                   assigned_mono=mono, size=len(row["request"]))
 
     def request_row(self) -> str:
         # Spliced rather than decoded and encoded again: written for every job.

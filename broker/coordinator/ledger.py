@@ -167,12 +167,17 @@ class Ledger:
         self._write()
         return list(self.db.query("SELECT * FROM jobs WHERE key = ? OR job = ? ORDER BY created_at", [job, job]))
 
-    def open_jobs(self) -> list[dict[str, Any]]:
+    def open_jobs(self) -> Iterator[dict[str, Any]]:
+        """The jobs not finished, oldest first, a row at a time: a restart may find 100,000, and all
+        their rows at once took more memory than the jobs made from them."""
         self._write()
         marks = ",".join("?" * len(FINAL_STATES))
-        return list(self.db.query(  # `final IS NULL`: read in order from the jobs_unfinished index
+        cur = self.db.conn.execute(  # `final IS NULL`: read in order from the jobs_unfinished index
             f"SELECT * FROM jobs WHERE final IS NULL AND state NOT IN ({marks}) ORDER BY created_at",
-            list(FINAL_STATES)))
+            list(FINAL_STATES))
+        cols = [d[0] for d in cur.description]
+        for row in cur:
+            yield dict(zip(cols, row, strict=True))
 
     def undelivered(self) -> list[dict[str, Any]]:
         self._write()

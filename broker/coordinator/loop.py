@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from broker.coordinator.admission import Admission
 from broker.coordinator.cloud import Cloud
 from broker.coordinator.context import Core
@@ -32,7 +30,7 @@ from broker.coordinator.explain import answer as explain
 from broker.coordinator.finals import Finals
 from broker.coordinator.homeassistant import site_discovery
 from broker.coordinator.inbox import Inbox
-from broker.coordinator.jobs import Job, JobState
+from broker.coordinator.jobs import Job
 from broker.coordinator.ledger import Ledger
 from broker.coordinator.settings import CoordinatorSettings
 from broker.coordinator.status import StatusBoard
@@ -42,8 +40,6 @@ from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message, Session
 from schemas import encode
-from schemas.codec import convert
-from schemas.messages import Prompt
 from schemas.status import CoordinatorStatus
 
 log = logging.getLogger("fogmesh.coordinator")
@@ -118,14 +114,7 @@ class Coordinator(Daemon):
         """Rebuild live jobs from the ledger; re-send finals the broker never acknowledged."""
         now_mono = time.monotonic()
         for row in self.ledger.open_jobs():
-            req = orjson.loads(row["request"])
-            state = JobState(row["state"]) if row["state"] in ("assigned", "running", "offloaded") else JobState.QUEUED
-            self.jobs.add(Job(key=row["key"], device=row["device"], job=row["job"],
-                              req=convert(req["prompt"], Prompt), created_at=row["created_at"],
-                              deadline_at=row["deadline_at"], response_topic=req.get("response_topic"),
-                              correlation=req.get("correlation"), state=state,
-                              agent=row["agent"] if state is not JobState.QUEUED else None,
-                              attempt=row["attempt"], assigned_mono=now_mono, size=len(row["request"])))
+            self.jobs.add(Job.recovered(row, now_mono))
         for row in self.ledger.undelivered():
             self.finals.resend(row)
 
