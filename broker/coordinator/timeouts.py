@@ -3,10 +3,10 @@ on an agent that is gone, and queued jobs that nothing online can take.
 
 The loop asks ten times a second. None of it walks every live job: deadlines come from a heap,
 unaccepted assignments from a queue in the order they were made, and only the jobs placed on
-agents that are not online are looked at. Whether a queued job can run anywhere is checked for
-``STRAND_CHECKS`` queued jobs a scan, in turn, so 100,000 queued jobs are each looked at every
-5 s: a job nothing can take still ends after ``max_wait_no_agent_s`` (120 s by default), at
-most one turn later.
+agents that are not online are looked at. Whether a queued job can run anywhere is checked once
+a second for ``STRAND_CHECKS`` live jobs, in turn, so 100,000 queued jobs are each looked at
+every 5 s: a job nothing can take still ends after ``max_wait_no_agent_s`` (120 s by default),
+at most one turn later.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from broker.runtime.logs import kv
 from schemas.messages import ErrorInfo
 
 log = logging.getLogger("fogmesh.coordinator")
-STRAND_CHECKS = 2000  # queued jobs checked for a way to run, a scan
+STRAND_CHECKS = 20_000  # live jobs checked for a way to run, once a second
+STRAND_EVERY_S = 1.0
 
 
 class Timeouts:
@@ -33,6 +34,7 @@ class Timeouts:
         self.edge = edge
         self.finals = finals
         self._turn: Iterator[str] = iter(())  # the live jobs' keys still to check in this turn
+        self._stranded_at = float("-inf")  # monotonic time of the last strand check
 
     def scan(self, now: float, mono: float, judge: bool) -> None:
         """``judge``: the loop keeps up with its inbox, so silence means something (a heartbeat or an
@@ -55,7 +57,10 @@ class Timeouts:
                 for job in c.jobs.on(agent):
                     if mono - job.assigned_mono > timeout:
                         self.edge.requeue(job, "agent is not online")
-        self.strand_some(now)
+        # once a second, or 4 times within a shorter max_wait_no_agent_s
+        if mono - self._stranded_at >= min(STRAND_EVERY_S, c.settings.max_wait_no_agent_s / 4):
+            self._stranded_at = mono
+            self.strand_some(now)
 
     def strand_some(self, now: float) -> None:
         """Check the next ``STRAND_CHECKS`` live jobs that are queued for an agent or the cloud that
