@@ -413,7 +413,8 @@ def test_the_gateway_role_asks_only_as_itself_and_reads_the_statuses():
     assert [topic for access, topic in rules if access == "write"] == ["fogmesh/s/prompts/gw-1",
                                                                        "fogmesh/s/cancel/gw-1"]
     assert {topic for access, topic in rules if access == "read"} == {
-        "fogmesh/s/results/gw-1/#", t.agent_status(), t.coordinator_status, t.bridge_status, t.mesh_status}
+        "fogmesh/s/results/gw-1/#", t.agent_status(), t.coordinator_status, t.bridge_status, t.mesh_status,
+        t.mesh_history}  # not mesh/jobs: every live job's device and job id is for operators
 
 
 def chunk(seq: int, text: str, attempt: int = 1) -> Chunk:

@@ -67,8 +67,9 @@ def acl_rules(topics: Topics, name: str, role: str, agents: Sequence[str] = ()) 
     ``agents``: the site's agent users, whose Home Assistant discovery an operator may clear."""
     p = topics.prefix
     status = [("read", topics.agent_status()), ("read", topics.coordinator_status),
-              ("read", topics.bridge_status), ("read", topics.mesh_status), ("read", topics.mesh_jobs),
-              ("read", topics.mesh_history)]
+              ("read", topics.bridge_status), ("read", topics.mesh_status), ("read", topics.mesh_history)]
+    # Every live job's device and job ids: for the site's operators, not for every reader of its health
+    jobs = ("read", topics.mesh_jobs)
     if role == "device":
         return [("write", topics.prompts(name)), ("write", topics.cancel(name)), ("read", topics.results(name))]
     if role == "agent":
@@ -92,7 +93,7 @@ def acl_rules(topics: Topics, name: str, role: str, agents: Sequence[str] = ()) 
     if role == "bridge":
         return [("read", topics.cloud_requests), ("write", topics.cloud_events), ("write", topics.bridge_status)]
     if role == "dashboard":
-        return status
+        return [*status, jobs]
     if role == "homeassistant":  # its MQTT integration: the discovery configs, the states they point at
         return [*status, ("read", f"{HA_PREFIX}/#"), ("write", f"{HA_PREFIX}/status")]
     if role == "gateway":  # `fogmesh gateway`: asks as a device of its own name; /v1/models reads the statuses
@@ -103,7 +104,7 @@ def acl_rules(topics: Topics, name: str, role: str, agents: Sequence[str] = ()) 
         # not the whole discovery prefix, which other Home Assistant devices share
         discovery = [("write", t) for agent in agents for t in (topics.ha_discovery(agent),
                                                                  topics.ha_device_discovery(agent))]
-        return [*status, ("read", f"{p}/deadletter/#"), ("write", topics.explain),
+        return [*status, jobs, ("read", f"{p}/deadletter/#"), ("write", topics.explain),
                 ("read", f"{topics.explain}/reply/#"), ("write", topics.prompts(name)),
                 ("write", topics.cancel(name)), ("read", topics.results(name)),
                 ("write", topics.agent_status()), *discovery]
