@@ -76,6 +76,7 @@ class Agent(Daemon):
         self.ha = (AgentDiscovery(settings.site, settings.agent_id, settings.ha_prefix) if settings.ha_discovery
                    else None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._idle = 0  # slots waiting for a job (under _lock)
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._dirty = threading.Event()  # the status changed and should be republished
@@ -233,12 +234,16 @@ class Agent(Daemon):
                 job = _Job(spec)
                 self._jobs[spec.key] = job
                 self.board.jobs[spec.key] = "queued"
+                # A slot is free for it: its `started` follows at once and says `accepted` too, one
+                # message less for every job the coordinator handles (which also takes the two apart).
+                at_once = self._idle > self._queue.qsize()
         if refuse:
             self._event(spec, "refused", error=ErrorInfo(code="draining", message="agent is draining"))
             self.counters["refused"] += 1
             return
         self.counters["accepted"] += 1
-        self._event(spec, "accepted")
+        if not at_once:
+            self._event(spec, "accepted")
         self._queue.put(job)
         self._dirty.set()
         log.info(kv("job_accepted", job=spec.key, attempt=spec.attempt))
@@ -273,7 +278,11 @@ class Agent(Daemon):
 
     def _work(self, backends: dict[str, Backend]) -> None:
         while True:
+            with self._lock:
+                self._idle += 1
             job = self._queue.get()
+            with self._lock:
+                self._idle -= 1
             if job is None:
                 return
             if job.cancel.is_set():

@@ -65,13 +65,39 @@ def scale() -> str:
     r = load("scale")
     if not r:
         return ""
-    rows = [[x["agents"], x["fogmesh"]["jobs_per_s"], x["fogmesh"]["decision_ms"]["p50"],
-             x["fogmesh"]["decision_ms"]["p99"], x["fogmesh"]["coordinator_rss_mb"],
-             x["fogmesh"]["balance_max_over_mean"],
-             x["shared_subscription"]["jobs_per_s"], x["shared_subscription"]["balance_max_over_mean"],
-             x["throughput_ratio"]] for x in r["results"]]
-    return table(["agents", "fogmesh jobs/s", "decision p50 ms", "decision p99 ms", "coordinator RSS MB",
-                  "balance max/mean", "shared-sub jobs/s", "shared-sub balance", "fogmesh/shared-sub"], rows)
+
+    def decision(x: dict[str, Any], how: str) -> dict[str, float]:
+        d = x["fogmesh"]["decision_ms"]
+        return d.get(how, d)  # results from before the index have the scan's figures only
+
+    rows = [[x["agents"], x["fogmesh"]["jobs_per_s"], x["shared_subscription"]["jobs_per_s"], x["throughput_ratio"],
+             decision(x, "indexed")["p50"], decision(x, "indexed")["p99"], decision(x, "upkeep")["p99"],
+             decision(x, "scan")["p99"], x["fogmesh"]["coordinator_rss_mb"], x["fogmesh"]["balance_max_over_mean"],
+             x["shared_subscription"]["balance_max_over_mean"]] for x in r["results"]]
+    out = (f"{r['jobs']:,} jobs a run ({r['meta']['when']}):\n\n"
+           + table(["agents", "fogmesh jobs/s", "shared-sub jobs/s", "fogmesh/shared-sub", "decision p50 ms",
+                    "decision p99 ms", "index upkeep p99 ms", "full scan p99 ms", "coordinator RSS MB",
+                    "balance max/mean", "shared-sub balance"], rows))
+    held = r.get("backlog")
+    if held:
+        out += (f"\n\n**{held['jobs']:,} jobs queued** (behind 10 agents that hold every job they get; all queued "
+                f"after {held['fill_s']:.1f} s): coordinator RSS **{held['queued_rss_mb']:.0f} MB**. Killed "
+                f"(SIGKILL) and started again: online after **{held['online_s']:.2f} s**, a prompt sent as it "
+                f"started answered ({held['answer']}) after **{held['answered_s']:.2f} s**; "
+                f"RSS {held['restarted_rss_mb']:.0f} MB.")
+    for x in r["results"]:
+        p = x["fogmesh"].get("profile")
+        if p:
+            parts = sorted(p["parts"].items(), key=lambda kv: -kv[1])
+            out += (f"\n\nWhere the coordinator's Python time goes at {x['agents']} agents (py-spy, GIL-holding "
+                    f"samples, {p['samples']:,} in {p['seconds']:.1f} s; the GIL was busy "
+                    f"{p['gil_busy'] * 100:.0f}% of the time; loop thread "
+                    f"{p['threads'].get('loop', 0) * 100:.0f}%, paho's network thread "
+                    f"{p['threads'].get('network (paho)', 0) * 100:.0f}%):\n\n"
+                    + table(["part (inclusive)", "share"], [[k, f"{v * 100:.1f}%"] for k, v in parts])
+                    + "\n\nHottest frames (self): "
+                    + ", ".join(f"`{f}` {v * 100:.1f}%" for f, v in p["hottest"][:8]) + ".")
+    return out
 
 
 def cluster() -> str:

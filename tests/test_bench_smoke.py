@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bench import cluster, dispatch, harness, overhead, scale, simulate, structured
+from bench import cluster, dispatch, harness, overhead, pyspy, scale, simulate, structured
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,20 @@ def test_dispatch_runs(results_in_tmp):
 
 
 def test_scale_runs(results_in_tmp):
-    assert scale.main(["--agents", "3", "--jobs", "50", "--devices", "10"]) == 0
+    assert scale.main(["--agents", "3", "--jobs", "50", "--devices", "10", "--backlog", "300", "--profile", ""]) == 0
     r = orjson.loads((results_in_tmp / "scale.json").read_bytes())
     assert r["results"][0]["fogmesh"]["jobs_per_s"] > 0
+    assert r["results"][0]["fogmesh"]["decision_ms"]["indexed"]["n"] > 0
+    held = r["backlog"]
+    assert held["queued"] >= 300 and held["answer"] == "done" and held["answered_s"] > held["online_s"] > 0
+
+
+def test_a_profile_says_where_the_coordinator_spends_its_time():
+    raw = ("thread (1): MainThread;Coordinator.step (broker/coordinator/loop.py);Ledger._write (broker/x.py) 3\n"
+           "thread (2): paho-mqtt-client-x;Client.loop_read (paho/mqtt/client.py) 1\n")
+    p = pyspy.summarize(raw)
+    assert p["samples"] == 4 and p["threads"] == {"loop": 0.75, "network (paho)": 0.25}
+    assert p["parts"]["ledger (SQLite)"] == 0.75 and p["hottest"][0] == ["Ledger._write (x.py)", 0.75]
 
 
 def test_cluster_and_simulator_run(results_in_tmp):

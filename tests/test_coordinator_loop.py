@@ -13,6 +13,7 @@ from broker.coordinator.settings import CoordinatorSettings
 from broker.runtime.memory import MemorySession
 from broker.runtime.mqtt import Message
 from schemas import encode
+from schemas.messages import AgentEvent
 from schemas.status import AgentStatus, ModelInfo
 from schemas.topics import Topics
 
@@ -26,9 +27,9 @@ def coord(tmp_path):
     c.ledger.close()
 
 
-def status(agent: str, seq: int, received_at: float) -> Message:
+def status(agent: str, seq: int, received_at: float, heartbeat_s: float = 1.0) -> Message:
     body = encode(AgentStatus(agent=agent, epoch=1, seq=seq, state="online", slots_total=4, slots_free=4,
-                              decode_tps=50.0, ttft_ms=20.0, heartbeat_s=1.0, models=[ModelInfo(name="m")]))
+                              decode_tps=50.0, ttft_ms=20.0, heartbeat_s=heartbeat_s, models=[ModelInfo(name="m")]))
     return Message(topic=Topics(SITE).agent_status(agent), payload=body, qos=1, received_at=received_at)
 
 
@@ -108,3 +109,40 @@ def test_the_site_views_are_worked_out_at_most_four_times_a_second(coord):
     while time.monotonic() - began < 0.2:
         board.publish_mesh(coord.session)
     assert len(worked_out) == 1
+
+
+def event(agent: str, i: int, kind: str, attempt: int = 1) -> Message:
+    body = encode(AgentEvent(key=f"dev/j{i}", attempt=attempt, agent=agent, epoch=1, kind=kind, text="ok"))
+    return Message(topic=Topics(SITE).events(agent), payload=body, qos=1, received_at=time.time())
+
+
+def test_the_schedulers_view_of_an_agent_follows_its_jobs(coord):
+    """Only the agents whose status or jobs changed are rebuilt: a placed job and a finished one
+    show in the view at once, an agent forgotten leaves the index."""
+    coord._handle(status("a1", 1, time.time()))
+    coord._handle(status("a2", 1, time.time()))
+    for i in range(3):
+        coord._handle(prompt(i))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    load = {v.agent: v.outstanding for v in coord.dispatcher.views()}
+    assert sum(load.values()) == 3 and coord.dispatcher.fleet.index.room == 2 * 5 - 3
+    done = next(job for job in coord.jobs if job.agent == "a1")
+    coord._handle(event("a1", int(done.job[1:]), "started"))  # started alone: it was accepted at once
+    assert coord.jobs[done.key].state.value == "running"
+    coord._handle(event("a1", int(done.job[1:]), "done"))
+    assert {v.agent: v.outstanding for v in coord.dispatcher.views()}["a1"] == load["a1"] - 1
+    assert coord.jobs.placed == 2 and coord.dispatcher.fleet.index.room == 2 * 5 - 2
+
+
+def test_timeouts_find_expired_jobs_and_unaccepted_assignments_without_a_walk(coord):
+    coord._handle(status("a1", 1, time.time(), heartbeat_s=60.0))
+    coord._handle(prompt(0))
+    coord._handle(Message(topic=Topics(SITE).prompts("dev"), payload=orjson.dumps(
+        {"id": "soon", "prompt": "x", "max_tokens": 4, "deadline_ms": 1}), qos=1, received_at=time.time()))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert {job.state.value for job in coord.jobs} == {"assigned"}
+    later = time.monotonic() + coord.settings.accept_timeout_s + 1
+    coord.timeouts.scan(time.time() + 1, later, judge=True)
+    assert "dev/soon" not in coord.jobs and coord.counters["expired"] == 1
+    assert [(job.key, job.state.value, job.agent) for job in coord.jobs] == [("dev/j0", "queued", None)]
+    assert coord.ledger.history("dev/j0")[-1]["detail"] == {"reason": "agent did not accept in time"}

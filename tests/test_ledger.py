@@ -27,7 +27,7 @@ def test_open_jobs_survive_a_reopen(tmp_path):
     assert [r["key"] for r in led.undelivered()] == ["d/2"]
     assert [h["state"] for h in led.history("d/2")] == ["queued", "done"]
     assert led.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r[0] for r in led.db.execute("SELECT version FROM migrations")] == [1]
+    assert [r[0] for r in led.db.execute("SELECT version FROM migrations")] == [1, 2]
 
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):

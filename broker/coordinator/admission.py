@@ -109,7 +109,8 @@ class Admission:
                          "priority": req.priority, "request": job.request_row(), "created_at": now,
                          "deadline_at": deadline})
         c.count("accepted")
-        log.info(kv("job_accepted", job=job.key, max_tokens=req.max_tokens, priority=req.priority))
+        if log.isEnabledFor(logging.INFO):  # a line per job: not even built when it is not written
+            log.info(kv("job_accepted", job=job.key, max_tokens=req.max_tokens, priority=req.priority))
 
     def on_cancel(self, device: str, msg: Message) -> None:
         cancel = msg.decoded(Cancel, log, "cancel_invalid", device=device)

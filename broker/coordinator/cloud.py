@@ -43,8 +43,8 @@ class Cloud:
     def offload(self, job: Job, decision: Decision) -> None:
         c = self.core
         job.attempt += 1
-        c.jobs.place(job, None)
-        job.state, job.decision = JobState.OFFLOADED, explained(decision)
+        c.jobs.offload(job)
+        job.decision = explained(decision)
         c.count("offloaded")
         c.m.offloads.labels(OFFLOAD_CODES.get(decision.reason, "other")).inc()
         c.ledger.update(job.key, "offloaded", job.decision, agent=None, attempt=job.attempt, tier="cloud")

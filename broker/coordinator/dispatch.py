@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -10,15 +9,16 @@ import time
 from broker.coordinator.cloud import Cloud
 from broker.coordinator.context import Core
 from broker.coordinator.explain import explained
-from broker.coordinator.jobs import Job, JobState
-from broker.coordinator.scheduler import AgentView, Decision, DispatchPass, JobSpec, Policy, decide
+from broker.coordinator.fleet import Fleet
+from broker.coordinator.jobs import Job
+from broker.coordinator.scheduler import AgentView, Decision, DispatchPass, JobSpec, Policy
 from broker.runtime.logs import kv
 from schemas import encode
 from schemas.messages import Assignment, request_of
 
 log = logging.getLogger("fogmesh.coordinator")
-# A dispatch pass yields to the inbox after this long: deciding over 1,000 agents costs ~2 ms a
-# job, and a pass over thousands of queued jobs would leave heartbeats unread for seconds.
+# A dispatch pass yields to the inbox after this long: a pass over thousands of queued jobs would
+# otherwise leave heartbeats unread for seconds (each decision costs tens of microseconds).
 DISPATCH_BUDGET_S = 0.05
 
 
@@ -28,39 +28,23 @@ class Dispatcher:
         self.cloud = cloud
         self.rng = random.Random()
         self.pending = False  # a pass was cut short by its time budget: go on at once
+        self.fleet = Fleet(core)
 
     def views(self) -> list[AgentView]:
         """Every known agent as the scheduler sees it, with the work this coordinator placed on it."""
-        c = self.core
-        load = c.jobs.load()
-        views = []
-        for k in c.registry.agents.values():
-            st = k.status
-            n, toks = load.get(st.agent, (0, 0))
-            views.append(AgentView(
-                agent=st.agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
-                chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
-                outstanding=n, outstanding_tokens=toks, decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
-                budget_tokens=st.budget.tokens if st.budget else 0,
-                budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
-                energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,
-                prefetch=c.settings.prefetch,
-            ))
-        return views
+        return self.fleet.views()
 
     def run(self, now: float, mono: float) -> None:
         """One pass: place waiting jobs while some agent has room (or the cloud is there)."""
         c = self.core
         self.pending = False
         cloud_usable = c.cloud.enabled
-        if not c.jobs.waiting or not (cloud_usable or any(k.accepting for k in c.registry.agents.values())):
+        index = self.fleet.refresh(budgets=True)
+        if not c.jobs.waiting or not (cloud_usable or index.accepting):
             return
-        views = self.views()
-        index = {v.agent: i for i, v in enumerate(views)}
-        room = sum(max(0, v.slots + v.prefetch - v.outstanding) for v in views if v.online)
         this_pass = DispatchPass()  # jobs that must wait this round (their agents are full, say)
         started, decided = time.perf_counter(), False
-        while (room > 0 or cloud_usable) and not this_pass.done:
+        while (index.room > 0 or cloud_usable) and not this_pass.done:
             if decided and time.perf_counter() - started > DISPATCH_BUDGET_S:
                 self.pending = True  # the rest in the next step, after the inbox had its turn
                 break
@@ -72,18 +56,12 @@ class Dispatcher:
             spec = self.spec(job)
             if this_pass.set_aside(key, spec):
                 continue
-            decision = decide(spec, views, now, self.policy, cloud=c.cloud, rng=self.rng)
+            decision = index.decide(spec, now, self.policy, cloud=c.cloud, rng=self.rng)
             if decision.target == "cloud":
                 self.cloud.offload(job, decision)
             elif decision.target == "agent" and decision.agent is not None:
                 self.assign(job, decision, mono)
-                # only the chosen agent's load changed: update its view, not all of them
-                i = index[decision.agent]
-                v = views[i]
-                views[i] = dataclasses.replace(v, outstanding=v.outstanding + 1,
-                                               outstanding_tokens=v.outstanding_tokens + spec.max_tokens,
-                                               budget_used=v.budget_used + spec.max_tokens)
-                room -= 1
+                self.fleet.refresh()  # only the chosen agent's load changed: its view alone is rebuilt
             else:
                 this_pass.hold(key, spec)
         for key in this_pass.waiting():
@@ -99,15 +77,14 @@ class Dispatcher:
                        chat=job.req.is_chat,
                        model=job.req.model or self.core.settings.default_model or None, priority=job.req.priority,
                        deadline_at=job.deadline_at, privacy=job.req.privacy, offline_ok=job.req.offline_ok,
-                       exclude=frozenset(job.exclude))
+                       exclude=job.exclude)
 
     def assign(self, job: Job, decision: Decision, mono: float) -> None:
         c = self.core
         agent = decision.agent
         assert agent is not None
         job.attempt += 1
-        c.jobs.place(job, agent)
-        job.state, job.assigned_mono = JobState.ASSIGNED, mono
+        c.jobs.assign(job, agent, mono)
         job.agent_epoch = c.registry.agents[agent].status.epoch
         job.decision = explained(decision)
         c.count("assigned")
@@ -117,5 +94,6 @@ class Dispatcher:
                           response_topic=job.response_topic, correlation=job.correlation,
                           deadline_at=job.deadline_at, assigned_at=c.clock())
         c.pending.publish(c.topics.assign(agent), encode(spec))
-        log.info(kv("job_assigned", job=job.key, agent=agent, attempt=job.attempt,
-                    predicted_ms=decision.predicted_s * 1000, reason=decision.reason))
+        if log.isEnabledFor(logging.INFO):
+            log.info(kv("job_assigned", job=job.key, agent=agent, attempt=job.attempt,
+                        predicted_ms=decision.predicted_s * 1000, reason=decision.reason))

@@ -91,12 +91,13 @@ class Edge:
             known = c.registry.agents.get(ev.agent)
             if known and ev.usage:
                 known.window.add(ev.usage.completion_tokens)
+                c.registry.touch(ev.agent)  # its budget use changed
             self.finals.finish(job, "done", text=ev.text, usage=ev.usage, agent_timings=ev.timings,
                                served_by=ServedBy(tier="edge", node=ev.agent), cost=self.cost(ev.agent, ev.usage),
                                finish_reason=ev.finish_reason)
         elif ev.kind == "refused":
             if ev.error and ev.error.code == "draining":
-                job.exclude.add(ev.agent)
+                job.exclude |= {ev.agent}
             self.requeue(job, f"agent refused: {ev.error.message if ev.error else ''}")
         elif ev.kind == "failed":
             self.failed(job, ev.error or ErrorInfo(code="agent_error", message="agent failed"))
@@ -118,7 +119,7 @@ class Edge:
         job.failures += 1
         c.ledger.note(job.key, "failed", {"agent": job.agent, "code": error.code, "message": error.message})
         if job.agent:
-            job.exclude.add(job.agent)
+            job.exclude |= {job.agent}
         others = [k for k in c.registry.agents.values()
                   if k.online and k.status.agent not in job.exclude
                   and (not job.req.model or job.req.model in k.models)]

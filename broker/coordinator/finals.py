@@ -62,9 +62,10 @@ class Finals:
                        latency_ms=timings["total_ms"], ttft_ms=timings.get("ttft_ms"),
                        cloud_spend=(cost or {}).get("cloud", 0.0) if status == "done" else 0.0)
         self.measure(job, status, served_by, timings, final.cost)
-        log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
-                    total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,
-                    code=error.code if error else None))
+        if log.isEnabledFor(logging.INFO):
+            log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
+                        total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,
+                        code=error.code if error else None))
         self.publish(job.key, job.device, job.job, body, job.response_topic, job.correlation)
 
     def measure(self, job: Job, status: Status, served_by: ServedBy | None, timings: dict[str, float],

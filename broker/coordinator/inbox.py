@@ -43,6 +43,14 @@ class Inbox:
             self._bytes += size
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake the loop (a PUBACK arrived); when messages wait it wakes anyway, so nothing is added:
+        a wake-up for every acknowledged publish (assignment, final) made two of each job's five items."""
+        with self._cond:
+            if not self._items:
+                self._items.append(None)
+                self._cond.notify_all()
+
     def get(self, timeout: float | None = None) -> Message | None:
         """The oldest item; ``queue.Empty`` when none came within ``timeout``."""
         with self._cond:

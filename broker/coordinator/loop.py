@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from broker.coordinator.admission import Admission
 from broker.coordinator.cloud import Cloud
 from broker.coordinator.context import Core
@@ -32,18 +30,16 @@ from broker.coordinator.explain import answer as explain
 from broker.coordinator.finals import Finals
 from broker.coordinator.homeassistant import site_discovery
 from broker.coordinator.inbox import Inbox
-from broker.coordinator.jobs import Job, JobState
+from broker.coordinator.jobs import Job
 from broker.coordinator.ledger import Ledger
-from broker.coordinator.registry import Known
 from broker.coordinator.settings import CoordinatorSettings
 from broker.coordinator.status import StatusBoard
+from broker.coordinator.timeouts import Timeouts
 from broker.runtime import __version__
 from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
 from broker.runtime.mqtt import Message, Session
 from schemas import encode
-from schemas.codec import convert
-from schemas.messages import ErrorInfo, Prompt
 from schemas.status import CoordinatorStatus
 
 log = logging.getLogger("fogmesh.coordinator")
@@ -70,6 +66,7 @@ class Coordinator(Daemon):
         self.edge = Edge(core, self.finals)
         self.cloud = Cloud(core, self.finals)
         self.dispatcher = Dispatcher(core, self.cloud)
+        self.timeouts = Timeouts(core, self.edge, self.finals)
         self.status = StatusBoard(core, self.dispatcher.views)
         self._inbox = Inbox()  # None in it: a PUBACK arrived, wake up
         self._last_scan = self._last_prune = self._warned_behind = 0.0
@@ -82,7 +79,7 @@ class Coordinator(Daemon):
         self.session = session
         # a PUBACK for a final wakes the loop, so its delivery is recorded at once: a coordinator
         # killed after the broker took a final re-sends it on restart only inside this short window
-        session.set_on_delivered(lambda: self._inbox.put(None))
+        session.set_on_delivered(self._inbox.wake)
         self.status.gauges(lambda: self.session.reconnects)
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,14 +114,7 @@ class Coordinator(Daemon):
         """Rebuild live jobs from the ledger; re-send finals the broker never acknowledged."""
         now_mono = time.monotonic()
         for row in self.ledger.open_jobs():
-            req = orjson.loads(row["request"])
-            state = JobState(row["state"]) if row["state"] in ("assigned", "running", "offloaded") else JobState.QUEUED
-            self.jobs.add(Job(key=row["key"], device=row["device"], job=row["job"],
-                              req=convert(req["prompt"], Prompt), created_at=row["created_at"],
-                              deadline_at=row["deadline_at"], response_topic=req.get("response_topic"),
-                              correlation=req.get("correlation"), state=state,
-                              agent=row["agent"] if state is not JobState.QUEUED else None,
-                              attempt=row["attempt"], assigned_mono=now_mono, size=len(row["request"])))
+            self.jobs.add(Job.recovered(row, now_mono))
         for row in self.ledger.undelivered():
             self.finals.resend(row)
 
@@ -196,58 +186,12 @@ class Coordinator(Daemon):
         return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def _scan(self, now: float, mono: float) -> None:
-        """Agents whose heartbeat lapsed, deadlines passed, assignments never accepted.
-
-        Silence is judged only while the loop keeps up with its inbox: a heartbeat or an
-        acceptance still waiting there is not missing, and declaring its agent lost would
-        requeue work the agent is doing (with 1,000 agents that fed on itself).
-        """
+        """Deadlines passed, heartbeats lapsed, assignments never accepted (``timeouts.py``); silence
+        is judged only while the loop keeps up with its inbox."""
         behind = self._behind_s()
         judge = behind < BEHIND_S
         if not judge and mono - self._warned_behind > 10:
             self._warned_behind = mono
             log.warning(kv("coordinator_behind", behind_s=behind, inbox=self._inbox.qsize(),
                            detail="heartbeat and acceptance timeouts wait until the inbox is worked off"))
-        for agent in self.registry.sweep(mono) if judge else ():
-            log.warning(kv("agent_lapsed", agent=agent, reason="no heartbeat"))
-            self.edge.agent_gone(agent, "agent heartbeat lapsed")
-        timeout = self.settings.accept_timeout_s
-        accepting = [k for k in self.registry.agents.values() if k.accepting]
-        on_offer = frozenset().union(*(k.models for k in accepting))  # once a scan, not once a job
-        for job in self.jobs:
-            if job.key not in self.jobs:
-                continue  # ended earlier in this scan
-            if job.deadline_at is not None and now >= job.deadline_at:
-                self.finals.finish(job, "expired", error=ErrorInfo(
-                    code="deadline", message="the job's deadline passed before it finished"))
-            elif not judge:
-                continue
-            elif job.state is JobState.QUEUED:
-                self._strand(job, now, accepting, on_offer)
-            elif job.state is JobState.ASSIGNED and mono - job.assigned_mono > timeout:
-                self.edge.requeue(job, "agent did not accept in time")
-            elif (job.agent and not self.registry.is_online(job.agent)
-                  and mono - job.assigned_mono > timeout):
-                self.edge.requeue(job, "agent is not online")
-
-    def _strand(self, job: Job, now: float, accepting: list[Known], on_offer: frozenset[str]) -> None:
-        """A queued job nothing can take: no agent online holds its model, and the cloud cannot
-        have it. After ``max_wait_no_agent_s`` of that it ends, instead of waiting for ever."""
-        limit = self.settings.max_wait_no_agent_s
-        model = job.req.model or self.settings.default_model or None
-        if self.core.cloud.enabled and job.req.privacy != "edge-only":
-            servable = True
-        elif job.exclude:  # rare: agents it failed on do not count
-            servable = any((model is None or model in k.models) and k.status.agent not in job.exclude
-                           for k in accepting)
-        else:
-            servable = bool(accepting) if model is None else model in on_offer
-        if servable or limit <= 0:
-            job.stranded_at = None
-            return
-        job.stranded_at = job.stranded_at or now
-        if now - job.stranded_at >= limit:
-            what = f"with model {model!r} " if model else ""
-            self.finals.finish(job, "error", error=ErrorInfo(
-                code="no_agent", message=f"no agent {what}was online to take it for {limit:.0f} s "
-                "(max_wait_no_agent_s); check `fogmesh status`"))
+        self.timeouts.scan(now, mono, judge)

@@ -137,11 +137,16 @@ def cloud_cost(cloud: CloudTier, prompt_tokens: int, completion_tokens: int) -> 
 
 def predict(view: AgentView, job: JobSpec) -> tuple[float, float]:
     """(queue wait, completion) in seconds from now if ``job`` went to ``view``."""
+    return predict_tokens(view, job.max_tokens)
+
+
+def predict_tokens(view: AgentView, max_tokens: int) -> tuple[float, float]:
+    """:func:`predict` for a job of ``max_tokens``: the index ranks agents by it, bit for bit as the scan does."""
     tps = view.decode_tps or 1.0
     wait = 0.0
     if view.outstanding >= view.slots:
         wait = view.outstanding_tokens / tps / max(view.slots, 1)
-    return wait, wait + view.ttft_ms / 1000 + job.max_tokens / tps
+    return wait, wait + view.ttft_ms / 1000 + max_tokens / tps
 
 
 def assess(view: AgentView, job: JobSpec, now: float) -> Candidate:

@@ -19,7 +19,7 @@ from broker.runtime import __version__
 from broker.runtime.mqtt import Publisher
 from schemas import encode
 from schemas.messages import CoordinatorState
-from schemas.status import CoordinatorStatus, JobPhase, JobView, MeshJobs, MeshStatus
+from schemas.status import CoordinatorStatus, JobPhase, JobView, MeshJobs, MeshStatus, SiteWindow
 
 JOBS_SHOWN = 200  # live jobs in mesh/jobs; a dashboard lists the oldest, the count says how many more
 PHASE: dict[JobState, JobPhase] = {JobState.QUEUED: "queued", JobState.ASSIGNED: "assigned",
@@ -36,6 +36,8 @@ class StatusBoard:
         self._checked_at = 0.0  # when the views were last worked out, published or not
         self._jobs_shown: tuple[Any, ...] | None = None
         self._history_at = 0.0
+        self._window: SiteWindow | None = None
+        self._window_at = 0.0
 
     def coordinator(self, state: CoordinatorState) -> CoordinatorStatus:
         c = self.core
@@ -51,20 +53,28 @@ class StatusBoard:
     def mesh(self) -> MeshStatus:
         c = self.core
         views = [v for v in self.views() if v.online]
-        queued = [j for j in c.jobs if j.state is JobState.QUEUED]
+        queued = len(c.jobs.waiting)  # counted as they come and go: a site may queue 100,000 jobs
         tps = sum(v.decode_tps * v.slots for v in views) or 0.0
-        backlog = sum(j.req.max_tokens for j in queued) + sum(v.outstanding_tokens for v in views)
+        backlog = c.jobs.queued_tokens + sum(v.outstanding_tokens for v in views)
         return MeshStatus(
             agents_online=len(views),
             slots_total=sum(v.slots for v in views),
             slots_free=sum(max(0, v.slots - v.outstanding) for v in views),
-            queue_depth=len(queued),
-            running=sum(1 for j in c.jobs if j.state.on_agent),
+            queue_depth=queued,
+            running=c.jobs.placed,
             predicted_wait_ms=round(backlog / tps * 1000, 1) if tps else 0.0,
-            overloaded=len(queued) >= c.settings.max_queue * 0.8 or (bool(queued) and not views),
-            recent=c.stats.window(c.clock()),
+            overloaded=queued >= c.settings.max_queue * 0.8 or (bool(queued) and not views),
+            recent=self._recent(),
             ts=c.clock(),
         )
+
+    def _recent(self) -> SiteWindow:
+        """The last minute's figures, made anew at most once a second: their medians sort every job
+        that ended in the minute (36,000 at 600 jobs/s), and the mesh status is looked at 4 times a second."""
+        mono = time.monotonic()
+        if self._window is None or mono - self._window_at >= 1.0:
+            self._window, self._window_at = self.core.stats.window(self.core.clock()), mono
+        return self._window
 
     def jobs(self) -> MeshJobs:
         c = self.core

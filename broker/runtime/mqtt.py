@@ -30,6 +30,7 @@ from broker.runtime import diagnose
 from broker.runtime.delivery import Delivery
 from broker.runtime.errors import BrokerUnavailable, ConfigError
 from broker.runtime.logs import kv
+from broker.runtime.paho import BufferedClient
 from schemas import DecodeError, decode
 
 log = logging.getLogger("fogmesh.mqtt")
@@ -161,7 +162,7 @@ class Session:
         self._pending: dict[int, Delivery] = {}  # mid -> its delivery, until the broker answers
         self._early: dict[int, int] = {}  # acknowledged before publish() had registered the mid
         self._on_delivered: Callable[[], None] | None = None
-        self._client = mqtt.Client(
+        self._client = BufferedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -169,7 +170,11 @@ class Session:
         )
         client = self._client
         client.max_queued_messages_set(0)  # never drop our own outgoing QoS 1 while offline
-        client.max_inflight_messages_set(1000)
+        # No limit on our unacknowledged publishes: with one set, paho walks all of them at every
+        # PUBACK (13% of the coordinator's network thread under load), and fogmesh's brokers set
+        # none either (mosquitto's max_inflight_messages 0); paho never honoured the broker's
+        # Receive Maximum anyway.
+        client.max_inflight_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         if address.username:
             client.username_pw_set(address.username, address.password)

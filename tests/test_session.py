@@ -1,0 +1,40 @@
+"""The MQTT session's reads: packets read in large pieces arrive whole and in order, large and
+small, back to back (broker/runtime/paho.py; reconnecting: tests/test_broker_restart.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from broker.runtime.mqtt import BrokerAddress, Message, Session
+from tests.services import wait_for
+
+
+def test_packets_read_in_large_pieces_arrive_whole_and_in_order(broker_url):
+    got: list[Message] = []
+    done = threading.Event()
+
+    def on_message(msg: Message) -> None:
+        got.append(msg)
+        if len(got) == 3001:
+            done.set()
+
+    address = BrokerAddress.parse(broker_url)
+    reader = Session(address, "session-test-reader", on_message, persistent=False)
+    writer = Session(address, "session-test-writer", lambda m: None, persistent=False)
+    reader.start()
+    writer.start()
+    try:
+        reader.subscribe("session-test/#", qos=1)
+        wait_for(lambda: writer.publish_wait("session-test/warmup", b"x") and got, 10, what="the subscription")
+        got.clear()
+        # small packets back to back, one far larger than a read (200 KB), then small ones again
+        payloads = [str(i).encode() for i in range(1500)] + [bytes(range(256)) * 800]
+        payloads += [b"y" * (i % 300) for i in range(1500)]
+        for i, payload in enumerate(payloads):
+            writer.publish(f"session-test/{i}", payload, qos=1)
+        assert done.wait(30), f"{len(got)} of {len(payloads)} arrived"
+        assert [m.topic for m in got] == [f"session-test/{i}" for i in range(len(payloads))]
+        assert [m.payload for m in got] == payloads
+    finally:
+        reader.stop()
+        writer.stop()
