@@ -22,6 +22,8 @@ class AgentSettings(Connection):
     n_ctx: Annotated[int, Meta(ge=16)] = 2048
     threads: NonNegative = 0  # 0: all cores
     slots: Positive = 1
+    # Slots share one llama.cpp context per model and decode in one batch; false: a context per slot.
+    batching: bool = True
     heartbeat_s: Seconds = 5.0
     drain_timeout_s: NonNegativeFloat = 30.0
     chunk_interval_ms: NonNegativeFloat = 50.0

@@ -139,7 +139,10 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models "
                                                      "(default: the bundled Gemma 3 270M)")
     sp.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
-    sp.add_argument("--slots", type=int, help="jobs it runs at once, each in its own context (default: 1)")
+    sp.add_argument("--slots", type=int, help="jobs it runs at once (default: 1)")
+    sp.add_argument("--no-batching", dest="batching", action="store_false", default=None,
+                    help="give each slot its own llama.cpp context instead of decoding all slots' jobs in one "
+                         "batch (agent.batching)")
     sp.add_argument("--n-ctx", type=int, help="context size per slot, in tokens (default: 2048)")
     sp.add_argument("--chat-format", action="append", metavar="MODEL=FORMAT",
                     help="how MODEL renders chat messages: auto, gemma, chatml, none or a Jinja file; repeatable")

@@ -59,6 +59,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         formats = dict(entry.split("=", 1) for entry in args.chat_format)
     settings = load(AgentSettings, "agent", args.config, **_conn(args),
                     agent_id=args.agent_id, models=args.model, threads=args.threads, slots=args.slots,
+                    batching=args.batching,
                     n_ctx=args.n_ctx, budget_tokens=args.budget_tokens, chat_formats=formats)
     return _serve(settings, f"agent/{settings.agent_id}", build)
 
