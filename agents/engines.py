@@ -22,18 +22,19 @@ def slot_factory(settings: AgentSettings) -> Callable[[], dict[str, Backend]]:
     from agents.model import parse_models
 
     models = parse_models(settings.models)
-    unknown = sorted(set(settings.chat_formats) - {name for name, _ in models})
-    if unknown:
-        raise AgentError(f"agent.chat_formats names {', '.join(unknown)}, which this agent does not hold "
-                         f"(its models: {', '.join(name for name, _ in models)})")
+    for key, named in (("chat_formats", set(settings.chat_formats)), ("gpu_layers", set(settings.gpu_layers) - {"*"})):
+        unknown = sorted(named - {name for name, _ in models})
+        if unknown:
+            raise AgentError(f"agent.{key} names {', '.join(unknown)}, which this agent does not hold "
+                             f"(its models: {', '.join(name for name, _ in models)})")
     fmt = lambda name: settings.chat_formats.get(name, "auto")  # noqa: E731
 
     if not settings.batching or settings.slots == 1:
         per_slot = max(1, settings.threads // settings.slots)
 
         def own_contexts() -> dict[str, Backend]:
-            return {name: LlamaBackend(path, name, settings.n_ctx, per_slot, settings.sampling(), fmt(name))
-                    for name, path in models}
+            return {name: LlamaBackend(path, name, settings.n_ctx, per_slot, settings.sampling(), fmt(name),
+                                       settings.gpu_layers_for(name)) for name, path in models}
 
         return own_contexts
 
@@ -46,7 +47,8 @@ def slot_factory(settings: AgentSettings) -> Callable[[], dict[str, Backend]]:
         with lock:  # the first slot starts the engines (each loads its model on its own thread)
             if not engines:
                 engines.update({name: BatchedEngine(path, name, settings.n_ctx, settings.threads, settings.slots,
-                                                    settings.sampling(), fmt(name)) for name, path in models})
+                                                    settings.sampling(), fmt(name), settings.gpu_layers_for(name))
+                                for name, path in models})
         return {name: engine.slot() for name, engine in engines.items()}
 
     return shared_context

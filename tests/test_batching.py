@@ -97,3 +97,22 @@ def test_greedy_answers_match_a_context_of_their_own(agent, device):
     for i in range(4):
         device.send({"id": f"g{i}", "prompt": prompt, "max_tokens": 24, "temperature": 0})
     assert [device.final(f"g{i}")["text"] for i in range(4)] == [alone] * 4
+
+
+def test_the_status_says_where_each_models_layers_run(agent, broker_url, site_id):
+    import llama_cpp
+
+    from broker.runtime.client import snapshot
+    from broker.runtime.mqtt import BrokerAddress
+    from tests.services import cli
+
+    (model,) = snapshot(BrokerAddress.parse(broker_url), site_id)["agents"]["a1"]["models"]
+    assert model["layers"] > 1
+    if llama_cpp.llama_supports_gpu_offload():  # a GPU build offloads every layer unless told otherwise
+        assert model["device"] != "CPU" and model["gpu_layers"] == model["layers"]
+        shown = f"@{model['device'].split()[0]} {model['layers']}/{model['layers']}"
+    else:
+        assert model["device"] == "CPU" and model["gpu_layers"] == 0
+        shown = f"{model['name']}@CPU"
+    out = cli("status", "--broker", broker_url, "--site", site_id, env={"COLUMNS": "250"})
+    assert out.returncode == 0 and shown in out.stdout, out.stdout

@@ -91,7 +91,8 @@ class BatchedEngine:
     """One model in one llama.cpp context with ``slots`` sequences, driven by its own thread."""
 
     def __init__(self, path: Path, name: str = "", n_ctx: int = 2048, threads: int = 1, slots: int = 2,
-                 sampling: Sampling | None = None, chat_format: str = "auto", gpu_layers: int = 0) -> None:
+                 sampling: Sampling | None = None, chat_format: str = "auto",
+                 gpu_layers: int | None = None) -> None:
         self.slots = slots
         self._args = (path, name, n_ctx, threads, sampling, chat_format, gpu_layers)
         self._inbox: queue.Queue[_Job | None] = queue.Queue()

@@ -19,6 +19,7 @@ from typing import Any
 
 from agents.backends.base import Generation
 from agents.backends.decoding import Decoding
+from agents.backends.gpu import offload_layers, offloaded
 from agents.backends.sampling import Candidates, Sampler, Sampling
 from agents.chat import ChatRenderer, template_for
 from agents.errors import BackendError
@@ -66,18 +67,20 @@ class LlamaBackend:
     """One llama.cpp context; not thread-safe, so an agent creates one per slot."""
 
     def __init__(self, path: Path, name: str = "", n_ctx: int = 2048, threads: int = 1,
-                 sampling: Sampling | None = None, chat_format: str = "auto", gpu_layers: int = 0,
+                 sampling: Sampling | None = None, chat_format: str = "auto", gpu_layers: int | None = None,
                  own_ctx: bool = True) -> None:
-        """``gpu_layers``: layers offloaded to the GPU (-1: all); ``own_ctx=False``: the model only,
+        """``gpu_layers``: layers offloaded to the GPU (-1: all; None: all on a GPU build, none on a
+        CPU-only one, :mod:`agents.backends.gpu`); ``own_ctx=False``: the model only,
         with a token-sized context, for an engine that makes its own (:mod:`agents.backends.batched`)."""
         import llama_cpp  # deferred: importing loads the shared library
 
         quiet_llama_cpp(llama_cpp)
         check_gguf(path)
+        n_gpu_layers = offload_layers(gpu_layers)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx if own_ctx else 64, n_threads=threads,
-                n_threads_batch=threads, n_gpu_layers=gpu_layers, verbose=False,
+                n_threads_batch=threads, n_gpu_layers=n_gpu_layers, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError("model_load_failed", f"cannot load {path}: {exc}") from exc
@@ -96,12 +99,14 @@ class LlamaBackend:
                 log.warning("model %s: its chat template does not parse (%s); chat is off for it", path, exc)
                 template, source = None, f"its own chat template does not parse: {exc.message}"
         quant = _QUANT.search(path.name)
+        on_gpu, layers, device = offloaded(model.model, n_gpu_layers)
         self.info = ModelInfo(
             name=name or path.stem,
             quant=quant.group(1).upper() if quant else "",
             n_ctx=self._llm.n_ctx() if own_ctx else n_ctx,
             file_bytes=path.stat().st_size,
             chat_template=source if template is not None else "",
+            device=device, gpu_layers=on_gpu, layers=layers,
         )
         self._no_chat = source if template is None else ""
         self.defaults = sampling or Sampling()
@@ -159,12 +164,7 @@ class LlamaBackend:
     def piece(self, token: int) -> bytes:
         return bytes(self._llm.detokenize([token]))
 
-    def generate(
-        self,
-        request: Request,
-        on_text: Callable[[str], None],
-        cancelled: Callable[[], bool],
-    ) -> Generation:
+    def generate(self, request: Request, on_text: Callable[[str], None], cancelled: Callable[[], bool]) -> Generation:
         job = self.begin(request, on_text, cancelled)
         try:
             self._prefill(job.tokens, reuse=request.seed is None)
