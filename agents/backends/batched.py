@@ -123,7 +123,9 @@ class BatchedEngine:
     def submit(self, request: Request, on_text: Callable[[str], None], cancelled: Callable[[], bool]) -> Generation:
         job = _Job(request, on_text, cancelled)
         self._inbox.put(job)
-        job.done.wait()
+        while not job.done.wait(1.0):
+            if not self._thread.is_alive():  # it died of a fault of its own: no job waits forever
+                raise BackendError("generation_failed", "the batched engine stopped")
         if job.error is not None:
             raise job.error
         assert job.result is not None
@@ -153,6 +155,8 @@ class BatchedEngine:
         self._ready.set()
         try:
             self._run()
+        except Exception:
+            log.exception(kv("engine_failed", model=self.info.name if self.info else ""))
         finally:
             self._batch.close()
             self._ctx.close()
