@@ -190,7 +190,7 @@ class BatchedEngine:
         closing = False
         while not closing or running:
             closing = self._collect(waiting, block=not running and not waiting) or closing
-            while waiting and free:
+            while waiting and free and not self._alone(waiting[0], running):
                 job = waiting.pop(0)
                 if self._begin(job, free.pop(0)):
                     running.append(job)
@@ -206,6 +206,13 @@ class BatchedEngine:
                 self._end(job, running, free, cancel=True)
             if running:
                 self._step(running, free)
+
+    @staticmethod
+    def _alone(job: _Job, running: list[_Job]) -> bool:
+        """Whether ``job`` must wait to join: a seeded request runs alone. A seed promises the same
+        answer every time, and llama.cpp's logits for one sequence are not bit-for-bit the same in
+        batches of different sizes, so a seeded request neither joins nor is joined."""
+        return bool(running) and (job.request.seed is not None or any(j.request.seed is not None for j in running))
 
     def _collect(self, waiting: list[_Job], block: bool) -> bool:
         """New requests into ``waiting``; True when the engine was asked to close."""
