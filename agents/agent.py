@@ -128,7 +128,8 @@ class Agent(Daemon):
         if self.ha:
             self.ha.announce(self.session, [m.name for m in self.board.models])
         log.info(kv("agent_online", agent=me, broker=self.session.address.url, site=self.settings.site,
-                    slots=self.settings.slots, models=",".join(m.name for m in self.board.models)))
+                    slots=self.settings.slots, batching=self.settings.batching and self.settings.slots > 1,
+                    models=",".join(m.name for m in self.board.models)))
 
     def ready(self) -> str:
         return (f"agent {self.settings.agent_id}: {self.settings.slots} slot(s), "
@@ -376,19 +377,8 @@ class Agent(Daemon):
 
 
 def build(settings: AgentSettings) -> Agent:
-    """An agent with llama.cpp backends: one context per model per slot, the cores shared out."""
-    from agents.backends.llama import LlamaBackend
-    from agents.model import parse_models
+    """An agent with llama.cpp backends: its slots share one batched context per model, or (batching
+    off) each slot has its own, the cores shared out."""
+    from agents.engines import slot_factory
 
-    models = parse_models(settings.models)
-    unknown = sorted(set(settings.chat_formats) - {name for name, _ in models})
-    if unknown:
-        raise AgentError(f"agent.chat_formats names {', '.join(unknown)}, which this agent does not hold "
-                         f"(its models: {', '.join(name for name, _ in models)})")
-    per_slot = max(1, settings.threads // settings.slots)
-
-    def make_slot() -> dict[str, Backend]:
-        return {name: LlamaBackend(path, name, settings.n_ctx, per_slot, settings.sampling(),
-                                   settings.chat_formats.get(name, "auto")) for name, path in models}
-
-    return Agent(settings, make_slot)
+    return Agent(settings, slot_factory(settings))

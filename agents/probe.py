@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.agent import CALIBRATION_PROMPT
+from agents.backends.gpu import gpu_devices
 from agents.backends.llama import LlamaBackend
 from agents.backends.sampling import Sampling
 from agents.errors import AgentError
@@ -71,6 +72,11 @@ class ModelReport:
     fits: bool = False
     runs: list[ContextRun] = field(default_factory=list)
     advertises: dict[str, float] = field(default_factory=dict)
+    device: str = ""  # where its layers ran: "CPU" or the GPU
+    gpu_layers: int = 0
+    layers: int = 0
+    # The same calibration with every layer on the CPU, when layers were offloaded (else empty).
+    without_offload: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
 
@@ -81,6 +87,7 @@ class DeviceReport:
     threads: int
     mem_total_bytes: int
     mem_available_bytes: int
+    gpus: list[str] = field(default_factory=list)  # empty: llama-cpp-python has no GPU backend, offload unavailable
     models: list[ModelReport] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +118,11 @@ def _prompt_of(backend: LlamaBackend, tokens: int) -> str:
     return backend._llm.detokenize(ids).decode("utf-8", "replace")
 
 
+def _calibration(backend: LlamaBackend) -> dict[str, float]:
+    gen = backend.generate(Request(prompt=CALIBRATION_PROMPT, max_tokens=16), lambda _t: None, lambda: False)
+    return {"decode_tps": round(gen.decode_tps, 2), "ttft_ms": round(gen.ttft_s * 1000, 2)}
+
+
 def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ...], decode_tokens: int,
                 step: Callable[[str], None] = lambda _s: None) -> ModelReport:
     report = ModelReport(name=name, path=str(path), file_bytes=path.stat().st_size)
@@ -124,8 +136,9 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
     try:
         report.kv_bytes_per_token, report.n_ctx_train = kv_bytes_per_token(backend._llm.metadata)
         step(f"{name}: calibration, as an agent would advertise")
-        gen = backend.generate(Request(prompt=CALIBRATION_PROMPT, max_tokens=16), lambda _t: None, lambda: False)
-        report.advertises = {"decode_tps": round(gen.decode_tps, 2), "ttft_ms": round(gen.ttft_s * 1000, 2)}
+        report.advertises = _calibration(backend)
+        info = backend.info
+        report.device, report.gpu_layers, report.layers = info.device, info.gpu_layers, info.layers
         for size in prompt_sizes:
             step(f"{name}: prompt of {size} tokens")
             gen = backend.generate(Request(prompt=_prompt_of(backend, size), max_tokens=decode_tokens),
@@ -135,6 +148,14 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
                                           decode_tps=round(gen.decode_tps, 2)))
     finally:
         backend.close()
+    if report.gpu_layers:
+        step(f"{name}: calibration again with every layer on the CPU")
+        cpu = LlamaBackend(path, name, n_ctx=largest, threads=threads, sampling=Sampling(temperature=0.0),
+                           gpu_layers=0)
+        try:
+            report.without_offload = _calibration(cpu)
+        finally:
+            cpu.close()
     kv_now = report.kv_bytes_per_token * largest
     weights = max(0, report.rss_bytes - kv_now)
     room = mem_free_bytes() - weights - RESERVE_BYTES  # measured after the probe's own context is freed
@@ -147,7 +168,8 @@ def probe(models: list[tuple[str, Path]], threads: int = 0, prompt_sizes: tuple[
           decode_tokens: int = 32, step: Callable[[str], None] = lambda _s: None) -> DeviceReport:
     threads = threads or os.cpu_count() or 1
     device = DeviceReport(host=os.uname().nodename, cores=os.cpu_count() or 1, threads=threads,
-                          mem_total_bytes=mem_total_bytes(), mem_available_bytes=mem_free_bytes())
+                          mem_total_bytes=mem_total_bytes(), mem_available_bytes=mem_free_bytes(),
+                          gpus=list(gpu_devices()))
     for name, path in models:
         try:
             device.models.append(probe_model(name, path, threads, prompt_sizes, decode_tokens, step))

@@ -22,6 +22,8 @@ class AgentSettings(Connection):
     n_ctx: Annotated[int, Meta(ge=16)] = 2048
     threads: NonNegative = 0  # 0: all cores
     slots: Positive = 1
+    # Slots share one llama.cpp context per model and decode in one batch; false: a context per slot.
+    batching: bool = True
     heartbeat_s: Seconds = 5.0
     drain_timeout_s: NonNegativeFloat = 30.0
     chunk_interval_ms: NonNegativeFloat = 50.0
@@ -33,6 +35,9 @@ class AgentSettings(Connection):
     # How each model renders chat messages, by model name: "auto" (the GGUF's own template, else
     # Gemma's format for Gemma models), "gemma", "chatml", "none" or a Jinja file. Unlisted: auto.
     chat_formats: dict[str, str] = field(default_factory=dict)
+    # Layers each model offloads to the GPU, by model name ("*": every model not named); -1 all.
+    # Unlisted: all layers when llama-cpp-python was built with a GPU backend, none otherwise.
+    gpu_layers: dict[str, Annotated[int, Meta(ge=-1)]] = field(default_factory=dict)
     calibrate_tokens: Positive = 16
     budget_tokens: NonNegative = 0  # sliding-window token budget; 0 = unlimited
     budget_window_s: Seconds = 60.0
@@ -49,6 +54,9 @@ class AgentSettings(Connection):
             self.threads = os.cpu_count() or 1
         if self.slots < 1:
             raise ValueError("agent.slots must be at least 1")
+
+    def gpu_layers_for(self, model: str) -> int | None:
+        return self.gpu_layers.get(model, self.gpu_layers.get("*"))
 
     def sampling(self) -> Sampling:
         """The sampling a request gets for the fields it leaves out."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import cluster, dispatch, overhead, report, scale, simulate, structured
+from bench import batching, cluster, dispatch, overhead, report, scale, simulate, structured
 
 
 def main() -> int:
@@ -13,6 +13,7 @@ def main() -> int:
     steps = [("overhead, 1 thread", lambda: overhead.main(["--threads", "1"])),
              ("overhead, 2 threads", lambda: overhead.main(["--threads", "2"])),
              ("structured output", lambda: structured.main([])),
+             ("continuous batching", lambda: batching.main([])),
              ("dispatch latency", lambda: dispatch.main([])), ("coordinator scale", lambda: scale.main([])),
              ("cluster experiment", lambda: cluster.main([])), ("simulator", lambda: simulate.main([]))]
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -17,6 +17,12 @@ class ModelInfo(_Message, frozen=True):
     # How the agent renders chat messages for this model: gguf (the model's own template), gemma or
     # chatml (fogmesh's), file (a configured Jinja file); empty: it cannot, and takes no chat requests.
     chat_template: str = ""
+    # Where its layers run: "CPU", or the GPU llama.cpp offloads to ("CUDA0 (NVIDIA ...)"); empty
+    # from an agent older than GPU offload. gpu_layers of layers (llama.cpp's count: each block and
+    # the output layer) are on that GPU.
+    device: str = ""
+    gpu_layers: NonNegative = 0
+    layers: NonNegative = 0
 
     @property
     def chat(self) -> bool:

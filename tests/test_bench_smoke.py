@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bench import cluster, dispatch, harness, overhead, pyspy, scale, simulate, structured
+from bench import batching, cluster, dispatch, harness, overhead, pyspy, scale, simulate, structured
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +27,14 @@ def test_structured_runs(results_in_tmp):
     assert structured.main(["--rounds", "1", "--max-tokens", "120", "--threads", "1"]) == 0
     r = orjson.loads((results_in_tmp / "structured.json").read_bytes())
     assert r["fogmesh"]["decode_tps"]["p50"] > 0 and r["invalid"] == []
+
+
+def test_batching_runs(results_in_tmp):
+    assert batching.main(["--rounds", "1", "--max-tokens", "8", "--jobs", "2"]) == 0
+    r = orjson.loads((results_in_tmp / "batching.json").read_bytes())
+    run = r["runs"][0]
+    assert run["jobs"] == 2 and all(run[side]["tps"]["p50"] > 0 for side in ("batched", "separate", "bare"))
+    assert 0 < run["batched"]["tokens"]["p50"] <= 16 and 0 < run["separate"]["tokens"]["p50"] <= 16
 
 
 def test_dispatch_runs(results_in_tmp):

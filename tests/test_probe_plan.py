@@ -34,6 +34,14 @@ def test_probe_measures_the_bundled_model_on_this_device(probe_file):
     assert large["ttft_ms"] > small["ttft_ms"]  # a longer prompt takes longer to prefill
     assert all(r["decode_tps"] > 1 and r["prefill_tps"] > r["decode_tps"] for r in model["runs"])
     assert model["advertises"]["decode_tps"] > 1 and model["advertises"]["ttft_ms"] > 0
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():  # a GPU build: all layers offloaded, and the CPU alone beside it
+        assert report["gpus"] and model["gpu_layers"] == model["layers"] > 1 and model["device"] != "CPU"
+        assert model["without_offload"]["decode_tps"] > 0
+    else:
+        assert report["gpus"] == [] and model["device"] == "CPU" and model["gpu_layers"] == 0
+        assert model["layers"] > 1 and model["without_offload"] == {}
 
 
 def test_probe_prints_a_table():
@@ -41,6 +49,7 @@ def test_probe_prints_a_table():
     assert out.returncode == 0, out.stderr
     assert "gemma-3-270m-q4_k_m" in out.stdout and "yes" in out.stdout and "advertises" in out.stdout
     assert "n_ctx_per_seq" not in out.stdout + out.stderr  # llama.cpp's own notices stay in the debug log
+    assert "GPU offload: " in out.stdout  # its device and the CPU-only figures, or why offload is unavailable
 
 
 def plan(probe_file: str, *args: str) -> dict:

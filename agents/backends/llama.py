@@ -9,7 +9,6 @@ strings, chat rendering and output grammar (:mod:`agents.backends.sampling`).
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import re
@@ -18,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.backends.base import Generation, Stopped, StopStrings
+from agents.backends.base import Generation
+from agents.backends.decoding import Decoding
+from agents.backends.gpu import offload_layers, offloaded
 from agents.backends.sampling import Candidates, Sampler, Sampling
 from agents.chat import ChatRenderer, template_for
 from agents.errors import BackendError
@@ -66,15 +67,20 @@ class LlamaBackend:
     """One llama.cpp context; not thread-safe, so an agent creates one per slot."""
 
     def __init__(self, path: Path, name: str = "", n_ctx: int = 2048, threads: int = 1,
-                 sampling: Sampling | None = None, chat_format: str = "auto") -> None:
+                 sampling: Sampling | None = None, chat_format: str = "auto", gpu_layers: int | None = None,
+                 own_ctx: bool = True) -> None:
+        """``gpu_layers``: layers offloaded to the GPU (-1: all; None: all on a GPU build, none on a
+        CPU-only one, :mod:`agents.backends.gpu`); ``own_ctx=False``: the model only,
+        with a token-sized context, for an engine that makes its own (:mod:`agents.backends.batched`)."""
         import llama_cpp  # deferred: importing loads the shared library
 
         quiet_llama_cpp(llama_cpp)
         check_gguf(path)
+        n_gpu_layers = offload_layers(gpu_layers)
         try:
             self._llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                verbose=False,
+                model_path=str(path), n_ctx=n_ctx if own_ctx else 64, n_threads=threads,
+                n_threads_batch=threads, n_gpu_layers=n_gpu_layers, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError("model_load_failed", f"cannot load {path}: {exc}") from exc
@@ -93,12 +99,14 @@ class LlamaBackend:
                 log.warning("model %s: its chat template does not parse (%s); chat is off for it", path, exc)
                 template, source = None, f"its own chat template does not parse: {exc.message}"
         quant = _QUANT.search(path.name)
+        on_gpu, layers, device = offloaded(model.model, n_gpu_layers)
         self.info = ModelInfo(
             name=name or path.stem,
             quant=quant.group(1).upper() if quant else "",
-            n_ctx=self._llm.n_ctx(),
+            n_ctx=self._llm.n_ctx() if own_ctx else n_ctx,
             file_bytes=path.stat().st_size,
             chat_template=source if template is not None else "",
+            device=device, gpu_layers=on_gpu, layers=layers,
         )
         self._no_chat = source if template is None else ""
         self.defaults = sampling or Sampling()
@@ -130,12 +138,11 @@ class LlamaBackend:
                         top_k=pick(request.top_k, d.top_k), min_p=pick(request.min_p, d.min_p),
                         repeat_penalty=pick(request.repeat_penalty, d.repeat_penalty), seed=request.seed)
 
-    def generate(
-        self,
-        request: Request,
-        on_text: Callable[[str], None],
-        cancelled: Callable[[], bool],
-    ) -> Generation:
+    def begin(self, request: Request, on_text: Callable[[str], None], cancelled: Callable[[], bool],
+              ctx: Any = None) -> Decoding:
+        """A request ready to generate: its input tokens checked against the context, its sampler and
+        grammar built for ``ctx`` (default: this backend's own context). Raises BackendError for a
+        request this model cannot run as asked."""
         start = time.perf_counter()
         tokens = self.tokens(request)
         room = self.info.n_ctx - len(tokens)
@@ -144,53 +151,32 @@ class LlamaBackend:
                 "prompt_too_long",
                 f"prompt is {len(tokens)} tokens; the model's context is {self.info.n_ctx}",
             )
-        limit = min(request.max_tokens, room)
         try:
             gbnf = output.grammar(request.response_format)
         except output.OutputError as exc:
             raise BackendError(exc.code, exc.message) from exc
-        llm = self._llm
-        chat = request.messages is not None
-        sampler = Sampler(self._lib, llm._ctx.ctx, self._vocab, self._candidates, self.sampling(request), gbnf)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        stops = StopStrings(request.stops(), on_text)
-        first = 0.0
-        count = 0
-        stopped: Stopped = "length"
+        ctx = self._llm._ctx.ctx if ctx is None else ctx
+        sampler = Sampler(self._lib, ctx, self._vocab, self._candidates, self.sampling(request), gbnf)
+        return Decoding(tokens, min(request.max_tokens, room), sampler, chat=request.messages is not None,
+                        is_end=self._is_end, is_control=self._is_control, piece=self.piece,
+                        stops=request.stops(), on_text=on_text, cancelled=cancelled, start=start)
+
+    def piece(self, token: int) -> bytes:
+        return bytes(self._llm.detokenize([token]))
+
+    def generate(self, request: Request, on_text: Callable[[str], None], cancelled: Callable[[], bool]) -> Generation:
+        job = self.begin(request, on_text, cancelled)
         try:
-            self._prefill(tokens, reuse=request.seed is None)
-            while True:
-                token = sampler.sample()
-                if count == 0:
-                    first = time.perf_counter() - start
-                if self._is_end(token) or (chat and self._is_control(token)):
-                    stopped = "stop"
-                    break
-                count += 1
-                if stops.feed(decoder.decode(llm.detokenize([token]))):
-                    stopped = "stop"
-                    break
-                if count >= limit:
-                    break
-                if cancelled():
-                    stopped = "cancelled"
-                    break
-                llm.eval([token])
+            self._prefill(job.tokens, reuse=request.seed is None)
+            while job.advance():
+                self._llm.eval([job.token])
         except (RuntimeError, ValueError) as exc:
+            job.close()
             raise BackendError("generation_failed", str(exc)) from exc
-        finally:
-            sampler.close()
-        if stopped != "stop" or not stops.hit:
-            stops.feed(decoder.decode(b"", final=True))
-            stops.close()
-        return Generation(
-            text=stops.text,
-            prompt_tokens=len(tokens),
-            completion_tokens=count,
-            ttft_s=first,
-            total_s=time.perf_counter() - start,
-            stopped=stopped,
-        )
+        except BaseException:
+            job.close()
+            raise
+        return job.finish()
 
     def _prefill(self, tokens: list[int], reuse: bool) -> None:
         """Evaluate the prompt. The longest prefix it shares with what the cache holds is reused (a site's

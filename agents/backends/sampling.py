@@ -56,11 +56,11 @@ class Candidates:
         self.single = lib.llama_token_data_array(data=ctypes.cast(self._one, lib.llama_token_data_p),
                                                  size=1, selected=-1, sorted=False)
 
-    def fill(self, ctx: Any, shortlist: bool = False) -> Any:
-        """The last position's logits as the candidate array: the whole vocabulary, or only its
-        ``SHORTLIST`` likeliest tokens."""
+    def fill(self, ctx: Any, shortlist: bool = False, index: int = -1) -> Any:
+        """The logits at batch position ``index`` (default: the last) as the candidate array: the whole
+        vocabulary, or only its ``SHORTLIST`` likeliest tokens."""
         cur, arr = self.cur, self.array
-        logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+        logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
         if shortlist:
             ids = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
             n = len(ids)
@@ -91,6 +91,7 @@ class Sampler:
     def __init__(self, lib: Any, ctx: Any, vocab: Any, candidates: Candidates, params: Sampling,
                  grammar: str | None = None) -> None:
         self.lib, self.ctx, self.candidates = lib, ctx, candidates
+        self.index = -1  # the batch position whose logits are this request's (a batch of many requests)
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(self.chain, s)  # noqa: E731
         add(lib.llama_sampler_init_penalties(PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
@@ -125,7 +126,7 @@ class Sampler:
         return token
 
     def _draw(self, grammar_first: bool) -> int:
-        arr = self.candidates.fill(self.ctx)
+        arr = self.candidates.fill(self.ctx, index=self.index)
         if grammar_first:
             self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
@@ -141,7 +142,7 @@ class Sampler:
         picks the same token as over the whole vocabulary, and sampling loses only tokens whose
         probability is below the 1,024th likeliest's. A rejection costs ~1 ms instead of ~50 ms.
         """
-        arr = self.candidates.fill(self.ctx, shortlist=True)
+        arr = self.candidates.fill(self.ctx, shortlist=True, index=self.index)
         self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         if not np.isfinite(self.candidates.cur["logit"][: arr.size]).any():
             return None

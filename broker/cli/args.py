@@ -139,10 +139,16 @@ def parser(commands: ModuleType) -> argparse.ArgumentParser:
     sp.add_argument("--model", action="append", help="a GGUF file, or name=path; repeat for several models "
                                                      "(default: the bundled Gemma 3 270M)")
     sp.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
-    sp.add_argument("--slots", type=int, help="jobs it runs at once, each in its own context (default: 1)")
+    sp.add_argument("--slots", type=int, help="jobs it runs at once (default: 1)")
+    sp.add_argument("--no-batching", dest="batching", action="store_false", default=None,
+                    help="give each slot its own llama.cpp context instead of decoding all slots' jobs in one "
+                         "batch (agent.batching)")
     sp.add_argument("--n-ctx", type=int, help="context size per slot, in tokens (default: 2048)")
     sp.add_argument("--chat-format", action="append", metavar="MODEL=FORMAT",
                     help="how MODEL renders chat messages: auto, gemma, chatml, none or a Jinja file; repeatable")
+    sp.add_argument("--gpu-layers", action="append", metavar="[MODEL=]N",
+                    help="layers to offload to the GPU, for MODEL or every model; -1 all (default: all when "
+                         "llama-cpp-python was built with a GPU backend, else none); repeatable")
     sp.add_argument("--budget-tokens", type=int, help="sliding-window token budget (see budget_window_s; "
                                                       "default: 0, unlimited)")
     sp.set_defaults(fn=commands.cmd_agent)

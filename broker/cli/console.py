@@ -76,6 +76,16 @@ def _cells(*values: Any) -> list[Any]:
     return [Text(v) if isinstance(v, str) else v for v in values]
 
 
+
+def model_label(m: dict[str, Any]) -> str:
+    """A model and where it runs: ``gemma@CPU``, ``gemma@CUDA0 19/19`` (layers on the GPU / all);
+    the name alone from an agent that does not say."""
+    name, device = text(m.get("name")), text(m.get("device")).split(" ")[0]
+    if not device:
+        return name
+    on_gpu = count(m.get("gpu_layers"))
+    return f"{name}@{device}" + (f" {on_gpu}/{count(m.get('layers'))}" if on_gpu else "")
+
 def render(snap: dict[str, Any], now: float | None = None) -> Group:
     now = now or time.time()
     head = Table.grid(padding=(0, 2))
@@ -119,7 +129,7 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
             str(len(items(a.get("jobs")))), f"{num(a.get('decode_tps')):.1f}", f"{num(a.get('ttft_ms')):.0f}",
             f"{count(budget.get('used'))}/{count(budget.get('tokens'))}" if budget else "-",
             f"{max(0.0, now - ts):.0f} s ago" if ts else "-",
-            ",".join(text(obj(m).get("name")) for m in items(a.get("models")))))
+            ",".join(model_label(obj(m)) for m in items(a.get("models")))))
     if not snap["agents"]:
         agents.add_row("(no agent has reported on this site)", *[""] * 11)
     return Group(head, Text(""), agents)
@@ -220,7 +230,25 @@ def probe_table(report: dict[str, Any]) -> Group:
                           f"{run['prefill_tps']:.0f}", f"{run['decode_tps']:.1f}")
     adv = [f"{m['name']}: {m['advertises'].get('decode_tps', 0):.1f} tok/s, TTFT "
            f"{m['advertises'].get('ttft_ms', 0):.0f} ms" for m in report["models"] if m["advertises"]]
-    return Group(head, Text(""), table, Text(""), Text("an agent here advertises  " + "; ".join(adv)))
+    return Group(head, Text(""), table, Text(""), Text("an agent here advertises  " + "; ".join(adv)),
+                 offload_lines(report))
+
+
+def offload_lines(report: dict[str, Any]) -> Text:
+    """GPU offload: each model's device and layers beside its CPU-only figures, or why there is none."""
+    if not report.get("gpus"):
+        return Text("GPU offload: unavailable, llama-cpp-python was built without a GPU backend (CUDA, Metal, "
+                    "Vulkan; docs/deploy.md)")
+    lines = [f"GPU offload: {', '.join(report['gpus'])}"]
+    for m in report["models"]:
+        cpu, gpu = m.get("without_offload") or {}, m.get("advertises") or {}
+        if not cpu:
+            lines.append(f"  {m['name']}: on {m.get('device') or 'CPU'}, no layers offloaded")
+            continue
+        lines.append(f"  {m['name']}: {m['gpu_layers']}/{m['layers']} layers on {m['device']}: "
+                     f"{gpu.get('decode_tps', 0):.1f} tok/s, TTFT {gpu.get('ttft_ms', 0):.0f} ms; on the CPU alone "
+                     f"{cpu.get('decode_tps', 0):.1f} tok/s, TTFT {cpu.get('ttft_ms', 0):.0f} ms")
+    return Text("\n".join(lines))
 
 
 def plan_table(rows: list[dict[str, Any]], choice: str, why: str, workload: Any, devices: int) -> Group:

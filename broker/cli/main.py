@@ -57,8 +57,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if bad:
             raise FogmeshError(f"--chat-format {bad[0]!r}: write MODEL=FORMAT, e.g. --chat-format mymodel=chatml")
         formats = dict(entry.split("=", 1) for entry in args.chat_format)
+    layers = None
+    if args.gpu_layers:
+        layers = {}
+        for entry in args.gpu_layers:
+            model, _, count = entry.rpartition("=")
+            try:
+                layers[model or "*"] = int(count)
+            except ValueError:
+                raise FogmeshError(f"--gpu-layers {entry!r}: write N or MODEL=N (-1: all layers)") from None
     settings = load(AgentSettings, "agent", args.config, **_conn(args),
                     agent_id=args.agent_id, models=args.model, threads=args.threads, slots=args.slots,
+                    batching=args.batching, gpu_layers=layers,
                     n_ctx=args.n_ctx, budget_tokens=args.budget_tokens, chat_formats=formats)
     return _serve(settings, f"agent/{settings.agent_id}", build)
 

@@ -168,6 +168,14 @@ function finished(rec, coordinatorNow) {
  * alive: their last heartbeat, else when this page first saw them gone) are left out unless
  * `showOffline`. Returns how many were left out.
  */
+// A model and where it runs, as `fogmesh status` shows it: gemma@CPU, gemma@CUDA0 19/19 (layers on the GPU / all).
+function modelLabel(m) {
+  const device = str(m.device).split(" ")[0];
+  if (!device) return str(m.name);
+  const onGpu = num(m.gpu_layers);
+  return `${str(m.name)}@${device}` + (onGpu ? ` ${onGpu}/${num(m.layers)}` : "");
+}
+
 function agents(records, now, offlineAfterS, showOffline) {
   const body = $("agents").tBodies[0];
   body.replaceChildren();
@@ -193,7 +201,7 @@ function agents(records, now, offlineAfterS, showOffline) {
     cell(row, num(a.decode_tps).toFixed(1), "n");
     cell(row, String(Math.round(num(a.ttft_ms))), "n");
     cell(row, Object.keys(budget).length ? `${num(budget.used)}/${num(budget.tokens)}` : "-", "n");
-    cell(row, list(a.models).map((x) => str(obj(x).name)).join(", "));
+    cell(row, list(a.models).map((x) => modelLabel(obj(x))).join(", "));
     cell(row, rec.at !== null ? `${duration(now - rec.at)} ago` : "-", "n");
   }
   return hidden;
