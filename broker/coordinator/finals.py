@@ -62,6 +62,9 @@ class Finals:
                        latency_ms=timings["total_ms"], ttft_ms=timings.get("ttft_ms"),
                        cloud_spend=(cost or {}).get("cloud", 0.0) if status == "done" else 0.0)
         self.measure(job, status, served_by, timings, final.cost)
+        if status == "done" and usage is not None:
+            c.lengths.record(c.length_key(job.req.model), job.device, usage.completion_tokens,
+                             cut_off=finish_reason == "length")
         if log.isEnabledFor(logging.INFO):
             log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
                         total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,
