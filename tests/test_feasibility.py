@@ -131,6 +131,7 @@ def test_the_cloud_prediction_counts_the_jobs_ahead_and_learns_what_the_cloud_to
     prior = CloudTier(enabled=True, latency_s=1.0, decode_tps=50.0, workers=1)
     assert learned.tier(prior).in_flight == 0
     learned.sent("d/a", 100.0, learned.tier(prior))
+    assert cloud_parts(learned.tier(prior), 25).wait_s >= 3600  # queued behind a job of unknown length
     learned.finished("d/a", 104.0, {"ttft_ms": 500.0, "decode_tps": 10.0, "generate_ms": 3000.0})
     tier = learned.tier(prior)
     assert (tier.latency_s, tier.ttft_s, tier.decode_tps, tier.service_s) == (1.0, 0.5, 10.0, 3.0)
@@ -156,7 +157,7 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
     for job in ids:
         sent_at[job] = time.time()
         device.send({"id": job, "prompt": f"Reading {job}: temperature 21.5 C, humidity 40%. Status:",
-                     "max_tokens": 48, "deadline_ms": 8000})
+                     "max_tokens": 16, "deadline_ms": 8000})
     finals = {job: device.final(job, timeout_s=90) for job in ids}
     statuses = {job: f["status"] for job, f in finals.items()}
     assert set(statuses.values()) <= {"done", "rejected"}, statuses

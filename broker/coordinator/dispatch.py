@@ -3,10 +3,14 @@
 Under the ``deadline`` policy a job that no tier is predicted to finish before its deadline is
 refused (``rejected``, ``deadline_infeasible``) rather than run late: when it is first decided,
 or, if no decision reached it in the pass after it was accepted, by a check of its own then.
+A job decided to wait for a busy agent holds its place in that agent's queue for the rest of
+the pass (``reserve``), so that the jobs decided after it are predicted behind it, as they will
+run, not each as if it were next.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -38,6 +42,7 @@ class Dispatcher:
         self.finals = finals
         self.rng = random.Random()
         self.pending = False  # a pass was cut short by its time budget: go on at once
+        self.decided: set[str] = set()  # the jobs the last pass decided
         self.fleet = Fleet(core)
 
     def views(self) -> list[AgentView]:
@@ -51,15 +56,18 @@ class Dispatcher:
         cloud_usable = c.cloud.enabled
         index = self.fleet.refresh(budgets=True)
         admitted, c.admitted = c.admitted, []
+        reserved: set[str] = set()
         try:
-            self.place(index, now, mono, cloud_usable)
+            self.place(index, now, mono, cloud_usable, reserved)
         finally:
-            self.screen(admitted, now)
+            self.screen(index, [k for k in admitted if k not in self.decided], now, reserved)
+            c.jobs.changed |= reserved  # their views are rebuilt from the truth in the next refresh
 
-    def place(self, index: AgentIndex, now: float, mono: float, cloud_usable: bool) -> None:
+    def place(self, index: AgentIndex, now: float, mono: float, cloud_usable: bool, reserved: set[str]) -> None:
         c = self.core
         if not c.jobs.waiting or not (cloud_usable or index.accepting):
             return
+        self.decided.clear()
         this_pass = DispatchPass()  # jobs that must wait this round (their agents are full, say)
         started, decided = time.perf_counter(), False
         while (index.room > 0 or cloud_usable) and not this_pass.done:
@@ -75,6 +83,7 @@ class Dispatcher:
             if this_pass.set_aside(key, spec):
                 continue
             decision = index.decide(spec, now, self.policy, cloud=self.cloud.tier(), rng=self.rng)
+            self.decided.add(key)
             if decision.at_risk and self.policy == "deadline" and job.deadline_at is not None:
                 self.refuse(job, decision, now)
             elif decision.target == "cloud":
@@ -84,24 +93,36 @@ class Dispatcher:
                 self.fleet.refresh()  # only the chosen agent's load changed: its view alone is rebuilt
             else:
                 this_pass.hold(key, spec)
+                self.reserve(index, decision, spec, reserved)
         for key in this_pass.waiting():
             job = c.jobs[key]
             c.jobs.waiting.push(job.key, job.req.priority, job.created_at)
 
-    def screen(self, keys: list[str], now: float) -> None:
+    @staticmethod
+    def reserve(index: AgentIndex, decision: Decision, spec: JobSpec, reserved: set[str]) -> None:
+        """The job waits for ``decision.agent``: later decisions of this pass see it queued there."""
+        v = index.get(decision.agent or "")
+        if decision.target == "wait" and v is not None:
+            index.put(dataclasses.replace(v, outstanding=v.outstanding + 1,
+                                          outstanding_tokens=v.outstanding_tokens + spec.tokens))
+            reserved.add(v.agent)
+
+    def screen(self, index: AgentIndex, keys: list[str], now: float, reserved: set[str]) -> None:
         """Refuse the newly accepted jobs with deadlines no tier can meet that still wait undecided
         (every agent full and no cloud, or a long queue ahead of them)."""
         if self.policy != "deadline":
             return
         c = self.core
-        index = self.fleet.refresh()
         for key in keys:
             job = c.jobs.get(key)
             if job is None or job.state is not JobState.QUEUED or key not in c.jobs.waiting:
                 continue
-            decision = index.decide(self.spec(job), now, "deadline", cloud=self.cloud.tier(), rng=self.rng)
+            spec = self.spec(job)
+            decision = index.decide(spec, now, "deadline", cloud=self.cloud.tier(), rng=self.rng)
             if decision.at_risk:
                 self.refuse(job, decision, now)
+            else:
+                self.reserve(index, decision, spec, reserved)
 
     def refuse(self, job: Job, decision: Decision, now: float) -> None:
         c = self.core

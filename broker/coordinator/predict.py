@@ -13,7 +13,9 @@ per-concurrency rates is predicted as before: one decode rate, TTFT from its cal
 
 The cloud: the overhead before its first token (WAN, the queue service, the worker's TTFT), the
 wait for a free worker when the bridge advertises how many there are, then the tokens at the
-cloud's decode rate.
+cloud's decode rate. A cloud of few workers that has not answered a job yet cannot promise a job
+that would queue for one anything: its time per job is unknown (the configured prior missed by
+4x on a busy machine), so such a job is predicted to wait ``UNKNOWN_WAIT_S``.
 
 Prompt tokens are rounded up to a multiple of ``PROMPT_BUCKET``, so that the agent index keeps
 one completion ranking per (answer, prompt) size in use rather than one per prompt.
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from broker.coordinator.scheduler import AgentView, CloudTier
 
 PROMPT_BUCKET = 64
+UNKNOWN_WAIT_S = 3600.0  # finite, so that it can be logged and compared; no deadline is this long
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,5 @@ def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:
     if cloud.workers:
         ahead = cloud.in_flight - cloud.workers + 1
         if ahead > 0:
-            service = cloud.service_s or (cloud.ttft_s + tokens / tps)
-            wait = ahead * service / cloud.workers
+            wait = ahead * cloud.service_s / cloud.workers if cloud.service_s else UNKNOWN_WAIT_S
     return Parts(wait, cloud.latency_s + cloud.ttft_s, tokens / tps, tokens)

@@ -72,7 +72,7 @@ class CloudTier:
     ttft_s: float = 0.0  # a worker's time to first token (learned; 0: counted in latency_s)
     workers: int = 0  # jobs the cloud runs at once (the bridge advertises it; 0: as many as come)
     in_flight: int = 0  # jobs sent to the cloud and not answered yet
-    service_s: float = 0.0  # a worker's time per job (learned; 0: this job's TTFT + decode)
+    service_s: float = 0.0  # a worker's time per job (learned; 0: not known yet)
     price_in_per_1k: float = 0.0
     price_out_per_1k: float = 0.0
     models: frozenset[str] = frozenset()  # the model names it answers to (bridge.cloud_models)
