@@ -143,7 +143,7 @@ class Dispatcher:
         if job.agent is None:  # not placed: its load on an agent will count the tokens planned now
             job.expect_tokens = c.lengths.expected(c.length_key(job.req.model), job.device, job.req.max_tokens)
         return JobSpec(key=job.key, max_tokens=job.req.max_tokens,
-                       prompt_tokens=estimate_prompt_tokens(job.req.text_size()), expect_tokens=job.expect_tokens,
+                       prompt_tokens=estimate_prompt_tokens(job.req.texts()), expect_tokens=job.expect_tokens,
                        chat=job.req.is_chat,
                        model=job.req.model or self.core.settings.default_model or None, priority=job.req.priority,
                        deadline_at=job.deadline_at, privacy=job.req.privacy, offline_ok=job.req.offline_ok,
