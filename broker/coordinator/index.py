@@ -26,6 +26,7 @@ Candidates are the agents the walk assessed, not the whole fleet.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -259,7 +260,9 @@ class _Query:
 
     def nowhere(self) -> Decision:
         if self.cloud_allowed:
-            return self.to_cloud("no_eligible_agent")
+            deadline = self.job.deadline_at
+            late = self.policy == "deadline" and deadline is not None and self.now + self.cloud_s > deadline
+            return dataclasses.replace(self.to_cloud("no_eligible_agent"), at_risk=late)
         return Decision("wait", self.policy, reason="no eligible edge agent", candidates=tuple(self.seen.values()))
 
     def deadline(self, roomy: _Side, full: _Side) -> Decision:

@@ -19,6 +19,7 @@ inside its token budget.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections.abc import Sequence
@@ -226,7 +227,8 @@ def decide(
         # No edge agent can take it at all: the cloud, even while unreachable (the bridge
         # holds offline_ok jobs and fails the others after its send timeout).
         if cloud_allowed:
-            return to_cloud("no_eligible_agent")
+            late = policy == "deadline" and job.deadline_at is not None and now + cloud_s > job.deadline_at
+            return dataclasses.replace(to_cloud("no_eligible_agent"), at_risk=late)
         # Over budget, offline or missing the model: the job waits until an agent can take it.
         return Decision("wait", policy, reason="no eligible edge agent", candidates=cands)
 
