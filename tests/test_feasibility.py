@@ -14,25 +14,19 @@ from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.loop import Coordinator
 from broker.coordinator.predict import cloud_parts
 from broker.coordinator.scheduler import CloudTier
-from broker.coordinator.settings import CoordinatorSettings
-from broker.runtime.memory import MemorySession
-from broker.runtime.mqtt import Message
+from broker.runtime.client import snapshot
+from broker.runtime.mqtt import BrokerAddress, Message
 from schemas import encode
 from schemas.messages import AgentEvent, Usage
 from schemas.status import AgentStatus, ModelInfo
 from schemas.topics import Topics
+from tests import test_coordinator_loop as loop
 from tests.conftest import agent_args, wait_online
-from tests.services import wait_for
+from tests.services import cli, wait_for
 from tests.test_cloud import cloud, wait_cloud
 
-SITE = "feasible"
-
-
-@pytest.fixture
-def coord(tmp_path):
-    c = Coordinator(CoordinatorSettings(site=SITE, ledger=str(tmp_path / "ledger.db")), session=MemorySession())
-    yield c
-    c.ledger.close()
+SITE = loop.SITE
+coord = loop.coord  # the in-process coordinator, on a ledger of its own
 
 
 def status(agent: str, slots: int = 1, **extra) -> Message:
@@ -152,6 +146,8 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
     cloud(daemons, sqs_endpoint, tmp_path, bridge_env={"FOGMESH_BRIDGE_CLOUD_WORKERS": "1"})
     wait_online(broker_url, site_id, 1)
     wait_cloud(broker_url, site_id)
+    advertised = snapshot(BrokerAddress.parse(broker_url), site_id)["agents"]["a1"]
+    assert advertised["prefill_tps"] > 0 and advertised["decode_tps_at"][0] > 0  # measured at calibration
     ids = [f"b{i}" for i in range(12)]
     sent_at = {}
     for job in ids:
@@ -168,4 +164,7 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
         else:
             assert f["timings"]["total_ms"] <= 8000, (job, f["timings"])
     assert "done" in statuses.values()
+    refused = next(job for job, status in statuses.items() if status == "rejected")
+    why = cli("explain", "--broker", broker_url, "--site", site_id, refused)
+    assert why.returncode == 0 and "first token" in why.stdout and "tokens assumed" in why.stdout, why.stdout
     wait_for(lambda: all(len(device.finals[j]) == 1 for j in ids), 2, what="one final per job")

@@ -188,7 +188,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             line = f"  +{(h['ts'] - t0) * 1000:8.1f} ms  {h['state']:<10}"
             if "policy" in d:
                 line += f" policy={d['policy']} -> {d.get('agent') or d.get('target')} ({d.get('reason')}),"
-                line += f" predicted {d.get('predicted_ms')} ms"
+                line += f" predicted {d.get('predicted_ms')} ms" + (f", {d['error']}" if d.get("error") else "")
                 print(line)
                 for tier, p in (("chosen", d.get("parts")), ("cloud", d.get("cloud"))):
                     if p:

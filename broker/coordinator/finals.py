@@ -54,7 +54,10 @@ class Finals:
                       json=answer)
         c.jobs.remove(job)
         body = encode(final)
-        c.ledger.update(job.key, status, {"error": error.code} if error else None, final=body.decode(), delivered=0)
+        detail = {"error": error.code} if error else None
+        if status == "rejected" and job.decision:  # refused as infeasible: the decision says why
+            detail = {**job.decision, **(detail or {})}
+        c.ledger.update(job.key, status, detail, final=body.decode(), delivered=0)
         c.count(status)
         tier = served_by.tier if served_by else "none"
         c.stats.record(now, job.key, status, tier, node=served_by.node if served_by else "",
