@@ -34,13 +34,16 @@ def utility(tier: str | None, latency_s: float, deadline_s: float | None, qualit
 
 
 def pcr(jobs: Iterable[tuple[float, float]]) -> tuple[float, float, float]:
-    """(mean U, CPR, PCR) of (utility, cost) per job; PCR is infinite when nothing cost anything."""
+    """(mean U, CPR, PCR) of (utility, cost) per job; PCR is infinite when answers cost nothing, 0
+    when nothing was answered."""
     rows = list(jobs)
     if not rows:
         return 0.0, 0.0, 0.0
     u = statistics.fmean(r[0] for r in rows)
     cpr = statistics.fmean(r[1] for r in rows)
-    return u, cpr, (u / cpr if cpr > 0 else float("inf"))
+    if cpr > 0:
+        return u, cpr, u / cpr
+    return u, cpr, float("inf") if u > 0 else 0.0  # free and useful; or no answer at all
 
 
 def relative_error(predicted_s: float, actual_s: float) -> float:
