@@ -57,6 +57,7 @@ class Dispatcher:
         index = self.fleet.refresh(budgets=True)
         admitted, c.admitted = c.admitted, []
         reserved: set[str] = set()
+        self.decided.clear()
         try:
             self.place(index, now, mono, cloud_usable, reserved)
         finally:
@@ -67,7 +68,6 @@ class Dispatcher:
         c = self.core
         if not c.jobs.waiting or not (cloud_usable or index.accepting):
             return
-        self.decided.clear()
         this_pass = DispatchPass()  # jobs that must wait this round (their agents are full, say)
         started, decided = time.perf_counter(), False
         while (index.room > 0 or cloud_usable) and not this_pass.done:
