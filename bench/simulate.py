@@ -31,6 +31,7 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
     cfg = cluster["config"]
     rows = []
     agent_status = cluster.get("agents") or {}
+    overhead_s = cloud_overhead(cluster["runs"])
     for run in cluster["runs"]:
         measured = [r for r in run["rows"] if r["status"] == "done"]
         jobs = [SimJob(key=r["job"], arrival=r["offset_s"], max_tokens=cfg["max_tokens"],
@@ -51,7 +52,8 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                                    tps_at=tuple(st.get("decode_tps_at") or ()), budget_tokens=cfg["budget_tokens"],
                                    window_s=cfg["budget_window_s"],
                                    energy_j_per_token=st.get("energy_j_per_token", 0.0)))
-        cloud = CloudTier(enabled=True, latency_s=0.8, decode_tps=80, price_in_per_1k=0.0005, price_out_per_1k=0.0015)
+        cloud = CloudTier(enabled=True, latency_s=overhead_s, decode_tps=80, price_in_per_1k=0.0005,
+                          price_out_per_1k=0.0015)
         if run["policy"] == "cloud-only":
             agents = []
         policy = "deadline" if run["policy"] == "cloud-only" else run["policy"]
@@ -63,6 +65,17 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
         print(f"validate {run['pattern']:<7} {run['policy']:<10} measured {run['latency_mean_ms']:7.0f} ms"
               f"  simulated {sim['latency_mean_ms']:7.0f} ms  error {err * 100:+.1f}%", flush=True)
     return rows
+
+
+def cloud_overhead(runs: list[dict[str, Any]], tps: float = 80.0) -> float:
+    """The cloud's time to a first token as measured (MQTT, outbox, SQS both ways, the worker's
+    configured WAN + first-token delay), as the agents' rates are: the steady cloud-only run's
+    median of accepted-to-final less the decode at ``tps``, where no job queued for a worker."""
+    steady = [r for run in runs if (run["pattern"], run["policy"]) == ("steady", "cloud-only") for r in run["rows"]
+              if r["status"] == "done" and r["timings"].get("total_ms")]
+    if not steady:
+        return 0.8
+    return statistics.median(r["timings"]["total_ms"] / 1000 - r["tokens"] / tps for r in steady)
 
 
 def large(n_agents: int, n_jobs: int, seed: int = 7) -> list[dict[str, Any]]:

@@ -193,7 +193,8 @@ def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[Sim
     research's utility and PCR, and how far predictions were from what happened, per tier."""
     quality = quality or Quality()
     answered = [(j, out[j.key]) for j in jobs if out.get(j.key, {}).get("tier") in ("edge", "cloud")]
-    lat = [o["latency_s"] * 1000 for _, o in answered]
+    # the latency of the answers a device got: one past its deadline is expired, as the coordinator does
+    lat = [o["latency_s"] * 1000 for j, o in answered if j.deadline_s is None or o["latency_s"] <= j.deadline_s]
     cloud_tokens = sum(o["tokens"] for _, o in answered if o["tier"] == "cloud")
     served = [a.served for a in agents]
     mean_served = statistics.fmean(served) if served else 0
