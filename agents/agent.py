@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.backends.base import Backend, Generation, answer
+from agents.calibration import measure_prefill
 from agents.errors import AgentError, BackendError
 from agents.homeassistant import AgentDiscovery
 from agents.metering import AgentMetrics
@@ -34,7 +35,6 @@ from schemas.topics import Topics
 log = logging.getLogger("fogmesh.agent")
 
 CALIBRATION_PROMPT = "The weather station reported that the temperature"
-CALIBRATION_LONG = " ".join([CALIBRATION_PROMPT + "."] * 24)  # ~250 tokens: how fast it reads a long prompt
 
 
 @dataclass
@@ -98,8 +98,7 @@ class Agent(Daemon):
         )
         self.board.base_prompt_tokens = gen.prompt_tokens
         self.board.record(gen.ttft_s, gen.decode_tps, 0, prior=True)
-        long = backend.generate(Request(prompt=CALIBRATION_LONG, max_tokens=1), lambda _t: None, lambda: False)
-        self.board.record_prefill(long.prompt_tokens - gen.prompt_tokens, long.ttft_s - gen.ttft_s, prior=True)
+        measure_prefill(backend, self.board, CALIBRATION_PROMPT, gen)
         log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000, decode_tps=gen.decode_tps,
                     tokens=gen.completion_tokens, prefill_tps=self.board.prefill_tps.value))
         return gen
