@@ -165,7 +165,8 @@ PAYLOADS = st.one_of(
     .map(lambda n: orjson.dumps({"prompt": "\u00e9" * n})),  # huge strings, some over the size limit
 )
 CODES = {"not_json", "not_object", "empty_prompt", "wrong_type", "unknown_field", "missing_field", "too_large",
-         "max_tokens_too_large", "invalid_value", "unknown_model"}
+         "max_tokens_too_large", "invalid_value", "unknown_model",
+         "deadline_infeasible"}  # a valid fuzzed prompt whose deadline_ms no tier can meet
 
 
 def test_ten_thousand_fuzzed_payloads_get_precise_rejections_and_valid_jobs_still_run(daemons, broker_url,
