@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.backends.base import Backend, Generation, answer
+from agents.calibration import measure_prefill
 from agents.errors import AgentError, BackendError
 from agents.homeassistant import AgentDiscovery
 from agents.metering import AgentMetrics
@@ -95,9 +96,11 @@ class Agent(Daemon):
             Request(prompt=CALIBRATION_PROMPT, max_tokens=self.settings.calibrate_tokens), lambda _t: None,
             lambda: False,
         )
+        self.board.base_prompt_tokens = gen.prompt_tokens
         self.board.record(gen.ttft_s, gen.decode_tps, 0, prior=True)
-        log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000,
-                    decode_tps=gen.decode_tps, tokens=gen.completion_tokens))
+        measure_prefill(backend, self.board, CALIBRATION_PROMPT, gen)
+        log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000, decode_tps=gen.decode_tps,
+                    tokens=gen.completion_tokens, prefill_tps=self.board.prefill_tps.value))
         return gen
 
     def start(self, timeout_s: float = 300.0) -> None:
@@ -328,7 +331,8 @@ class Agent(Daemon):
             return
         if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
-        self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens)
+        self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens, prompt_tokens=gen.prompt_tokens,
+                          running=self.board.running())
         self.meter.record(spec.model or self.default_model, gen)
         if job.handback:
             self._hand_back(job, "agent stopped before the job finished")

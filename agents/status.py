@@ -18,6 +18,7 @@ from schemas.status import AgentStatus, Budget, ModelInfo
 from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.agent")
+PREFILL_SAMPLE_TOKENS = 64  # a prompt this much longer than the calibration prompt measures prefill
 
 
 class Ewma:
@@ -64,7 +65,10 @@ class StatusBoard:
         self.epoch = time.time_ns() // 1_000_000  # ms since 1970: a later boot always has a larger epoch
         self.state: AgentState = "online"
         self.decode_tps = Ewma()
-        self.ttft_ms = Ewma()
+        self.ttft_ms = Ewma()  # of the calibration prompt's length: longer prompts add their prefill
+        self.prefill_tps = Ewma()  # prompt tokens/s past the calibration prompt's
+        self.decode_at = [Ewma() for _ in range(max(settings.slots, 1))]  # one job's rate, by slots decoding
+        self.base_prompt_tokens = 0  # the calibration prompt's tokens
         self.window = TokenWindow(settings.budget_window_s)
         self.jobs: dict[str, str] = {}  # key -> "queued" | "running"
         self.progress: dict[str, int] = {}  # key -> tokens so far, of the running jobs
@@ -72,12 +76,25 @@ class StatusBoard:
         self._lock = threading.Lock()
         self.host = socket.gethostname()
 
-    def record(self, ttft_s: float, decode_tps: float, tokens: int, prior: bool = False) -> None:
+    def record(self, ttft_s: float, decode_tps: float, tokens: int, prior: bool = False, *,
+               prompt_tokens: int = 0, running: int = 1) -> None:
+        """One generation's figures; ``running``: the jobs generating on this agent as it ended."""
         with self._lock:
-            self.ttft_ms.add(ttft_s * 1000, prior)
+            extra = prompt_tokens - self.base_prompt_tokens
+            if extra >= PREFILL_SAMPLE_TOKENS and self.prefill_tps.value:
+                # a long prompt's TTFT is the short one's plus its prefill: each teaches its own
+                ttft_s -= extra / self.prefill_tps.value
+            self.ttft_ms.add(max(ttft_s, 0.0) * 1000, prior)
             if decode_tps > 0:
                 self.decode_tps.add(decode_tps, prior)
+                self.decode_at[max(1, min(running, len(self.decode_at))) - 1].add(decode_tps, prior)
             self.window.add(tokens)
+
+    def record_prefill(self, extra_tokens: int, extra_s: float, prior: bool = False) -> None:
+        """A prompt ``extra_tokens`` longer than the calibration prompt took ``extra_s`` longer to first token."""
+        if extra_tokens >= PREFILL_SAMPLE_TOKENS and extra_s > 0:
+            with self._lock:
+                self.prefill_tps.add(extra_tokens / extra_s, prior)
 
     def energy_j_per_token(self) -> float:
         s = self.settings
@@ -115,6 +132,8 @@ class StatusBoard:
                 progress=dict(self.progress),
                 decode_tps=round(self.decode_tps.value, 2),
                 ttft_ms=round(self.ttft_ms.value, 2),
+                prefill_tps=round(self.prefill_tps.value, 1),
+                decode_tps_at=[round(e.value, 2) for e in self.decode_at],
                 mem_free_bytes=mem_free_bytes(),
                 budget=budget,
                 energy_j_per_token=self.energy_j_per_token(),

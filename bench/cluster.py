@@ -5,9 +5,13 @@ each under a sliding-window token budget and with its own power draw; a cloud
 tier behind a real SQS-compatible server (moto) whose worker stands in for a
 remote large model with a configured WAN + first-token delay, decode rate and
 API price. The same arrival trace (steady or bursty) is run under each policy,
-and against cloud-only (a site with no agents). Reported per run: mean and p95
-latency, deadline hit rate, share of tokens sent to the cloud, cost per
-response, and load balance (max / mean jobs per agent).
+and against cloud-only (a site with no agents). Prompts mix short readings with
+~1,000-token logs (every fourth job). Reported per run: mean and p95 latency,
+deadline hit rate, jobs accepted and then expired, jobs refused, tokens sent to
+the cloud, cost per response, the research's utility and PCR
+(``broker/planning/merit.py``), the median prediction error per tier (the
+decision's predicted completion against the job's accepted-to-final time), and
+load balance (max / mean jobs per agent).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import broker, pct, write
+from broker.planning.merit import Quality, pcr, relative_error, utility
 from broker.runtime.client import DeviceClient, snapshot
 from broker.runtime.mqtt import BrokerAddress
 from broker.runtime.proc import free_port
@@ -33,7 +38,9 @@ CLOUD = {"FOGMESH_BRIDGE_CLOUD_LATENCY_S": "0.8", "FOGMESH_BRIDGE_CLOUD_TPS": "8
          "FOGMESH_BRIDGE_PRICE_IN_PER_1K": "0.0005", "FOGMESH_BRIDGE_PRICE_OUT_PER_1K": "0.0015",
          "FOGMESH_BRIDGE_WAIT_S": "1", "FOGMESH_BRIDGE_STATUS_INTERVAL_S": "1"}
 PROMPTS = ["The pump on line {i} reports a pressure of", "Maintenance note {i}: the conveyor belt",
-           "Sensor {i} in the cold room shows", "Shift report {i}: the packaging robot"]
+           "Sensor {i} in the cold room shows", "Summarise log {i}:\n" + "\n".join(
+               f"10:{m:02d}:{m * 7 % 60:02d} pump-3 pressure={2 + m / 100:.2f} bar temp={40 + m % 9} C status=ok"
+               for m in range(40)) + "\nSummary:"]  # the last: a log of ~1,000 tokens
 
 
 def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -77,8 +84,8 @@ def run_trace(url: str, site: str, offsets: list[float], max_tokens: int, deadli
 
 
 def metrics(rows: list[dict[str, Any]], deadline_ms: int, agents: list[str]) -> dict[str, Any]:
-    lat = [r["latency_ms"] for r in rows]
     done = [r for r in rows if r["status"] == "done"]
+    lat = [r["latency_ms"] for r in done] or [float("nan")]
     cloud_tokens = sum(r["tokens"] for r in done if r["tier"] == "cloud")
     all_tokens = sum(r["tokens"] for r in done) or 1
     per_agent = [sum(1 for r in done if r["node"] == a) for a in agents]
@@ -89,8 +96,26 @@ def metrics(rows: list[dict[str, Any]], deadline_ms: int, agents: list[str]) -> 
         "deadline_hit_rate": sum(1 for r in done if r["latency_ms"] <= deadline_ms) / len(rows),
         "cloud_token_share": cloud_tokens / all_tokens,
         "cost_per_response": statistics.fmean([r["cost"] for r in done]) if done else float("nan"),
+        "expired": sum(1 for r in rows if r["status"] == "expired"),
+        "rejected": sum(1 for r in rows if r["status"] == "rejected"), "cloud_tokens": cloud_tokens,
+        **merit(rows, deadline_ms),
         "edge_jobs": per_agent, "load_balance": (max(per_agent) / mean_load) if mean_load else float("nan"),
     }
+
+
+def merit(rows: list[dict[str, Any]], deadline_ms: int) -> dict[str, Any]:
+    """Utility, CPR and PCR over every job (an unanswered job has U = 0), and the median relative
+    error of the predicted completion per tier, over the jobs answered."""
+    u, cpr, ratio = pcr((utility(r["tier"] if r["status"] == "done" else None, r["latency_ms"] / 1000,
+                                 deadline_ms / 1000, Quality()), r["cost"] if r["status"] == "done" else 0.0)
+                        for r in rows)
+    errors: dict[str, list[float]] = {"edge": [], "cloud": []}
+    for r in rows:
+        t = r["timings"]
+        if r["status"] == "done" and r["tier"] in errors and t.get("predicted_ms") and t.get("total_ms"):
+            errors[r["tier"]].append(relative_error(t["predicted_ms"], t["total_ms"]))
+    return {"utility": u, "cpr_all": cpr, "pcr": ratio,
+            "prediction_error": {k: statistics.median(v) if v else float("nan") for k, v in errors.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="keep the daemons' logs and ledgers here (default: a temporary folder)")
     args = ap.parse_args(argv)
 
-    env = {**local_env(), **CLOUD}
+    env = {**local_env(), **CLOUD, "FOGMESH_BRIDGE_CLOUD_WORKERS": str(args.cloud_workers)}
     results: dict[str, Any] = {"config": vars(args), "runs": []}
     with broker() as m, tempfile.TemporaryDirectory(prefix="fogmesh-cluster-") as tmpdir:
         tmp = Path(args.workdir or tmpdir)
@@ -150,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                     results["runs"].append(res)
                     print(f"{pattern:<7} {policy:<10} mean {res['latency_mean_ms']:7.0f} ms  p95 "
                           f"{res['latency_p95_ms']:7.0f} ms  hit {res['deadline_hit_rate']:.2f}  cloud tokens "
-                          f"{res['cloud_token_share']:.2f}  CPR {res['cost_per_response']:.2e}  balance "
-                          f"{res['load_balance']:.2f}", flush=True)
+                          f"{res['cloud_tokens']}  expired {res['expired']}  refused {res['rejected']}  CPR "
+                          f"{res['cost_per_response']:.2e}  PCR {res['pcr']:.3g}  prediction error edge "
+                          f"{res['prediction_error']['edge']:.2f} cloud {res['prediction_error']['cloud']:.2f}  "
+                          f"balance {res['load_balance']:.2f}", flush=True)
                     if coord:
                         coord.terminate()
                         coord.wait(30)

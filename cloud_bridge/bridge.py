@@ -259,6 +259,7 @@ class Bridge(Daemon):
                           oldest_age_s=round(oldest, 2), dlq_depth=self._dlq_depth, latency_s=s.cloud_latency_s,
                           decode_tps=s.cloud_tps, price_in_per_1k=s.price_in_per_1k,
                           price_out_per_1k=s.price_out_per_1k, models=list(s.cloud_models),
+                          workers=s.cloud_workers, in_flight=self.outbox.in_flight(),
                           host=socket.gethostname(), pid=os.getpid(),
                           ts=time.time())
         if wait:

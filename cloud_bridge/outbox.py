@@ -74,6 +74,13 @@ class Outbox:
         row = self._run("SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'").fetchone()
         return int(row[0]), (time.time() - row[1]) if row[1] else 0.0
 
+    def in_flight(self, within_s: float = 3600.0) -> int:
+        """Jobs sent to the queue in the last ``within_s`` whose result has not come back yet."""
+        row = self._run("SELECT count(*) FROM outbox o WHERE state = 'sent' AND sent_at > ? AND NOT EXISTS "
+                        "(SELECT 1 FROM delivered d WHERE d.key = o.key AND d.attempt = o.attempt)",
+                        (time.time() - within_s,)).fetchone()
+        return int(row[0])
+
     def delivered(self, key: str, attempt: int) -> bool:
         return self._run("SELECT 1 FROM delivered WHERE key = ? AND attempt = ?", (key, attempt)).fetchone() is not None
 

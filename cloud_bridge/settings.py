@@ -40,6 +40,7 @@ class BridgeSettings(Connection, CloudSettings):
     status_interval_s: float = 5.0
     cloud_latency_s: float = 1.0  # what the scheduler assumes of the cloud tier
     cloud_tps: float = 60.0
+    cloud_workers: int = 0  # jobs the cloud runs at once, for the scheduler's queue wait; 0: it scales out
     price_in_per_1k: float = 0.00015
     price_out_per_1k: float = 0.0006
     # The model names the cloud worker answers to, told in the bridge's status (the gateway's /v1/models lists them).

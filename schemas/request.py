@@ -115,6 +115,10 @@ class Request(_Message, frozen=True):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
 
+    def texts(self) -> list[str]:
+        """The input's text: the prompt, or every message's content."""
+        return [self.prompt] if self.prompt is not None else [m.content for m in self.messages or ()]
+
     def text_size(self) -> int:
         """Characters of input: the prompt, or every message's content."""
         return len(self.prompt or "") + sum(len(m.content) for m in self.messages or ())

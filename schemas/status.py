@@ -54,6 +54,11 @@ class AgentStatus(_Message, frozen=True):
     progress: dict[str, NonNegative] = {}  # job key -> tokens generated so far, for the running ones
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
+    # Prompt tokens/s past the calibration prompt's (so TTFT grows by prompt tokens / prefill_tps);
+    # 0: not measured.
+    prefill_tps: float = 0.0
+    # One job's decode tokens/s while i + 1 slots decode at once (index: concurrency - 1); 0: not measured.
+    decode_tps_at: list[float] = []
     mem_free_bytes: NonNegative = 0
     budget: Budget | None = None
     energy_j_per_token: float = 0.0
@@ -178,6 +183,8 @@ class BridgeStatus(_Message, frozen=True):
     price_in_per_1k: float = 0.0
     price_out_per_1k: float = 0.0
     models: list[str] = []  # the model names the cloud tier answers to (bridge.cloud_models)
+    workers: NonNegative = 0  # jobs the cloud runs at once (bridge.cloud_workers); 0: not limited
+    in_flight: NonNegative = 0  # jobs sent to the queue whose answer has not come back
     host: str = ""
     pid: NonNegative = 0
     ts: float = 0.0

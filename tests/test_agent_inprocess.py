@@ -83,3 +83,16 @@ def test_a_malformed_assignment_is_dropped_and_the_agent_serves_on(agent):
     wait_for(lambda: "done" in events(agent, "after"), 10, what="the done event")
     statuses = [orjson.loads(p) for t, p, _ in agent.session.published if t == T.agent_status("a1")]
     assert statuses and statuses[-1]["state"] == "online"
+
+
+def test_the_status_advertises_prefill_and_decode_rates_by_slots_busy():
+    from agents.status import StatusBoard
+
+    board = StatusBoard(AgentSettings(site=SITE, agent_id="a2", slots=2), [])
+    board.base_prompt_tokens = 10
+    board.record_prefill(240, 1.2, prior=True)  # 240 more prompt tokens took 1.2 s more: 200 tokens/s
+    board.record(0.1, 40.0, 8, prompt_tokens=10, running=1)
+    board.record(1.1, 25.0, 8, prompt_tokens=210, running=2)  # a long prompt, with the other slot busy
+    st = board.snapshot()
+    assert st.prefill_tps == 200.0 and st.decode_tps_at == [40.0, 25.0]
+    assert st.ttft_ms == 100.0  # the long prompt's prefill is not counted into the short prompt's TTFT

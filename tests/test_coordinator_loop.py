@@ -138,7 +138,7 @@ def test_timeouts_find_expired_jobs_and_unaccepted_assignments_without_a_walk(co
     coord._handle(status("a1", 1, time.time(), heartbeat_s=60.0))
     coord._handle(prompt(0))
     coord._handle(Message(topic=Topics(SITE).prompts("dev"), payload=orjson.dumps(
-        {"id": "soon", "prompt": "x", "max_tokens": 4, "deadline_ms": 1}), qos=1, received_at=time.time()))
+        {"id": "soon", "prompt": "x", "max_tokens": 4, "deadline_ms": 900}), qos=1, received_at=time.time()))
     coord.dispatcher.run(time.time(), time.monotonic())
     assert {job.state.value for job in coord.jobs} == {"assigned"}
     later = time.monotonic() + coord.settings.accept_timeout_s + 1

@@ -37,6 +37,10 @@ def random_view(rng: random.Random, name: str) -> AgentView:
         # few distinct rates and TTFTs, so that predicted completions tie often
         decode_tps=rng.choice([10.0, 20.0, 50.0, 50.0, rng.uniform(5, 100)]),
         ttft_ms=rng.choice([20.0, 50.0, 50.0, rng.uniform(1, 300)]),
+        # agents that advertise prefill and per-concurrency rates beside ones that do not
+        prefill_tps=rng.choice([0.0, 0.0, 200.0, rng.uniform(50, 2000)]),
+        decode_tps_at=rng.choice([(), (), (40.0, 30.0, 0.0, 12.0), tuple(rng.choice([0.0, rng.uniform(5, 60)])
+                                                                       for _ in range(rng.randint(1, 4)))]),
         budget_tokens=rng.choice([0, 0, 0, 200, 500]), budget_used=rng.randint(0, 500),
         energy_j_per_token=rng.choice([0.0, 0.0, 0.0, 1.0, 5.0, rng.uniform(0, 5)]),
         price_per_kwh=rng.choice([0.0, 0.3, 0.3]), prefetch=rng.choice([0, 1, 1, 2]),
@@ -46,7 +50,8 @@ def random_view(rng: random.Random, name: str) -> AgentView:
 def random_job(rng: random.Random, names: list[str], i: int) -> JobSpec:
     return JobSpec(
         key=f"d/j{i}", max_tokens=rng.choice([1, 16, 64, 64, 128, rng.randint(1, 512)]),
-        prompt_tokens=rng.randint(0, 100), model=rng.choice([None, "m", "m", "x", "y", "z"]),
+        prompt_tokens=rng.choice([rng.randint(0, 100), rng.randint(500, 1500)]),
+        expect_tokens=rng.choice([0, 0, rng.randint(1, 300)]), model=rng.choice([None, "m", "m", "x", "y", "z"]),
         chat=rng.random() < 0.2, priority=rng.randint(0, 9),
         deadline_at=rng.choice([None, NOW + rng.uniform(0.05, 0.5), NOW + rng.uniform(0.5, 12)]),
         privacy=rng.choice(["cloud-ok", "edge-only"]), offline_ok=rng.random() < 0.3,
@@ -56,7 +61,9 @@ def random_job(rng: random.Random, names: list[str], i: int) -> JobSpec:
 
 def random_cloud(rng: random.Random) -> CloudTier:
     return CloudTier(enabled=rng.random() < 0.6, reachable=rng.random() < 0.8, latency_s=rng.uniform(0.1, 2),
-                     decode_tps=rng.uniform(20, 200), price_in_per_1k=0.5, price_out_per_1k=1.5)
+                     decode_tps=rng.uniform(20, 200), price_in_per_1k=0.5, price_out_per_1k=1.5,
+                     ttft_s=rng.choice([0.0, rng.uniform(0, 1)]), workers=rng.choice([0, 1, 4]),
+                     in_flight=rng.randint(0, 8), service_s=rng.choice([0.0, rng.uniform(0.5, 5)]))
 
 
 def assert_equally_good(ref: Decision, got: Decision, views: dict[str, AgentView], policy: str) -> None:

@@ -50,7 +50,8 @@ def test_cancel_removes_a_queued_job_before_it_runs(daemons, broker_url, site_id
 
 
 def test_a_job_past_its_deadline_is_stopped_and_expired(daemons, broker_url, site_id, device):
-    daemons("coordinator")
+    # load-aware runs it: the deadline policy refuses it at once as infeasible (test_feasibility.py)
+    daemons("coordinator", "--policy", "load-aware")
     agent = daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
     device.send({"id": "late", "prompt": ENDLESS, "max_tokens": 400, "deadline_ms": 1500})
@@ -65,7 +66,8 @@ def test_mqtt5_message_expiry_counts_as_a_deadline(daemons, broker_url, site_id,
     daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
     device.send({"id": "exp", "prompt": ENDLESS, "max_tokens": 400}, expiry_s=1)
-    assert device.final("exp")["status"] == "expired"
+    final = device.final("exp")  # 400 tokens do not fit in the second the message expiry leaves
+    assert final["status"] == "rejected" and final["error"]["code"] == "deadline_infeasible", final
 
 
 def test_higher_priority_jumps_the_queue_but_nothing_starves(daemons, broker_url, site_id, device):

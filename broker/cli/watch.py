@@ -188,13 +188,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
             line = f"  +{(h['ts'] - t0) * 1000:8.1f} ms  {h['state']:<10}"
             if "policy" in d:
                 line += f" policy={d['policy']} -> {d.get('agent') or d.get('target')} ({d.get('reason')}),"
-                line += f" predicted {d.get('predicted_ms')} ms"
+                line += f" predicted {d.get('predicted_ms')} ms" + (f", {d['error']}" if d.get("error") else "")
                 print(line)
+                for tier, p in (("chosen", d.get("parts")), ("cloud", d.get("cloud"))):
+                    if p:
+                        print(f"      {tier}: wait {p['wait_ms']:.0f} ms + first token {p['first_token_ms']:.0f} ms"
+                              f" + decode {p['decode_ms']:.0f} ms ({p['tokens']} tokens assumed)")
                 for c in d.get("candidates", []):
                     mark = "*" if c["agent"] == d.get("agent") else " "
                     print(f"      {mark} {c['agent']:<14} {'eligible' if c['eligible'] else c['reason']:<14}"
                           f" wait {c['wait_ms']:>7.1f} ms  completion {c['completion_ms']:>8.1f} ms"
-                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}")
+                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}"
+                          + (f"  [first token {c['first_token_ms']:.0f} ms, decode {c['decode_ms']:.0f} ms"
+                             f" for {c['tokens']} tokens]" if "tokens" in c else ""))
                 if d.get("other_candidates"):
                     print("        and " + ", ".join(f"{n} more {why}" for why, n in d["other_candidates"].items()))
                 continue

@@ -109,6 +109,8 @@ class Admission:
                          "priority": req.priority, "request": job.request_row(), "created_at": now,
                          "deadline_at": deadline})
         c.count("accepted")
+        if deadline is not None:
+            c.admitted.append(job.key)  # the next dispatch pass checks it can be met
         if log.isEnabledFor(logging.INFO):  # a line per job: not even built when it is not written
             log.info(kv("job_accepted", job=job.key, max_tokens=req.max_tokens, priority=req.priority))
 

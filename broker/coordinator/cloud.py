@@ -1,11 +1,13 @@
 """The cloud tier as the coordinator uses it: the bridge's retained status says whether it is
 there and what it costs; jobs the scheduler sends it go out on ``cloud/requests``, and their
-outcome comes back on ``cloud/events``."""
+outcome comes back on ``cloud/events``. How long the cloud really takes is learned from the jobs
+it answers (``cloudtime``)."""
 
 from __future__ import annotations
 
 import logging
 
+from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.context import Core
 from broker.coordinator.explain import explained
 from broker.coordinator.finals import Finals
@@ -25,6 +27,11 @@ class Cloud:
     def __init__(self, core: Core, finals: Finals) -> None:
         self.core = core
         self.finals = finals
+        self.time = CloudTime()
+
+    def tier(self) -> CloudTier:
+        """The cloud tier as the next decision should see it: learned times, jobs in flight."""
+        return self.time.tier(self.core.cloud)
 
     def on_bridge_status(self, msg: Message) -> None:
         c = self.core
@@ -36,7 +43,13 @@ class Cloud:
         was = c.cloud
         c.cloud = CloudTier(enabled=st.state == "online", reachable=st.reachable, latency_s=st.latency_s,
                             decode_tps=st.decode_tps, price_in_per_1k=st.price_in_per_1k,
-                            price_out_per_1k=st.price_out_per_1k, models=frozenset(st.models))
+                            price_out_per_1k=st.price_out_per_1k, models=frozenset(st.models),
+                            workers=st.workers)
+        self.time.bridge_in_flight = st.outbox_depth + st.in_flight
+        for key in self.time.waiting_for():  # ended otherwise (cancelled, expired): no longer in flight
+            job = c.jobs.get(key)
+            if job is None or job.state is not JobState.OFFLOADED:
+                self.time.forget(key)
         if (was.enabled, was.reachable) != (c.cloud.enabled, c.cloud.reachable):
             log.info(kv("cloud_tier", enabled=c.cloud.enabled, reachable=c.cloud.reachable))
 
@@ -51,6 +64,7 @@ class Cloud:
         req = CloudRequest(key=job.key, site=c.settings.site, device=job.device, job=job.job, attempt=job.attempt,
                            priority=job.req.priority, deadline_at=job.deadline_at, offline_ok=job.req.offline_ok,
                            created_at=job.created_at, **request_of(job.req))
+        self.time.sent(job.key, c.clock(), self.tier())
         c.pending.publish(c.topics.cloud_requests, encode(req))
         log.info(kv("job_offloaded", job=job.key, attempt=job.attempt, reason=decision.reason,
                     predicted_ms=decision.predicted_s * 1000))
@@ -65,6 +79,7 @@ class Cloud:
             c.count("duplicates")
             log.info(kv("cloud_result_dropped", job=res.key, kind=res.kind, reason="job no longer waits for it"))
             return
+        self.time.finished(job.key, c.clock(), (res.timings or {}) if res.kind == "done" else None)
         if res.kind == "done":
             cost = ({"cloud": round(cloud_cost(c.cloud, res.usage.prompt_tokens, res.usage.completion_tokens), 9)}
                     if res.usage else None)

@@ -10,6 +10,7 @@ from typing import Any
 
 from broker.coordinator.jobs import Jobs
 from broker.coordinator.ledger import Ledger
+from broker.coordinator.lengths import AnswerLengths
 from broker.coordinator.registry import Registry
 from broker.coordinator.scheduler import CloudTier
 from broker.coordinator.settings import CoordinatorSettings
@@ -107,6 +108,8 @@ class Core:
     pending: Pending = field(default_factory=Pending)
     cloud: CloudTier = field(default_factory=CloudTier)  # enabled while a bridge's status says it is online
     stats: SiteStats = field(default_factory=SiteStats)
+    lengths: AnswerLengths = field(default_factory=AnswerLengths)  # answer lengths of finished jobs
+    admitted: list[str] = field(default_factory=list)  # jobs accepted since the last dispatch pass
     m: CoordinatorMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +117,10 @@ class Core:
         self.registry = Registry(self.settings.agent_timeout_factor)
         self.jobs = Jobs(self.settings.aging_s)
         self.m = CoordinatorMetrics.create(self.metrics)
+
+    def length_key(self, model: str | None) -> str:
+        """The model a job's answer length is learned and predicted under: the one it names, else the site's."""
+        return model or self.settings.default_model or ""
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

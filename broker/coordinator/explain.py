@@ -28,10 +28,14 @@ def explained(d: Decision) -> dict[str, Any]:
         "policy": d.policy, "target": d.target, "agent": d.agent, "reason": d.reason,
         "predicted_ms": round(d.predicted_s * 1000, 1), "at_risk": d.at_risk,
         "cost": {"edge": round(d.cost, 9)},
+        # the prediction in parts: queue wait, first token (TTFT + prefill), decode of the tokens assumed
+        "parts": d.parts.as_ms() if d.parts else None,
+        "cloud": d.cloud.as_ms() | {"completion_ms": round(d.cloud.completion_s * 1000, 1)} if d.cloud else None,
         "candidates": [
             {"agent": c.agent, "eligible": c.eligible, "reason": c.reason, "wait_ms": round(c.wait_s * 1000, 1),
              "completion_ms": round(c.completion_s * 1000, 1), "cost": round(c.cost, 9),
-             "meets_deadline": c.meets_deadline, "has_room": c.has_room}
+             "meets_deadline": c.meets_deadline, "has_room": c.has_room,
+             **(c.parts.as_ms() if c.parts else {})}
             for c in shown
         ],
         "other_candidates": others,

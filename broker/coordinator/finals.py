@@ -54,7 +54,10 @@ class Finals:
                       json=answer)
         c.jobs.remove(job)
         body = encode(final)
-        c.ledger.update(job.key, status, {"error": error.code} if error else None, final=body.decode(), delivered=0)
+        detail = {"error": error.code} if error else None
+        if status == "rejected" and job.decision:  # refused as infeasible: the decision says why
+            detail = {**job.decision, **(detail or {})}
+        c.ledger.update(job.key, status, detail, final=body.decode(), delivered=0)
         c.count(status)
         tier = served_by.tier if served_by else "none"
         c.stats.record(now, job.key, status, tier, node=served_by.node if served_by else "",
@@ -62,6 +65,9 @@ class Finals:
                        latency_ms=timings["total_ms"], ttft_ms=timings.get("ttft_ms"),
                        cloud_spend=(cost or {}).get("cloud", 0.0) if status == "done" else 0.0)
         self.measure(job, status, served_by, timings, final.cost)
+        if status == "done" and usage is not None:
+            c.lengths.record(c.length_key(job.req.model), job.device, usage.completion_tokens,
+                             cut_off=finish_reason == "length")
         if log.isEnabledFor(logging.INFO):
             log.info(kv("job_" + status, job=job.key, node=served_by.node if served_by else None,
                         total_ms=timings["total_ms"], tokens=usage.completion_tokens if usage else None,

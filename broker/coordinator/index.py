@@ -9,7 +9,8 @@ policy ranks agents and stops as soon as no later agent could win:
 
 * ``load-aware``: agents with room by (load, -tokens/s, name); the first eligible one wins.
 * ``deadline``: agents by (predicted completion, load, name), one heap per job size
-  (``max_tokens``) in use, the last ``SIZES_KEPT`` kept; the walk ends past the deadline, past
+  (answer tokens assumed, prompt tokens bucketed: ``JobSpec.size``) in use, the last
+  ``SIZES_KEPT`` kept; the walk ends past the deadline, past
   the 25% slack of the quickest, or once the best so far costs the least any agent there can.
 * ``random``, ``weighted``: drawn from the agents with room (weighted: a draw is kept in
   proportion to its capability), drawn again when ineligible for this job; after ``DRAWS``
@@ -25,12 +26,14 @@ Candidates are the agents the walk assessed, not the whole fleet.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
 from collections import OrderedDict
 from collections.abc import Iterator
 
+from broker.coordinator.predict import cloud_parts
 from broker.coordinator.scheduler import (
     DEADLINE_SLACK,
     J_PER_KWH,
@@ -46,6 +49,8 @@ from broker.coordinator.scheduler import (
     cloud_cost,
     predict_tokens,
 )
+
+Size = tuple[int, int]  # (answer tokens, prompt tokens bucketed)
 
 SIZES_KEPT = 8  # job sizes with a completion heap of their own; another size builds one (O(agents))
 DRAWS = 64  # random and weighted draws before assessing every agent with room
@@ -86,7 +91,7 @@ class _Side:
         self.wmax = 0.0  # at least the largest weight here (a weighted draw is kept with w / wmax)
         self.ep_floor = math.inf  # at most the least energy x price here (the cheapest an agent can be)
         self.ranked: list[Entry] = []  # with room: (load, -tokens/s); without: (queue wait, 0)
-        self.by_size: OrderedDict[int, list[Entry]] = OrderedDict()  # max_tokens -> (completion, load)
+        self.by_size: OrderedDict[Size, list[Entry]] = OrderedDict()  # size -> (completion, load)
         self.pushed = 0
 
     def _rank(self, v: AgentView) -> Entry:
@@ -94,8 +99,8 @@ class _Side:
             return (_load(v), -v.decode_tps, v.agent, self.serial[v.agent])
         return (predict_tokens(v, 0)[0], 0.0, v.agent, self.serial[v.agent])
 
-    def _timed(self, v: AgentView, size: int) -> Entry:
-        return (predict_tokens(v, size)[1], _load(v), v.agent, self.serial[v.agent])
+    def _timed(self, v: AgentView, size: Size) -> Entry:
+        return (predict_tokens(v, *size)[1], _load(v), v.agent, self.serial[v.agent])
 
     def add(self, v: AgentView) -> None:
         self.views[v.agent] = v
@@ -145,7 +150,7 @@ class _Side:
     def by_rank(self) -> Iterator[AgentView]:
         return (v for _, v in self._walk(self.ranked))
 
-    def by_completion(self, size: int) -> Iterator[tuple[float, AgentView]]:
+    def by_completion(self, size: Size) -> Iterator[tuple[float, AgentView]]:
         heap = self.by_size.get(size)
         if heap is None:
             heap = self.by_size[size] = [self._timed(v, size) for v in self.views.values()]
@@ -234,7 +239,8 @@ class _Query:
         self.seen: dict[str, Candidate] = {}
         self.cloud_allowed = cloud.enabled and job.privacy != "edge-only"
         self.cloud_ok = self.cloud_allowed and (cloud.reachable or job.offline_ok)
-        self.cloud_s = cloud.latency_s + job.max_tokens / (cloud.decode_tps or 1.0)
+        self.cloud_parts = cloud_parts(cloud, job.tokens) if self.cloud_allowed else None
+        self.cloud_s = self.cloud_parts.completion_s if self.cloud_parts else 0.0
 
     def look(self, v: AgentView) -> Candidate | None:
         """The agent assessed for this job (once); None when it is not eligible."""
@@ -245,16 +251,18 @@ class _Query:
 
     def agent(self, c: Candidate, reason: str, at_risk: bool = False) -> Decision:
         return Decision("agent" if c.has_room else "wait", self.policy, c.agent, c.completion_s, c.cost, at_risk,
-                        reason, tuple(self.seen.values()))
+                        reason, tuple(self.seen.values()), c.parts, self.cloud_parts)
 
     def to_cloud(self, code: str) -> Decision:
-        cost = cloud_cost(self.cloud, self.job.prompt_tokens, self.job.max_tokens)
+        cost = cloud_cost(self.cloud, self.job.prompt_tokens, self.job.tokens)
         return Decision("cloud", self.policy, None, self.cloud_s, cost, False, OFFLOAD_REASONS[code],
-                        tuple(self.seen.values()))
+                        tuple(self.seen.values()), self.cloud_parts, self.cloud_parts)
 
     def nowhere(self) -> Decision:
         if self.cloud_allowed:
-            return self.to_cloud("no_eligible_agent")
+            deadline = self.job.deadline_at
+            late = self.policy == "deadline" and deadline is not None and self.now + self.cloud_s > deadline
+            return dataclasses.replace(self.to_cloud("no_eligible_agent"), at_risk=late)
         return Decision("wait", self.policy, reason="no eligible edge agent", candidates=tuple(self.seen.values()))
 
     def deadline(self, roomy: _Side, full: _Side) -> Decision:
@@ -276,8 +284,8 @@ class _Query:
 
     def cheapest_in_time(self, side: _Side) -> tuple[Candidate | None, Candidate | None]:
         """(the scan's pick among this side's agents that meet the deadline, the quickest eligible one)."""
-        size = self.job.max_tokens
-        floor = side.cost_floor(size)
+        size = self.job.size
+        floor = side.cost_floor(size[0])
         best: Candidate | None = None
         first: Candidate | None = None
         key: tuple[float, float, float, str] | None = None

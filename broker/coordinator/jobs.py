@@ -80,6 +80,11 @@ class Job:
     size: int = 0  # bytes of the prompt held in memory (max_queue_bytes)
     stranded_at: float | None = None  # since when no agent online (nor the cloud) could take it
     decision: dict[str, Any] | None = None
+    expect_tokens: int = 0  # the answer length its placement was predicted for (0: max_tokens)
+
+    @property
+    def planned_tokens(self) -> int:
+        return self.expect_tokens or self.req.max_tokens
 
     @classmethod
     def recovered(cls, row: dict[str, Any], mono: float) -> Job:
@@ -109,7 +114,8 @@ class Jobs:
     def __init__(self, aging_s: float) -> None:
         self._by_key: dict[str, Job] = {}
         self._by_agent: dict[str, set[str]] = {}  # agent -> keys of the live jobs placed on it
-        self._load: dict[str, list[int]] = {}  # agent -> [jobs placed on it, their max_tokens together]
+        # agent -> [jobs placed on it, their max_tokens together, the answer tokens expected of them]
+        self._load: dict[str, list[int]] = {}
         self.changed: set[str] = set()  # agents whose load changed since the fleet last looked
         self.waiting = WaitQueue(aging_s)  # keys of the jobs in state QUEUED
         self.held_bytes = 0
@@ -174,9 +180,10 @@ class Jobs:
                 self._count(agent, job, 1)
 
     def _count(self, agent: str, job: Job, sign: int) -> None:
-        load = self._load.setdefault(agent, [0, 0])
+        load = self._load.setdefault(agent, [0, 0, 0])
         load[0] += sign
         load[1] += sign * job.req.max_tokens
+        load[2] += sign * job.planned_tokens
         self.placed += sign
         self.changed.add(agent)
         if not load[0]:
@@ -222,6 +229,11 @@ class Jobs:
         """(jobs placed on ``agent``, their max_tokens together)."""
         load = self._load.get(agent)
         return (load[0], load[1]) if load else (0, 0)
+
+    def expected_on(self, agent: str) -> int:
+        """The answer tokens expected of the jobs placed on ``agent``, together."""
+        load = self._load.get(agent)
+        return load[2] if load else 0
 
     def take_changed(self) -> set[str]:
         changed, self.changed = self.changed, set()

@@ -65,7 +65,7 @@ class Coordinator(Daemon):
         self.admission = Admission(core, self.finals)
         self.edge = Edge(core, self.finals)
         self.cloud = Cloud(core, self.finals)
-        self.dispatcher = Dispatcher(core, self.cloud)
+        self.dispatcher = Dispatcher(core, self.cloud, self.finals)
         self.timeouts = Timeouts(core, self.edge, self.finals)
         self.status = StatusBoard(core, self.dispatcher.views)
         self._inbox = Inbox()  # None in it: a PUBACK arrived, wake up

@@ -6,10 +6,12 @@ Policies:
 * ``weighted`` - eligible agents with room, drawn in proportion to capability
   (decode tokens/s x slots) (the research's Weighted).
 * ``load-aware`` - the eligible agent with the least load per slot (the research's Load-Aware).
-* ``deadline`` - fogmesh's: predict each agent's completion time
-  (queue wait + TTFT + max_tokens / decode rate); among agents that meet the
-  job's deadline, the cheapest; if none can, the cloud when the job's privacy
-  allows it; else the fastest agent, flagged at risk.
+* ``deadline`` - fogmesh's: predict each agent's completion time (``predict``:
+  queue wait + TTFT + prefill + expected tokens / decode rate at the job's
+  concurrency); among agents that meet the job's deadline, the cheapest; if none
+  can, the cloud when the job's privacy allows it and its prediction meets the
+  deadline; else the fastest agent, flagged at risk (the coordinator refuses such
+  a job as ``deadline_infeasible``).
 
 Eligible means online, fresh, holding the model (with a chat template, for chat messages), and
 inside its token budget.
@@ -17,11 +19,14 @@ inside its token budget.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from broker.coordinator.predict import Parts, agent_parts, cloud_parts, prompt_bucket
 
 POLICIES = ("random", "weighted", "load-aware", "deadline")
 Policy = Literal["random", "weighted", "load-aware", "deadline"]
@@ -41,9 +46,11 @@ class AgentView:
     default_model: str = ""  # what it runs for a job that names no model
     slots: int = 1
     outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
-    outstanding_tokens: int = 0  # their max_tokens, summed
+    outstanding_tokens: int = 0  # their expected answer tokens, summed
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
+    prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)
+    decode_tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (0: not measured)
     budget_tokens: int = 0  # 0: no budget
     budget_used: int = 0
     energy_j_per_token: float = 0.0
@@ -61,8 +68,12 @@ class CloudTier:
 
     enabled: bool = False  # a bridge is online
     reachable: bool = True  # the bridge can reach the queue now (else only offline_ok jobs may go)
-    latency_s: float = 1.0  # WAN + queueing before the first token
+    latency_s: float = 1.0  # WAN + the queue service before a worker starts (learned when jobs finish)
     decode_tps: float = 50.0
+    ttft_s: float = 0.0  # a worker's time to first token (learned; 0: counted in latency_s)
+    workers: int = 0  # jobs the cloud runs at once (the bridge advertises it; 0: as many as come)
+    in_flight: int = 0  # jobs sent to the cloud and not answered yet
+    service_s: float = 0.0  # a worker's time per job (learned; 0: not known yet)
     price_in_per_1k: float = 0.0
     price_out_per_1k: float = 0.0
     models: frozenset[str] = frozenset()  # the model names it answers to (bridge.cloud_models)
@@ -73,6 +84,7 @@ class JobSpec:
     key: str
     max_tokens: int
     prompt_tokens: int = 0
+    expect_tokens: int = 0  # the answer length to plan for (a learned quantile); 0: max_tokens
     model: str | None = None
     chat: bool = False  # the job is chat messages: only agents whose model has a chat template
     priority: int = 5
@@ -80,6 +92,16 @@ class JobSpec:
     privacy: str = "cloud-ok"
     offline_ok: bool = False  # may wait in the bridge's outbox while the cloud is unreachable
     exclude: frozenset[str] = frozenset()  # agents that already failed this job
+
+    @property
+    def tokens(self) -> int:
+        """The answer tokens predictions assume: the expected length, at most ``max_tokens``."""
+        return min(self.expect_tokens, self.max_tokens) if self.expect_tokens > 0 else self.max_tokens
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """What an agent's prediction depends on, of the job: (answer tokens, prompt tokens bucketed)."""
+        return self.tokens, prompt_bucket(self.prompt_tokens)
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class Candidate:
     cost: float = 0.0
     meets_deadline: bool = True
     has_room: bool = False
+    parts: Parts | None = None
 
 
 # Why a job goes to the cloud: a short code (the offloads metric's label) and the words the decision
@@ -115,6 +138,8 @@ class Decision:
     at_risk: bool = False
     reason: str = ""
     candidates: tuple[Candidate, ...] = field(default=())
+    parts: Parts | None = None  # the chosen tier's prediction in parts
+    cloud: Parts | None = None  # the cloud's prediction, when the job may go there
 
 
 class Priced(Protocol):
@@ -137,16 +162,13 @@ def cloud_cost(cloud: CloudTier, prompt_tokens: int, completion_tokens: int) -> 
 
 def predict(view: AgentView, job: JobSpec) -> tuple[float, float]:
     """(queue wait, completion) in seconds from now if ``job`` went to ``view``."""
-    return predict_tokens(view, job.max_tokens)
+    return predict_tokens(view, *job.size)
 
 
-def predict_tokens(view: AgentView, max_tokens: int) -> tuple[float, float]:
-    """:func:`predict` for a job of ``max_tokens``: the index ranks agents by it, bit for bit as the scan does."""
-    tps = view.decode_tps or 1.0
-    wait = 0.0
-    if view.outstanding >= view.slots:
-        wait = view.outstanding_tokens / tps / max(view.slots, 1)
-    return wait, wait + view.ttft_ms / 1000 + max_tokens / tps
+def predict_tokens(view: AgentView, tokens: int, prompt_tokens: int = 0) -> tuple[float, float]:
+    """:func:`predict` for a job of this size: the index ranks agents by it, bit for bit as the scan does."""
+    p = agent_parts(view, tokens, prompt_tokens)
+    return p.wait_s, p.completion_s
 
 
 def assess(view: AgentView, job: JobSpec, now: float) -> Candidate:
@@ -163,12 +185,13 @@ def assess(view: AgentView, job: JobSpec, now: float) -> Candidate:
         reason = "failed_before"
     elif view.budget_tokens and view.budget_used + job.max_tokens > view.budget_tokens:
         reason = "over_budget"
-    wait, completion = predict(view, job)
+    parts = agent_parts(view, *job.size)
+    completion = parts.completion_s
     meets = job.deadline_at is None or now + completion <= job.deadline_at
     return Candidate(
-        agent=view.agent, eligible=reason == "ok", reason=reason, wait_s=wait,
-        completion_s=completion, cost=edge_cost(view, job.max_tokens),
-        meets_deadline=meets, has_room=view.has_room,
+        agent=view.agent, eligible=reason == "ok", reason=reason, wait_s=parts.wait_s,
+        completion_s=completion, cost=edge_cost(view, job.tokens),
+        meets_deadline=meets, has_room=view.has_room, parts=parts,
     )
 
 
@@ -187,22 +210,25 @@ def decide(
     by_name = {v.agent: v for v in agents}
     cloud_allowed = cloud.enabled and job.privacy != "edge-only"
     cloud_ok = cloud_allowed and (cloud.reachable or job.offline_ok)
-    cloud_s = cloud.latency_s + job.max_tokens / (cloud.decode_tps or 1.0)
-    c_cost = cloud_cost(cloud, job.prompt_tokens, job.max_tokens)
+    c_parts = cloud_parts(cloud, job.tokens) if cloud_allowed else None
+    cloud_s = c_parts.completion_s if c_parts else 0.0
+    c_cost = cloud_cost(cloud, job.prompt_tokens, job.tokens)
 
     def to_agent(c: Candidate, reason: str, at_risk: bool = False) -> Decision:
         # The cost shown is what the job's own tokens cost on that agent.
         target: Literal["agent", "wait"] = "agent" if c.has_room else "wait"
-        return Decision(target, policy, c.agent, c.completion_s, c.cost, at_risk, reason, cands)
+        return Decision(target, policy, c.agent, c.completion_s, c.cost, at_risk, reason, cands, c.parts, c_parts)
 
     def to_cloud(code: str) -> Decision:
-        return Decision("cloud", policy, None, cloud_s, c_cost, False, OFFLOAD_REASONS[code], cands)
+        return Decision("cloud", policy, None, cloud_s, c_cost, False, OFFLOAD_REASONS[code], cands, c_parts,
+                        c_parts)
 
     if not eligible:
         # No edge agent can take it at all: the cloud, even while unreachable (the bridge
         # holds offline_ok jobs and fails the others after its send timeout).
         if cloud_allowed:
-            return to_cloud("no_eligible_agent")
+            late = policy == "deadline" and job.deadline_at is not None and now + cloud_s > job.deadline_at
+            return dataclasses.replace(to_cloud("no_eligible_agent"), at_risk=late)
         # Over budget, offline or missing the model: the job waits until an agent can take it.
         return Decision("wait", policy, reason="no eligible edge agent", candidates=cands)
 

@@ -158,7 +158,7 @@ def refusal(final: Final) -> ApiError | None:
     code = final.error.code if final.error else final.status
     message = final.error.message if final.error else f"the job ended {final.status}"
     if final.status == "rejected":
-        status = {"overloaded": 429, "too_large": 413}.get(code, 400)
+        status = {"overloaded": 429, "too_large": 413, "deadline_infeasible": 503}.get(code, 400)
         param = PARAM_OF_CODE.get(code) or (code.removeprefix("invalid_") if code.startswith("invalid_") else None)
         return ApiError(status, code, message, param)
     if final.status == "expired":

@@ -42,7 +42,7 @@ class SiteSpec:
     broker: str | None = None  # an existing broker; None starts a private mosquitto
     model: str = ""
     slots: int = 1
-    threads: int = 0  # per agent; 0: the cores shared out (cores / agents)
+    threads: int = 0  # per process that runs a model; 0: the cores shared out (``model_threads``)
     policy: str = "deadline"
     data_dir: Path | None = None
     log_format: str = "kv"
@@ -136,7 +136,7 @@ class Site:
         agent_metrics = load(AgentSettings, "agent", p.config).metrics_port
         self._spawn("coordinator", ["coordinator", *common, "--policy", p.policy,
                                     "--ledger", str(self.data_dir / "ledger.db")])
-        threads = p.threads or max(1, (os.cpu_count() or 1) // max(p.agents, 1))
+        threads = p.threads or model_threads(os.cpu_count() or 1, p.agents, p.local_cloud)
         for i in range(1, p.agents + 1):
             args = ["agent", *common, "--agent-id", f"agent-{i}", "--threads", str(threads),
                     "--slots", str(p.slots)]
@@ -151,8 +151,10 @@ class Site:
             self.sqs = LocalSqs(free_port(), self.data_dir / "cloud")
             self.sqs.start()
             env = local_env()
+            # one worker process, one job at a time: the scheduler predicts the cloud's queue from it
             self._spawn("bridge", ["bridge", *common, "--endpoint-url", self.sqs.url,
-                                   "--outbox", str(self.data_dir / "outbox.db")], env)
+                                   "--outbox", str(self.data_dir / "outbox.db")],
+                        {**env, "FOGMESH_BRIDGE_CLOUD_WORKERS": "1"})
             self._spawn("cloud-worker", ["cloud-worker", "--endpoint-url", self.sqs.url, "--threads", str(threads),
                                          *(["--config", p.config] if p.config else []),
                                          "--log-format", p.log_format, *(["--model", p.model] if p.model else [])],
@@ -291,3 +293,10 @@ class Site:
             self._lock_file.close()  # releases the site's lock
             self._lock_file = None
         log.info(kv("site_stopped", site=self.spec.site))
+
+
+def model_threads(cores: int, agents: int, local_cloud: bool) -> int:
+    """Threads for each process that runs a model on this machine: the agents and, with
+    ``--local-cloud``, the cloud worker share the cores. Giving each cores / agents threads
+    oversubscribed them: an agent calibrated at 8.8 tokens/s decoded at 0.63 beside the worker."""
+    return max(1, cores // max(agents + (1 if local_cloud else 0), 1))

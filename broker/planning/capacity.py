@@ -6,21 +6,19 @@ times, and scored as the research defines it:
 
 - cost per response (CPR): energy x price per kWh on the edge (energy per token =
   the device's power / its decode rate), the API's per-token prices in the cloud;
-- utility U = a*Q + (1-a)*R, with Q the quality of the tier that answered (a score
-  you give each tier, e.g. its accuracy on your own evaluation) and R the
-  responsiveness: 1 for an answer within its deadline, deadline/latency after it;
-- performance-cost ratio PCR = U / CPR.
+- utility U = a*Q + (1-a)*R and the performance-cost ratio PCR = U / CPR, as
+  ``merit`` defines them (Q a score you give each tier, R the responsiveness).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from broker.coordinator.scheduler import CloudTier
+from broker.planning.merit import Quality
 from broker.planning.simulation import SimAgent, SimJob, figures, simulate
 from broker.runtime.errors import ConfigError
 
@@ -51,13 +49,6 @@ class Workload:
         return out
 
 
-@dataclass(frozen=True)
-class Quality:
-    edge: float = 0.6
-    cloud: float = 0.85
-    alpha: float = 0.5  # weight of quality against responsiveness
-
-
 def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, power_w: float = 10.0,
                       price_per_kwh: float = 0.30, model: str | None = None) -> list[SimAgent]:
     """``count`` devices like the one ``fogmesh probe --json`` measured, serving its first (or named) model."""
@@ -70,20 +61,6 @@ def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, po
     return [SimAgent(name=f"{report.get('host', 'device')}-{i + 1}", slots=slots, tps=tps,
                      ttft_s=m["advertises"]["ttft_ms"] / 1000, energy_j_per_token=power_w / tps if tps else 0.0,
                      price_per_kwh=price_per_kwh) for i in range(count)]
-
-
-def _score(jobs: list[SimJob], out: dict[str, dict[str, Any]], quality: Quality) -> dict[str, float]:
-    scores = []
-    for j in jobs:
-        o = out.get(j.key)
-        if o is None:
-            continue
-        q = quality.cloud if o["tier"] == "cloud" else quality.edge
-        latency = o["latency_s"]
-        r = 1.0 if j.deadline_s is None or latency <= j.deadline_s else j.deadline_s / latency
-        scores.append(quality.alpha * q + (1 - quality.alpha) * r)
-    utility = statistics.fmean(scores) if scores else 0.0
-    return {"utility": utility}
 
 
 def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quality: Quality) -> list[dict[str, Any]]:
@@ -99,9 +76,8 @@ def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quali
         if not jobs or (option != "cloud" and not fleet):
             continue
         out = simulate(jobs, fleet, tier, cloud_workers=10_000, policy="deadline")
-        fig = figures(jobs, out, fleet)
-        row: dict[str, Any] = {"option": option, "jobs": len(jobs), "unservable": unservable, **fig,
-                               **_score(jobs, out, quality)}
+        fig = figures(jobs, out, fleet, quality)
+        row: dict[str, Any] = {"option": option, "jobs": len(jobs), "unservable": unservable, **fig}
         # a job the option cannot take at all misses its deadline too
         row["deadline_hit_rate"] = fig["deadline_hit_rate"] * len(jobs) / (len(jobs) + unservable)
         # Where jobs arrive faster than the devices can serve them (and no cloud takes the rest), the
@@ -110,8 +86,6 @@ def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quali
         row["capacity_jobs_per_s"] = round(capacity, 3) if fleet else None
         row["over_capacity"] = option == "edge" and workload.rate_per_s > capacity
         row.pop("load_balance", None)
-        cpr = row["cost_per_response"]
-        row["pcr"] = row["utility"] / cpr if cpr > 0 else float("inf")
         rows.append(row)
     return rows
 

@@ -3,10 +3,17 @@
 
 ``fogmesh plan`` uses it to predict a workload on probed devices; ``bench/simulate.py``
 validates it against the measured cluster experiment and scales it to 1,000 agents.
+
+It models what the coordinator predicts with (``coordinator/predict.py``): an agent takes TTFT
++ prompt tokens / prefill rate + tokens / its rate at the number of slots decoding; the
+coordinator plans on answer lengths it learns (``lengths``) and on the cloud's times it learns
+(``cloudtime``) from the jobs the simulation finishes; the cloud runs ``cloud_workers`` jobs at
+once behind its queue; under ``deadline`` a job no tier can finish in time is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import statistics
@@ -14,7 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.coordinator.cloudtime import CloudTime
+from broker.coordinator.lengths import AnswerLengths
+from broker.coordinator.predict import rate_at
 from broker.coordinator.scheduler import AgentView, CloudTier, DispatchPass, JobSpec, WaitQueue, decide, edge_cost
+from broker.planning.merit import Quality, pcr, relative_error, utility
 from broker.runtime.budget import TokenWindow
 
 
@@ -28,6 +39,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 DISPATCH_S = 0.01  # the mesh's own latency per job (benchmark 2: a few ms each way)
+SCALES_OUT = 10_000  # cloud workers from which the cloud is taken to scale out (no queue to predict)
 
 
 @dataclass
@@ -36,18 +48,22 @@ class SimAgent:
     slots: int
     tps: float  # decode tokens/s per slot
     ttft_s: float
+    prefill_tps: float = 0.0  # prompt tokens/s (0: prompts cost nothing beyond TTFT)
+    tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (): tps at any
     budget_tokens: int = 0
     window_s: float = 60.0
     energy_j_per_token: float = 0.0
     price_per_kwh: float = 0.30
     busy: int = 0
     busy_tokens: int = 0
+    busy_expected: int = 0  # the answer tokens the scheduler planned for the busy jobs
     served: int = 0
     window: TokenWindow = field(default_factory=lambda: TokenWindow(60.0))
 
     def view(self, now: float) -> AgentView:
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
-                         outstanding_tokens=self.busy_tokens, decode_tps=self.tps, ttft_ms=self.ttft_s * 1000,
+                         outstanding_tokens=self.busy_expected, decode_tps=self.tps, ttft_ms=self.ttft_s * 1000,
+                         prefill_tps=self.prefill_tps, decode_tps_at=self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
                          energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh, prefetch=0)
 
@@ -66,11 +82,11 @@ class SimJob:
 
 def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud_workers: int,
              policy: str, seed: int = 1) -> dict[str, Any]:
-    """Run the trace; returns per-job latency, tier and cost plus the run's figures."""
+    """Run the trace; returns per job its tier, latency, cost and predicted latency."""
     rng = random.Random(seed)
     for a in agents:  # every run starts from idle agents, so one fleet can be run under several options
         a.window = TokenWindow(a.window_s)
-        a.busy = a.busy_tokens = a.served = 0
+        a.busy = a.busy_tokens = a.busy_expected = a.served = 0
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     n = 0
     for j in jobs:
@@ -81,6 +97,9 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
     cloud_free = [0.0] * cloud_workers
     out: dict[str, dict[str, Any]] = {}
     by_name = {a.name: a for a in agents}
+    lengths, learned = AnswerLengths(), CloudTime()
+    prior = dataclasses.replace(cloud, workers=cloud_workers if cloud_workers < SCALES_OUT else 0)
+    planned: dict[str, int] = {}
 
     def dispatch(now: float) -> None:
         nonlocal n
@@ -94,30 +113,48 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             j = pending[key]
             deadline = j.arrival + j.deadline_s if j.deadline_s else None
             spec = JobSpec(key=key, max_tokens=j.max_tokens, prompt_tokens=j.prompt_tokens, model="m",
-                           deadline_at=deadline, privacy=j.privacy)
+                           expect_tokens=lengths.expected("m", "", j.max_tokens), deadline_at=deadline,
+                           privacy=j.privacy)
             if this_pass.set_aside(key, spec):
                 continue
-            d = decide(spec, views, now, policy, cloud=cloud, rng=rng)  # type: ignore[arg-type]
-            if d.target == "cloud":
+            tier = learned.tier(prior)
+            d = decide(spec, views, now, policy, cloud=tier, rng=rng)  # type: ignore[arg-type]
+            predicted = now - j.arrival + d.predicted_s + DISPATCH_S
+            if d.at_risk and policy == "deadline" and deadline is not None:
+                out[key] = {"tier": "none", "status": "rejected", "latency_s": now - j.arrival, "cost": 0.0,
+                            "tokens": 0}
+                del pending[key]
+            elif d.target == "cloud":
                 start = max(now, min(cloud_free))
                 i = cloud_free.index(min(cloud_free))
                 end = start + cloud.latency_s + j.tokens / cloud.decode_tps
                 cloud_free[i] = end
+                learned.sent(key, now, tier)
+                heapq.heappush(events, (end, n, "cloud", (j, end - start - cloud.latency_s)))
+                n += 1
                 cost = j.prompt_tokens / 1000 * cloud.price_in_per_1k + j.tokens / 1000 * cloud.price_out_per_1k
                 out[key] = {"tier": "cloud", "latency_s": end - j.arrival + DISPATCH_S, "cost": cost,
-                            "tokens": j.tokens}
+                            "tokens": j.tokens, "predicted_s": predicted}
                 del pending[key]
             elif d.target == "agent" and d.agent:
                 a = by_name[d.agent]
                 a.busy += 1
                 a.busy_tokens += j.max_tokens
+                a.busy_expected += spec.tokens
+                planned[key] = spec.tokens
                 views[index[a.name]] = a.view(now)
-                end = now + DISPATCH_S + a.ttft_s + j.tokens / a.tps
+                prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
+                end = now + DISPATCH_S + a.ttft_s + prefill + j.tokens / rate_at(views[index[a.name]], a.busy)
                 heapq.heappush(events, (end, n, "finish", (a, j)))
                 n += 1
+                out[key] = {"predicted_s": predicted}
                 del pending[key]
             else:
                 this_pass.hold(key, spec)
+                if d.agent:  # it holds its place in that agent's queue for the rest of the pass, as in dispatch
+                    v = views[index[d.agent]]
+                    views[index[d.agent]] = dataclasses.replace(
+                        v, outstanding=v.outstanding + 1, outstanding_tokens=v.outstanding_tokens + spec.tokens)
         for key in this_pass.waiting():
             j = pending[key]
             waiting.push(key, j.priority, j.arrival)
@@ -127,14 +164,21 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
         if kind == "arrive":
             pending[payload.key] = payload
             waiting.push(payload.key, payload.priority, payload.arrival)
+        elif kind == "cloud":
+            j, service_s = payload
+            learned.finished(j.key, now, {"ttft_ms": 0.0, "decode_tps": cloud.decode_tps,
+                                          "generate_ms": service_s * 1000})
+            lengths.record("m", "", j.tokens, cut_off=j.tokens >= j.max_tokens)
         elif kind == "finish":
             a, j = payload
             a.busy -= 1
             a.busy_tokens -= j.max_tokens
+            a.busy_expected -= planned.pop(j.key)
             a.served += 1
             a.window.add(j.tokens, now)
-            out[j.key] = {"tier": "edge", "node": a.name, "latency_s": now - j.arrival + DISPATCH_S,
-                          "cost": edge_cost(a, j.tokens + j.prompt_tokens), "tokens": j.tokens}
+            lengths.record("m", "", j.tokens, cut_off=j.tokens >= j.max_tokens)
+            out[j.key].update({"tier": "edge", "node": a.name, "latency_s": now - j.arrival + DISPATCH_S,
+                               "cost": edge_cost(a, j.tokens + j.prompt_tokens), "tokens": j.tokens})
         dispatch(now)
         if not events and pending:  # only budget-blocked jobs left: advance to when windows drain
             heapq.heappush(events, (now + 1.0, n, "tick", None))
@@ -142,14 +186,29 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
     return out
 
 
-def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[SimAgent]) -> dict[str, Any]:
-    lat = [out[j.key]["latency_s"] * 1000 for j in jobs if j.key in out]
-    cloud_tokens = sum(o["tokens"] for o in out.values() if o["tier"] == "cloud")
+def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[SimAgent],
+            quality: Quality | None = None) -> dict[str, Any]:
+    """The run's figures: latency of the answered jobs, deadline hits over every job, jobs refused
+    and jobs answered late (the coordinator would have expired them), tokens the cloud took, the
+    research's utility and PCR, and how far predictions were from what happened, per tier."""
+    quality = quality or Quality()
+    answered = [(j, out[j.key]) for j in jobs if out.get(j.key, {}).get("tier") in ("edge", "cloud")]
+    # the latency of the answers a device got: one past its deadline is expired, as the coordinator does
+    lat = [o["latency_s"] * 1000 for j, o in answered if j.deadline_s is None or o["latency_s"] <= j.deadline_s]
+    cloud_tokens = sum(o["tokens"] for _, o in answered if o["tier"] == "cloud")
     served = [a.served for a in agents]
     mean_served = statistics.fmean(served) if served else 0
-    hit = sum(1 for j in jobs if j.key in out and (j.deadline_s is None or out[j.key]["latency_s"] <= j.deadline_s))
-    return {"latency_mean_ms": statistics.fmean(lat), "latency_p95_ms": percentile(lat, 95),
-            "deadline_hit_rate": hit / len(jobs),
-            "cloud_token_share": cloud_tokens / max(1, sum(o["tokens"] for o in out.values())),
-            "cost_per_response": statistics.fmean(o["cost"] for o in out.values()),
+    late = sum(1 for j, o in answered if j.deadline_s is not None and o["latency_s"] > j.deadline_s)
+    u, cpr, ratio = pcr((utility(out.get(j.key, {}).get("tier"), out.get(j.key, {}).get("latency_s", 0.0),
+                                 j.deadline_s, quality), out.get(j.key, {}).get("cost", 0.0)) for j in jobs)
+    errors = {tier: [relative_error(o["predicted_s"], o["latency_s"]) for _, o in answered
+                     if o["tier"] == tier and "predicted_s" in o] for tier in ("edge", "cloud")}
+    return {"latency_mean_ms": statistics.fmean(lat) if lat else float("nan"),
+            "latency_p95_ms": percentile(lat, 95),
+            "deadline_hit_rate": (len(answered) - late) / len(jobs),
+            "rejected": sum(1 for o in out.values() if o.get("status") == "rejected"), "late": late,
+            "cloud_tokens": cloud_tokens,
+            "cloud_token_share": cloud_tokens / max(1, sum(o["tokens"] for _, o in answered)),
+            "cost_per_response": cpr, "utility": u, "pcr": ratio,
+            "prediction_error": {t: statistics.median(e) if e else float("nan") for t, e in errors.items()},
             "load_balance": max(served) / mean_served if mean_served else float("nan")}

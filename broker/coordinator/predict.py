@@ -1,0 +1,110 @@
+"""How long a job would take on an agent or in the cloud, in parts. Pure: no I/O, no clock.
+
+A job's completion on an agent is
+
+    queue wait + TTFT + prompt tokens / prefill rate + expected tokens / decode rate at k
+
+where k is the number of slots that would decode at once with the job (its own included), the
+decode rate at k is what the agent advertises for that concurrency (``decode_tps_at[k - 1]``),
+and the queue wait is the expected tokens already placed on the agent over its throughput with
+every slot busy. The expected tokens are a learned high quantile of the answer length (see
+``lengths``), never more than ``max_tokens``. An agent that advertises neither prefill rate nor
+per-concurrency rates is predicted as before: one decode rate, TTFT from its calibration prompt.
+
+The cloud: the overhead before its first token (WAN, the queue service, the worker's TTFT), the
+wait for a free worker when the bridge advertises how many there are, then the tokens at the
+cloud's decode rate. A cloud of few workers that has not answered a job yet cannot promise a job
+that would queue for one anything: its time per job is unknown (the configured prior missed by
+4x on a busy machine), so such a job is predicted to wait ``UNKNOWN_WAIT_S``.
+
+Prompt tokens are rounded up to a multiple of ``PROMPT_BUCKET``, so that the agent index keeps
+one completion ranking per (answer, prompt) size in use rather than one per prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.coordinator.scheduler import AgentView, CloudTier
+
+PROMPT_BUCKET = 64
+UNKNOWN_WAIT_S = 3600.0  # finite, so that it can be logged and compared; no deadline is this long
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A predicted completion, in the parts ``fogmesh explain`` shows."""
+
+    wait_s: float  # queue wait: for a slot on the agent, or a worker in the cloud
+    first_s: float  # until the first token once started: TTFT + prefill (cloud: overhead + TTFT)
+    decode_s: float
+    tokens: int  # the answer length assumed
+
+    @property
+    def completion_s(self) -> float:
+        return self.wait_s + self.first_s + self.decode_s
+
+    def as_ms(self) -> dict[str, float]:
+        return {"wait_ms": round(self.wait_s * 1000, 1), "first_token_ms": round(self.first_s * 1000, 1),
+                "decode_ms": round(self.decode_s * 1000, 1), "tokens": self.tokens}
+
+
+def prompt_bucket(tokens: int) -> int:
+    return -(-max(tokens, 0) // PROMPT_BUCKET) * PROMPT_BUCKET
+
+
+_DIGITS = str.maketrans("", "", "0123456789")
+
+
+def estimate_prompt_tokens(texts: Iterable[str]) -> int:
+    """A prompt's tokens from its text, without a tokenizer (the coordinator holds none): about 4
+    characters a token for English words with Gemma's and Llama's tokenizers, and a token for each
+    digit, which both split one by one (a sensor log of 2,187 characters is 1,090 tokens to Gemma
+    3, where characters / 4 says 547)."""
+    total = 0
+    for text in texts:
+        rest = len(text.translate(_DIGITS))
+        total += len(text) - rest + rest // 4
+    return total
+
+
+def rate_at(view: AgentView, k: int) -> float:
+    """One job's decode tokens/s on ``view`` while ``k`` of its slots decode at once.
+
+    Levels the agent has not measured yet (0 in its list) take the nearest measured level below
+    with its throughput shared among ``k`` jobs: a safe guess where the cores are the limit.
+    """
+    base = view.decode_tps or 1.0
+    at = view.decode_tps_at
+    if not at:
+        return base
+    k = max(1, min(k, len(at)))
+    if at[k - 1] > 0:
+        return at[k - 1]
+    for j in range(k - 1, 0, -1):
+        if at[j - 1] > 0:
+            return at[j - 1] * j / k
+    return base / k
+
+
+def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
+    slots = max(view.slots, 1)
+    wait = 0.0
+    if view.outstanding >= slots:
+        wait = view.outstanding_tokens / (rate_at(view, slots) * slots)
+    k = min(view.outstanding + 1, slots)
+    prefill = prompt_bucket(prompt_tokens) / view.prefill_tps if view.prefill_tps > 0 else 0.0
+    return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k), tokens)
+
+
+def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:
+    tps = cloud.decode_tps or 1.0
+    wait = 0.0
+    if cloud.workers:
+        ahead = cloud.in_flight - cloud.workers + 1
+        if ahead > 0:
+            wait = ahead * cloud.service_s / cloud.workers if cloud.service_s else UNKNOWN_WAIT_S
+    return Parts(wait, cloud.latency_s + cloud.ttft_s, tokens / tps, tokens)

@@ -1,0 +1,170 @@
+"""Deadlines the site cannot meet are refused at once, and predictions learn what jobs really take.
+
+The in-process tests drive the coordinator's own loop; the last one runs a whole site (mosquitto,
+coordinator, an agent with the real model, bridge and cloud worker on moto's SQS server)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from broker.coordinator.cloudtime import CloudTime
+from broker.coordinator.loop import Coordinator
+from broker.coordinator.predict import cloud_parts
+from broker.coordinator.scheduler import CloudTier
+from broker.runtime.client import snapshot
+from broker.runtime.mqtt import BrokerAddress, Message
+from schemas import encode
+from schemas.messages import AgentEvent, Usage
+from schemas.status import AgentStatus, ModelInfo
+from schemas.topics import Topics
+from tests import test_coordinator_loop as loop
+from tests.conftest import agent_args, wait_online
+from tests.services import cli, wait_for
+from tests.test_cloud import cloud, wait_cloud
+
+SITE = loop.SITE
+coord = loop.coord  # the in-process coordinator, on a ledger of its own
+
+
+def status(agent: str, slots: int = 1, **extra) -> Message:
+    body = encode(AgentStatus(agent=agent, epoch=1, seq=1, state="online", slots_total=slots, slots_free=slots,
+                              decode_tps=50.0, ttft_ms=20.0, heartbeat_s=60.0, models=[ModelInfo(name="m")], **extra))
+    return Message(topic=Topics(SITE).agent_status(agent), payload=body, qos=1, received_at=time.time())
+
+
+def prompt(job: str, max_tokens: int, deadline_ms: int | None = None, text: str = "x") -> Message:
+    body = {"id": job, "prompt": text, "max_tokens": max_tokens}
+    if deadline_ms:
+        body["deadline_ms"] = deadline_ms
+    return Message(topic=Topics(SITE).prompts("dev"), payload=orjson.dumps(body), qos=1, received_at=time.time())
+
+
+def done(job: str, tokens: int, finish_reason: str = "stop") -> Message:
+    body = encode(AgentEvent(key=f"dev/{job}", attempt=1, agent="a1", epoch=1, kind="done", text="ok",
+                             usage=Usage(prompt_tokens=1, completion_tokens=tokens), finish_reason=finish_reason))
+    return Message(topic=Topics(SITE).events("a1"), payload=body, qos=1, received_at=time.time())
+
+
+def final(coord: Coordinator, job: str) -> dict:
+    row = coord.ledger.get(f"dev/{job}")
+    return orjson.loads(row["final"]) if row and row["final"] else {}
+
+
+def test_a_deadline_no_tier_can_meet_is_refused_naming_the_best_prediction(coord):
+    coord._handle(status("a1"))
+    coord._handle(prompt("long", max_tokens=200, deadline_ms=1000))  # 200 tokens at 50/s: 4 s
+    coord._handle(prompt("short", max_tokens=20, deadline_ms=1000))  # 0.4 s
+    coord.dispatcher.run(time.time(), time.monotonic())
+    refused = final(coord, "long")
+    assert refused["status"] == "rejected" and refused["error"]["code"] == "deadline_infeasible"
+    assert "edge agent a1 in 40" in refused["error"]["message"] and "200 tokens" in refused["error"]["message"]
+    assert coord.jobs["dev/short"].agent == "a1"
+    assert coord.counters["expired"] == 0
+
+
+def test_jobs_waiting_for_a_full_site_are_refused_at_once_when_their_deadline_cannot_be_met(coord):
+    coord._handle(status("a1"))
+    for i in range(2):  # the agent's slot and its prefetch: the site is full
+        coord._handle(prompt(f"busy{i}", max_tokens=100))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    coord._handle(prompt("late", max_tokens=10, deadline_ms=1500))  # behind 200 tokens: 4 s at the soonest
+    coord._handle(prompt("patient", max_tokens=10, deadline_ms=60_000))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert final(coord, "late")["error"]["code"] == "deadline_infeasible"
+    assert "dev/patient" in coord.jobs.waiting
+
+
+def test_learned_answer_lengths_admit_jobs_that_max_tokens_alone_would_refuse(coord):
+    coord._handle(status("a1"))
+    for i in range(10):  # this device's answers end after about 10 tokens
+        coord._handle(prompt(f"j{i}", max_tokens=200))
+        coord.dispatcher.run(time.time(), time.monotonic())
+        coord._handle(done(f"j{i}", 8 + i % 3))
+    coord._handle(prompt("next", max_tokens=200, deadline_ms=1000))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.jobs["dev/next"].agent == "a1"
+    assert coord.jobs["dev/next"].decision["parts"]["tokens"] == 10  # the 90th percentile, not 200
+
+
+def test_cut_off_answers_keep_planning_at_max_tokens(coord):
+    coord._handle(status("a1"))
+    for i in range(10):
+        coord._handle(prompt(f"j{i}", max_tokens=8))
+        coord.dispatcher.run(time.time(), time.monotonic())
+        coord._handle(done(f"j{i}", 8, finish_reason="length"))
+    coord._handle(prompt("next", max_tokens=200, deadline_ms=1000))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert final(coord, "next")["error"]["code"] == "deadline_infeasible"
+
+
+def test_long_prompts_are_predicted_with_the_agents_prefill_rate(coord):
+    coord._handle(status("a1", prefill_tps=500.0))
+    log_text = "sensor 17 reading 21.5C ok; " * 150  # ~4,200 bytes: about 1,050 tokens, 2.1 s of prefill
+    coord._handle(prompt("log", max_tokens=10, deadline_ms=1500, text=log_text))
+    coord._handle(prompt("reading", max_tokens=10, deadline_ms=1500))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert final(coord, "log")["error"]["code"] == "deadline_infeasible"
+    assert coord.jobs["dev/reading"].agent == "a1"
+
+
+def test_an_agents_rate_at_the_concurrency_a_job_would_run_at_decides(coord):
+    # 50 tokens/s alone, 10 each with four decoding at once
+    coord._handle(status("a1", slots=4, decode_tps_at=[50.0, 30.0, 0.0, 10.0]))
+    for i in range(3):
+        coord._handle(prompt(f"busy{i}", max_tokens=20))
+    coord._handle(prompt("fourth", max_tokens=20, deadline_ms=1500))  # 2 s at 10/s: refused; 0.4 s at 50/s
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert final(coord, "fourth")["error"]["code"] == "deadline_infeasible"
+
+
+def test_the_cloud_prediction_counts_the_jobs_ahead_and_learns_what_the_cloud_took():
+    learned = CloudTime()
+    prior = CloudTier(enabled=True, latency_s=1.0, decode_tps=50.0, workers=1)
+    assert learned.tier(prior).in_flight == 0
+    learned.sent("d/a", 100.0, learned.tier(prior))
+    assert cloud_parts(learned.tier(prior), 25).wait_s >= 3600  # queued behind a job of unknown length
+    learned.finished("d/a", 104.0, {"ttft_ms": 500.0, "decode_tps": 10.0, "generate_ms": 3000.0})
+    tier = learned.tier(prior)
+    assert (tier.latency_s, tier.ttft_s, tier.decode_tps, tier.service_s) == (1.0, 0.5, 10.0, 3.0)
+    for key in ("d/b", "d/c"):
+        learned.sent(key, 200.0, learned.tier(prior))
+    tier = learned.tier(prior)
+    assert tier.in_flight == 2  # the next job waits for both: 2 x 3 s on one worker
+    parts = cloud_parts(tier, 25)
+    assert (parts.wait_s, parts.first_s, parts.decode_s) == (6.0, 1.5, 2.5)
+
+
+@pytest.mark.slow
+def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired(
+        daemons, broker_url, site_id, device, sqs_endpoint, tmp_path):
+    """The issue's run: one agent, a cloud with one worker, 12 jobs at once with 8-second deadlines."""
+    daemons("coordinator")
+    daemons("agent", *agent_args("a1", threads=1))
+    cloud(daemons, sqs_endpoint, tmp_path, bridge_env={"FOGMESH_BRIDGE_CLOUD_WORKERS": "1"})
+    wait_online(broker_url, site_id, 1)
+    wait_cloud(broker_url, site_id)
+    advertised = snapshot(BrokerAddress.parse(broker_url), site_id)["agents"]["a1"]
+    assert advertised["prefill_tps"] > 0 and advertised["decode_tps_at"][0] > 0  # measured at calibration
+    ids = [f"b{i}" for i in range(12)]
+    sent_at = {}
+    for job in ids:
+        sent_at[job] = time.time()
+        device.send({"id": job, "prompt": f"Reading {job}: temperature 21.5 C, humidity 40%. Status:",
+                     "max_tokens": 16, "deadline_ms": 8000})
+    finals = {job: device.final(job, timeout_s=90) for job in ids}
+    statuses = {job: f["status"] for job, f in finals.items()}
+    assert set(statuses.values()) <= {"done", "rejected"}, statuses
+    for job, f in finals.items():
+        if f["status"] == "rejected":
+            assert f["error"]["code"] == "deadline_infeasible", f
+            assert "the best prediction is" in f["error"]["message"]
+        else:
+            assert f["timings"]["total_ms"] <= 8000, (job, f["timings"])
+    assert "done" in statuses.values()
+    refused = next(job for job, status in statuses.items() if status == "rejected")
+    why = cli("explain", "--broker", broker_url, "--site", site_id, refused)
+    assert why.returncode == 0 and "first token" in why.stdout and "tokens assumed" in why.stdout, why.stdout
+    wait_for(lambda: all(len(device.finals[j]) == 1 for j in ids), 2, what="one final per job")
