@@ -94,7 +94,9 @@ def test_a_flood_of_ten_times_capacity_stays_bounded_and_answers_everything(daem
                                         "FOGMESH_COORDINATOR_STATUS_INTERVAL_S": "1"})
     agents = [daemons("agent", *agent_args(n), name=n) for n in ("a1", "a2")]
     wait_online(broker_url, site_id, 2)
-    job = {"prompt": "Alert:", "max_tokens": 6, "deadline_ms": 4000}
+    # A deadline long enough for the bounded queue to fill: this is about backpressure. A job that
+    # could not meet it may still be refused at once (deadline_infeasible) rather than queued.
+    job = {"prompt": "Alert:", "max_tokens": 6, "deadline_ms": 30000}
     # capacity, measured: a burst the mesh works off as fast as it can
     t0 = time.monotonic()
     warm = [device.send({**job, "id": f"w{i}"}) for i in range(16)]
@@ -118,7 +120,7 @@ def test_a_flood_of_ten_times_capacity_stays_bounded_and_answers_everything(daem
     assert row["lost"] == 0 and row["twice"] == 0
     assert set(row["statuses"]) <= {"done", "expired", "rejected"} and row["statuses"].get("done", 0) > 0
     codes = {device.finals[j][0]["error"]["code"] for j in ids if device.finals[j][0]["status"] == "rejected"}
-    assert codes == {"overloaded"}
+    assert "overloaded" in codes and codes <= {"overloaded", "deadline_infeasible"}, codes
     statuses = [m for _, m in mesh.messages if m]
     assert any(m["overloaded"] for m in statuses), "backpressure never showed on mesh/status"
     assert max(m["queue_depth"] for m in statuses) <= max_queue
