@@ -152,7 +152,8 @@ def _targets(by: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     fewer_cloud = 1 - d["cloud_tokens"] / la["cloud_tokens"] if la["cloud_tokens"] else 0.0
     ratio = d["pcr"] / la["pcr"] if la["pcr"] else float("inf")
     # a tier a run never used has no error: NaN in the benchmark, null once written as JSON
-    errs = [e for x in by.values() for e in (x.get("prediction_error") or {}).values() if isinstance(e, float) and e == e]
+    errs = [e for x in by.values() for e in (x.get("prediction_error") or {}).values()
+            if isinstance(e, float) and e == e]
     worst = max(errs, default=float("nan"))
     cheaper = fewer_cloud >= 0.25 and d["deadline_hit_rate"] >= la["deadline_hit_rate"]
 
@@ -164,7 +165,8 @@ def _targets(by: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         f"- bursty, fewest accepted-then-expired: deadline {d['expired']}, the others "
         f"{', '.join(str(x['expired']) for x in others)} ({met(fewest)}; 0 is the goal).",
         f"- bursty, >= 25% fewer cloud tokens than load-aware at an equal or higher hit rate: {d['cloud_tokens']} vs "
-        f"{la['cloud_tokens']} ({abs(fewer_cloud) * 100:.0f}% {'fewer' if fewer_cloud >= 0 else 'more'}), hit {d['deadline_hit_rate']:.3f} vs "
+        f"{la['cloud_tokens']} ({abs(fewer_cloud) * 100:.0f}% {'fewer' if fewer_cloud >= 0 else 'more'}), "
+        f"hit {d['deadline_hit_rate']:.3f} vs "
         f"{la['deadline_hit_rate']:.3f} ({met(cheaper)}).",
         f"- bursty, PCR >= 1.25x load-aware's: {ratio:.2f}x ({met(ratio >= 1.25)}).",
         f"- prediction median absolute error <= 15% for every policy and tier: worst {worst * 100:.0f}% "
