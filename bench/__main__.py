@@ -15,7 +15,7 @@ def main() -> int:
              ("structured output", lambda: structured.main([])),
              ("continuous batching", lambda: batching.main([])),
              ("dispatch latency", lambda: dispatch.main([])), ("coordinator scale", lambda: scale.main([])),
-             ("cluster experiment", lambda: cluster.main([])), ("simulator", lambda: simulate.main([]))]
+             ("cluster experiment", lambda: cluster.main([])), ("simulator", lambda: simulate.main(["--jobs", "1000"]))]
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn()) as progress:
         task = progress.add_task("benchmarks", total=len(steps))
