@@ -68,3 +68,20 @@ def test_cluster_and_simulator_run(results_in_tmp):
     assert simulate.main(["--agents", "5", "--jobs", "200", "--cluster", str(results_in_tmp / "cluster.json")]) == 0
     s = orjson.loads((results_in_tmp / "simulate.json").read_bytes())
     assert len(s["validation"]) == 2 and s["large"]
+
+
+def test_the_report_states_each_routing_target_when_a_tier_went_unused():
+    from bench import report
+
+    def run(policy: str, expired: int, cloud_tokens: int, hit: float, pcr: float, errors: dict) -> dict:
+        return {"pattern": "bursty", "policy": policy, "expired": expired, "cloud_tokens": cloud_tokens,
+                "deadline_hit_rate": hit, "pcr": pcr, "prediction_error": errors}
+
+    # a tier a run never used has no prediction error: null, as the results file holds it
+    by = {("bursty", "deadline"): run("deadline", 0, 300, 1.0, 2.0, {"edge": 0.1, "cloud": None}),
+          ("bursty", "load-aware"): run("load-aware", 3, 400, 0.9, 1.0, {"edge": 0.2, "cloud": 0.05}),
+          ("bursty", "cloud-only"): run("cloud-only", 0, 900, 1.0, 0.5, {"edge": None, "cloud": 0.01})}
+    lines = report._targets(by)
+    assert len(lines) == 5
+    assert "25% fewer" in lines[2] and "(met)" in lines[2]
+    assert "worst 20%" in lines[4] and "**not met**" in lines[4]
