@@ -243,4 +243,6 @@ def test_a_flood_of_maximum_size_prompts_leaves_memory_and_the_ledger_bounded(da
     assert row["lost"] == 0 and row["twice"] == 0
     assert set(statuses) <= {"expired", "rejected/overloaded"} and statuses.get("rejected/overloaded")
     assert coord.alive()
-    assert rss_peak < 160, f"coordinator RSS {rss_before:.0f} -> {rss_peak:.0f} MB"
+    # the coordinator's memory bound, as docs/benchmarks.md states it for 100,000 queued jobs: 200 MB
+    # (its inbox holds what paho has read ahead of it, up to 64 KiB a prompt here)
+    assert rss_peak < 200, f"coordinator RSS {rss_before:.0f} -> {rss_peak:.0f} MB"
