@@ -81,7 +81,8 @@ CHANNELS: tuple[Channel, ...] = (
             "A job's answer: chunks while it streams (unless the prompt said `stream: false`), then exactly one "
             "final message, whose `text` is authoritative. Subscribe to `.../results/<device_id>/#`. A chunk "
             "with a higher `attempt`, or `seq` back at 0, starts the answer again: the job moved to another "
-            "agent.",
+            "agent. Chunks are published at QoS 1, the final at QoS 2, so a final whose acknowledgement a "
+            "dropped connection lost is not passed on twice; subscribe at QoS 2 for the same on your leg.",
             "receive", "receiveResults", "Read the answers to this device's prompts."),
     Channel("agentStatus", lambda t: t.agent_status(P("agent_id")), ("agent-status",), "status",
             "Each agent's retained status, refreshed every `heartbeat_s`; its Last Will is the same with "

@@ -150,6 +150,8 @@ class TcpProxy:
     """A TCP forwarder between a daemon and the broker, to cut one daemon off the network and back.
 
     ``cut()`` drops every open connection and refuses new ones until ``restore()``.
+    ``hold_replies()`` stops passing what the broker sends (its PUBACKs among it) while the
+    daemon's own packets still reach the broker, until the next ``cut()``.
     """
 
     def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
@@ -159,6 +161,7 @@ class TcpProxy:
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self.cut_off = False
+        self._held = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -184,11 +187,13 @@ class TcpProxy:
             with self._lock:
                 self._open += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    def _pump(self, src: Any, dst: Any) -> None:
+    def _pump(self, src: Any, dst: Any, replies: bool = False) -> None:
         try:
             while data := src.recv(65536):
+                if replies and self._held.is_set():
+                    continue  # dropped: the daemon never hears it
                 dst.sendall(data)
         except OSError:
             pass
@@ -205,11 +210,15 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.close()
 
+    def hold_replies(self) -> None:
+        self._held.set()
+
     def cut(self) -> None:
         self.cut_off = True
         with self._lock:
             conns, self._open = self._open, []
         self._drop(conns)
+        self._held.clear()  # after the drop: nothing held may slip through on the way down
 
     def restore(self) -> None:
         self.cut_off = False

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -34,28 +35,66 @@ def accepted(ledger: Path, n: int) -> bool:
         return db.execute("SELECT count(*) FROM jobs WHERE state != 'rejected'").fetchone()[0] >= n
 
 
-def test_finals_due_while_the_broker_is_unreachable_are_sent_when_it_is_back(daemons, broker_url, site_id, device,
-                                                                             tmp_path):
-    # No agent: six jobs wait, their 3 s deadlines pass while the coordinator is cut off from the
-    # broker, so it expires them and publishes six finals into a dead connection.
+def ended(ledger: Path, n: int) -> bool:
+    """``n`` jobs have their final written in the coordinator's ledger."""
+    with sqlite3.connect(ledger) as db:
+        return db.execute("SELECT count(*) FROM jobs WHERE final IS NOT NULL").fetchone()[0] >= n
+
+
+def jobs_behind_a_proxy(daemons, broker_url, device, tmp_path, prefix: str,
+                        deadline_ms: int) -> tuple[TcpProxy, Any, list[str]]:
+    """A coordinator that reaches the broker through a proxy, and six jobs it accepted that no agent
+    will take (so each ends ``expired`` at its deadline)."""
     proxy = TcpProxy(int(broker_url.rsplit(":", 1)[1]))
     coord = daemons("coordinator", "--broker", proxy.url)
+    wait_for(lambda: "coordinator_online" in coord.log(), 30, what="the coordinator online")
+    ids = [device.send({"id": f"{prefix}{i}", "prompt": "Nobody is here to answer:", "deadline_ms": deadline_ms})
+           for i in range(6)]
+    wait_for(lambda: accepted(tmp_path / "ledger.db", 6), 10, what="six jobs accepted")
+    return proxy, coord, ids
+
+
+def expired_once(device, coord, ids: list[str], fault: str, action: str) -> None:
+    finals = {job: device.final(job, timeout_s=30) for job in ids}
+    time.sleep(1.5)  # room for a second copy to arrive
+    assert coord.alive(), coord.log()[-3000:]
+    assert {f["status"] for f in finals.values()} == {"expired"}
+    row = device.tally(fault, action, ids)
+    assert row["lost"] == 0 and row["twice"] == 0, row
+
+
+def test_finals_due_while_the_broker_is_unreachable_are_sent_when_it_is_back(daemons, broker_url, site_id, device,
+                                                                             tmp_path):
+    # Their 3 s deadlines pass while the coordinator is cut off from the broker, so it expires
+    # them and publishes six finals into a dead connection.
+    proxy, coord, ids = jobs_behind_a_proxy(daemons, broker_url, device, tmp_path, "cut", 3000)
     try:
-        wait_for(lambda: "coordinator_online" in coord.log(), 30, what="the coordinator online")
-        ids = [device.send({"id": f"cut{i}", "prompt": "Nobody is here to answer:", "deadline_ms": 3000})
-               for i in range(6)]
-        wait_for(lambda: accepted(tmp_path / "ledger.db", 6), 10, what="six jobs accepted")
         proxy.cut()
         time.sleep(6)
         assert coord.alive(), coord.log()[-3000:]
         proxy.restore()
-        finals = {job: device.final(job, timeout_s=30) for job in ids}
-        time.sleep(1)
-        assert coord.alive(), coord.log()[-3000:]
-        assert {f["status"] for f in finals.values()} == {"expired"}
-        row = device.tally("broker unreachable while finals are due",
-                           "coordinator cut off from the broker for 6 s while six 3 s deadlines passed", ids)
-        assert row["lost"] == 0 and row["twice"] == 0
+        expired_once(device, coord, ids, "broker unreachable while finals are due",
+                     "coordinator cut off from the broker for 6 s while six 3 s deadlines passed")
+    finally:
+        proxy.close()
+
+
+def test_finals_whose_acknowledgement_was_lost_in_a_cut_reach_the_device_once(daemons, broker_url, site_id,
+                                                                               device, tmp_path):
+    # The broker takes the six finals, but its acknowledgements die with the connection: the
+    # coordinator sends them again on reconnect, and the device must not see two.
+    proxy, coord, ids = jobs_behind_a_proxy(daemons, broker_url, device, tmp_path, "held", 2000)
+    try:
+        proxy.hold_replies()
+        wait_for(lambda: ended(tmp_path / "ledger.db", 6), 15, what="six finals written")
+        time.sleep(1)  # and sent: they reach the broker, which answers into the void
+        proxy.cut()
+        time.sleep(2)
+        proxy.restore()
+        wait_for(lambda: "mqtt_connected" in coord.log().split("mqtt_lost", 1)[-1], 30,
+                 what="the coordinator back on the broker")
+        expired_once(device, coord, ids, "broker's acknowledgements lost in a cut",
+                     "six finals reach the broker, its acknowledgements are dropped, the link is cut for 2 s")
     finally:
         proxy.close()
 

@@ -29,9 +29,9 @@ class Pending:
         self._items: list[tuple[str, Any]] = []
 
     def publish(self, topic: str, payload: bytes, *, correlation: bytes | None = None,
-                retain: bool = False, final_of: str | None = None) -> None:
+                retain: bool = False, final_of: str | None = None, qos: int = 1) -> None:
         """``final_of``: the job key whose final this is; its delivery is tracked for the ledger."""
-        self._items.append(("publish", (topic, payload, correlation, retain, final_of)))
+        self._items.append(("publish", (topic, payload, correlation, retain, final_of, qos)))
 
     def ack(self, msg: Message) -> None:
         self._items.append(("ack", msg))
@@ -44,8 +44,8 @@ class Pending:
             if kind == "ack":
                 session.ack(item)
                 continue
-            topic, payload, correlation, retain, final_of = item
-            delivery = session.publish(topic, payload, qos=1, retain=retain, correlation=correlation)
+            topic, payload, correlation, retain, final_of, qos = item
+            delivery = session.publish(topic, payload, qos=qos, retain=retain, correlation=correlation)
             if final_of is not None:
                 finals.append((final_of, delivery))
         return finals

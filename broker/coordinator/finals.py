@@ -105,12 +105,17 @@ class Finals:
 
     def publish(self, key: str, device: str, job_id: str, body: bytes, response_topic: str | None,
                 correlation: str | None) -> None:
-        """The final on the device's result topic (its delivery tracked), and on its Response Topic."""
+        """The final on the device's result topic (its delivery tracked), and on its Response Topic.
+
+        At QoS 2: a final the broker took but whose acknowledgement a dropped connection lost is
+        sent again on reconnect, and at QoS 1 the broker would pass that copy on as a second final;
+        at QoS 2 the session's packet id tells it the copy is one it already has."""
         c = self.core
         topic = c.topics.results(device, job_id)
-        c.pending.publish(topic, body, final_of=key)
+        c.pending.publish(topic, body, final_of=key, qos=2)
         if response_topic and response_topic != topic:
-            c.pending.publish(response_topic, body, correlation=bytes.fromhex(correlation) if correlation else None)
+            c.pending.publish(response_topic, body, correlation=bytes.fromhex(correlation) if correlation else None,
+                              qos=2)
 
     def resend(self, row: dict[str, Any]) -> None:
         """A final the ledger holds whose delivery the broker never acknowledged (at restart)."""
