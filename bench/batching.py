@@ -50,7 +50,8 @@ SIDES = ("batched", "separate", "bare")
 class Agent:
     """A site of one coordinator and one agent on the shared broker, as processes."""
 
-    def __init__(self, url: str, site: str, slots: int, threads: int, batching: bool, tmp: Path) -> None:
+    def __init__(self, url: str, site: str, slots: int, threads: int, batching: bool, tmp: Path,
+                 gpu_layers: int | None = None) -> None:
         self.url, self.site = url, site
         self.client: DeviceClient | None = None
         cli = [sys.executable, "-m", "broker.cli"]
@@ -60,7 +61,8 @@ class Agent:
             subprocess.Popen([*cli, "coordinator", *common, "--ledger", str(tmp / f"{site}.db")],
                              stdout=log, stderr=subprocess.STDOUT),
             subprocess.Popen([*cli, "agent", *common, "--agent-id", f"{site}-agent", "--slots", str(slots),
-                              "--threads", str(threads), *([] if batching else ["--no-batching"])],
+                              "--threads", str(threads), *([] if batching else ["--no-batching"]),
+                              *([] if gpu_layers is None else [f"--gpu-layers={gpu_layers}"])],
                              stdout=log, stderr=subprocess.STDOUT),
         ]
         deadline = time.monotonic() + 180
@@ -68,10 +70,15 @@ class Agent:
             mesh = snapshot(BrokerAddress.parse(url), site, settle_s=0.2)["mesh"] or {}
             if mesh.get("agents_online", 0) >= 1:
                 break
+            if any(p.poll() is not None for p in self.procs):
+                break  # a daemon exited: waiting on would only hide why
             time.sleep(0.5)
         else:
             self.close()
-            raise RuntimeError(f"the {site} agent did not come online")
+            raise RuntimeError(f"the {site} agent did not come online within 180 s")
+        if any(p.poll() is not None for p in self.procs):
+            self.close()
+            raise RuntimeError(f"a daemon of the {site} site exited: {(tmp / f'{site}.log').read_text()[-2000:]}")
         self.client = DeviceClient(BrokerAddress.parse(url), site, f"{site}-dev")
         self.n = 0
 
@@ -102,10 +109,11 @@ class Agent:
 class Bare:
     """One context, ``slots`` sequences, one llama_decode per step for all of them."""
 
-    def __init__(self, threads: int, slots: int, n_ctx: int = 2048) -> None:
+    def __init__(self, threads: int, slots: int, n_ctx: int = 2048, gpu_layers: int | None = None) -> None:
         from llama_cpp import _internals
 
-        self.backend = LlamaBackend(default_model_path(), "bare", n_ctx, threads, own_ctx=False)
+        self.backend = LlamaBackend(default_model_path(), "bare", n_ctx, threads, gpu_layers=gpu_layers,
+                                    own_ctx=False)
         lib = self.lib = self.backend._lib
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_seq_max = n_ctx * slots, slots
@@ -170,18 +178,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--gpu-layers", type=int, default=None,
+                    help="layers to offload on every side (-1: all; default: the agent's, all on a GPU build)")
+    ap.add_argument("--out", default="batching", help="results file name under bench/results/")
     args = ap.parse_args(argv)
     slots = max(args.jobs)
     results: dict[str, Any] = {"rounds": args.rounds, "max_tokens": args.max_tokens, "threads": args.threads,
                                "slots": slots, "sampling": SAMPLING.__dict__, "runs": []}
     with tempfile.TemporaryDirectory(prefix="fogmesh-bench-") as tmp, broker() as mosquitto:
         url = str(mosquitto.url)
-        batched = Agent(url, "batched", slots, args.threads, True, Path(tmp))
-        bare = Bare(args.threads, slots)
+        batched = Agent(url, "batched", slots, args.threads, True, Path(tmp), args.gpu_layers)
+        bare = Bare(args.threads, slots, gpu_layers=args.gpu_layers)
+        info = bare.backend.info
+        results["device"] = {"device": info.device, "gpu_layers": info.gpu_layers, "layers": info.layers}
+        print(f"device {info.device}, {info.gpu_layers} of {info.layers} layers offloaded")
         try:
             for jobs in args.jobs:
                 prompts = [PROMPTS[i % len(PROMPTS)] for i in range(jobs)]
-                separate = Agent(url, f"separate{jobs}", jobs, args.threads, False, Path(tmp))
+                separate = Agent(url, f"separate{jobs}", jobs, args.threads, False, Path(tmp), args.gpu_layers)
                 sides: dict[str, Agent | Bare] = {"batched": batched, "separate": separate, "bare": bare}
                 rows: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
                 try:
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bare.close()
             batched.close()
-    write("batching", results)
+    write(args.out, results)
     return 0
 
 
