@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.backends.base import Backend, Generation, answer
-from agents.calibration import measure_prefill
+from agents.calibration import measure_concurrency, measure_prefill
 from agents.errors import AgentError, BackendError
 from agents.homeassistant import AgentDiscovery
 from agents.metering import AgentMetrics
@@ -123,6 +123,8 @@ class Agent(Daemon):
                 raise AgentError(f"slots did not load the model within {timeout_s:.0f} s")
         if failures:
             raise failures[0]
+        measure_concurrency([b[self.default_model] for b in self.slots], self.board, CALIBRATION_PROMPT,
+                            self.settings.calibrate_tokens)
         self.session.start()
         me = self.settings.agent_id
         self.session.subscribe(self.topics.assign(me), qos=1)

@@ -90,6 +90,11 @@ class StatusBoard:
                 self.decode_at[max(1, min(running, len(self.decode_at))) - 1].add(decode_tps, prior)
             self.window.add(tokens)
 
+    def record_concurrent(self, running: int, decode_tps: float) -> None:
+        """One job's decode rate measured with ``running`` jobs generating (at start: a prior)."""
+        with self._lock:
+            self.decode_at[max(1, min(running, len(self.decode_at))) - 1].add(decode_tps, prior=True)
+
     def record_prefill(self, extra_tokens: int, extra_s: float, prior: bool = False) -> None:
         """A prompt ``extra_tokens`` longer than the calibration prompt took ``extra_s`` longer to first token."""
         if extra_tokens >= PREFILL_SAMPLE_TOKENS and extra_s > 0:

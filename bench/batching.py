@@ -51,8 +51,8 @@ class Agent:
     """A site of one coordinator and one agent on the shared broker, as processes."""
 
     def __init__(self, url: str, site: str, slots: int, threads: int, batching: bool, tmp: Path,
-                 gpu_layers: int | None = None) -> None:
-        self.url, self.site = url, site
+                 gpu_layers: int | None = None, stream: bool = True) -> None:
+        self.url, self.site, self.stream = url, site, stream
         self.client: DeviceClient | None = None
         cli = [sys.executable, "-m", "broker.cli"]
         common = ["--broker", url, "--site", site]
@@ -88,7 +88,8 @@ class Agent:
         start = time.monotonic()
         for prompt in prompts:
             self.n += 1
-            jobs.append(self.client.send({"id": f"j{self.n}", "prompt": prompt, "max_tokens": max_tokens}))
+            jobs.append(self.client.send({"id": f"j{self.n}", "prompt": prompt, "max_tokens": max_tokens,
+                                          "stream": self.stream}))
         finals = [self.client.wait_final(job, 600) for job in jobs]
         assert all(f and f["status"] == "done" for f in finals), finals
         end = max(self.client.arrivals[job][-1] for job in jobs)
@@ -181,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-layers", type=int, default=None,
                     help="layers to offload on every side (-1: all; default: the agent's, all on a GPU build)")
     ap.add_argument("--out", default="batching", help="results file name under bench/results/")
+    ap.add_argument("--no-stream", action="store_true",
+                    help="jobs ask for no stream (what the chunks' traffic costs a 2-core machine)")
     args = ap.parse_args(argv)
     slots = max(args.jobs)
     results: dict[str, Any] = {"rounds": args.rounds, "max_tokens": args.max_tokens, "threads": args.threads,
-                               "slots": slots, "sampling": SAMPLING.__dict__, "runs": []}
+                               "stream": not args.no_stream, "slots": slots, "sampling": SAMPLING.__dict__, "runs": []}
     with tempfile.TemporaryDirectory(prefix="fogmesh-bench-") as tmp, broker() as mosquitto:
         url = str(mosquitto.url)
-        batched = Agent(url, "batched", slots, args.threads, True, Path(tmp), args.gpu_layers)
+        batched = Agent(url, "batched", slots, args.threads, True, Path(tmp), args.gpu_layers, not args.no_stream)
         bare = Bare(args.threads, slots, gpu_layers=args.gpu_layers)
         info = bare.backend.info
         results["device"] = {"device": info.device, "gpu_layers": info.gpu_layers, "layers": info.layers}
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for jobs in args.jobs:
                 prompts = [PROMPTS[i % len(PROMPTS)] for i in range(jobs)]
-                separate = Agent(url, f"separate{jobs}", jobs, args.threads, False, Path(tmp), args.gpu_layers)
+                separate = Agent(url, f"separate{jobs}", jobs, args.threads, False, Path(tmp), args.gpu_layers,
+                                 not args.no_stream)
                 sides: dict[str, Agent | Bare] = {"batched": batched, "separate": separate, "bare": bare}
                 rows: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
                 try:

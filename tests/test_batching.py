@@ -31,6 +31,16 @@ def agent(daemons, broker_url, site_id):
     return agent
 
 
+def test_the_agent_comes_online_knowing_one_jobs_rate_with_every_slot_busy(agent, broker_url, site_id):
+    from broker.runtime.client import snapshot
+    from broker.runtime.mqtt import BrokerAddress
+
+    advertised = snapshot(BrokerAddress.parse(broker_url), site_id)["agents"]["a1"]
+    rates = advertised["decode_tps_at"]
+    assert len(rates) == 4 and rates[0] > 0 and rates[3] > 0, rates  # measured before any job came
+    assert "calibrated_busy" in agent.log() and "slots=4" in agent.log()
+
+
 def test_concurrent_jobs_each_get_their_own_usage_stop_strings_and_grammar(agent, device):
     device.send({"id": "free", "prompt": COUNT, "max_tokens": 16, "temperature": 0})
     device.send({"id": "stop", "prompt": COUNT, "max_tokens": 16, "temperature": 0, "stop": ["five", "zzz"]})

@@ -6,13 +6,14 @@ coordinator, an agent with the real model, bridge and cloud worker on moto's SQS
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import orjson
 import pytest
 
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.loop import Coordinator
-from broker.coordinator.predict import cloud_parts
+from broker.coordinator.predict import cloud_parts, rate_at
 from broker.coordinator.scheduler import CloudTier
 from broker.runtime.client import snapshot
 from broker.runtime.mqtt import BrokerAddress, Message
@@ -118,6 +119,15 @@ def test_an_agents_rate_at_the_concurrency_a_job_would_run_at_decides(coord):
     coord._handle(prompt("fourth", max_tokens=20, deadline_ms=1500))  # 2 s at 10/s: refused; 0.4 s at 50/s
     coord.dispatcher.run(time.time(), time.monotonic())
     assert final(coord, "fourth")["error"]["code"] == "deadline_infeasible"
+
+
+def test_an_unmeasured_concurrency_lies_on_the_line_between_the_measured_ones():
+    # alone 50 tokens/s; with all four slots busy 20 each: 80 in all. Two busy: 60 in all, 30 each.
+    view = SimpleNamespace(decode_tps=50.0, decode_tps_at=[50.0, 0.0, 0.0, 20.0])
+    assert [round(rate_at(view, k), 2) for k in (1, 2, 3, 4)] == [50.0, 30.0, 23.33, 20.0]
+    # nothing measured above: the highest level's throughput, shared
+    view = SimpleNamespace(decode_tps=50.0, decode_tps_at=[40.0, 30.0, 0.0, 0.0])
+    assert [rate_at(view, k) for k in (3, 4)] == [20.0, 15.0]
 
 
 def test_the_cloud_prediction_counts_the_jobs_ahead_and_learns_what_the_cloud_took():

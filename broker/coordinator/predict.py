@@ -74,8 +74,10 @@ def estimate_prompt_tokens(texts: Iterable[str]) -> int:
 def rate_at(view: AgentView, k: int) -> float:
     """One job's decode tokens/s on ``view`` while ``k`` of its slots decode at once.
 
-    Levels the agent has not measured yet (0 in its list) take the nearest measured level below
-    with its throughput shared among ``k`` jobs: a safe guess where the cores are the limit.
+    A level the agent has not measured yet (0 in its list) lies between two it has: the agent's
+    throughput (jobs x rate) is taken on the straight line between theirs. Above the highest it has,
+    that level's throughput is shared among ``k`` jobs: a safe guess where the cores are the limit.
+    Level 1 is the agent's single decode rate when it lists none for it.
     """
     base = view.decode_tps or 1.0
     at = view.decode_tps_at
@@ -84,10 +86,13 @@ def rate_at(view: AgentView, k: int) -> float:
     k = max(1, min(k, len(at)))
     if at[k - 1] > 0:
         return at[k - 1]
-    for j in range(k - 1, 0, -1):
-        if at[j - 1] > 0:
-            return at[j - 1] * j / k
-    return base / k
+    below = next((j for j in range(k - 1, 1, -1) if at[j - 1] > 0), 1)
+    above = next((j for j in range(k + 1, len(at) + 1) if at[j - 1] > 0), 0)
+    low = (at[below - 1] if at[below - 1] > 0 else base) * below
+    if not above:
+        return low / k
+    high = at[above - 1] * above
+    return (low + (high - low) * (k - below) / (above - below)) / k
 
 
 def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
