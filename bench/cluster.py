@@ -113,7 +113,8 @@ def merit(rows: list[dict[str, Any]], deadline_ms: int) -> dict[str, Any]:
     for r in rows:
         t = r["timings"]
         if r["status"] == "done" and r["tier"] in errors and t.get("predicted_ms") and t.get("total_ms"):
-            errors[r["tier"]].append(relative_error(t["predicted_ms"], t["total_ms"]))
+            # the prediction counts from its decision, which a job held in the queue met late
+            errors[r["tier"]].append(relative_error(t["predicted_ms"], t["total_ms"] - t.get("decided_ms", 0.0)))
     return {"utility": u, "cpr_all": cpr, "pcr": ratio,
             "prediction_error": {k: statistics.median(v) if v else float("nan") for k, v in errors.items()}}
 

@@ -97,7 +97,7 @@ EXAMPLES: dict[str, list[Example]] = {
         Example("done", "The whole answer, served by an agent.", Final(
             job=JOB, status="done", text=ANSWER, served_by=ServedBy(tier="edge", node=AGENT), usage=USAGE,
             timings={"agent_queue_ms": 0.4, "ttft_ms": 182.5, "decode_tps": 38.2, "generate_ms": 601.3,
-                     "queue_ms": 3.1, "total_ms": 612.8, "predicted_ms": 640.0},
+                     "queue_ms": 3.1, "total_ms": 612.8, "predicted_ms": 640.0, "decided_ms": 0.3},
             cost={"edge": 0.000000112, "energy_j": 0.056})),
         Example("done-json", "An answer that followed the request's schema, parsed into json.", Final(
             job="check-0043", status="done", text='{"level": "warn"}', json={"level": "warn"},

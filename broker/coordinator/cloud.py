@@ -57,7 +57,7 @@ class Cloud:
         c = self.core
         job.attempt += 1
         c.jobs.offload(job)
-        job.decision = explained(decision)
+        job.decision = explained(decision, job.created_at, c.clock())
         c.count("offloaded")
         c.m.offloads.labels(OFFLOAD_CODES.get(decision.reason, "other")).inc()
         c.ledger.update(job.key, "offloaded", job.decision, agent=None, attempt=job.attempt, tier="cloud")

@@ -127,7 +127,7 @@ class Dispatcher:
     def refuse(self, job: Job, decision: Decision, now: float) -> None:
         c = self.core
         c.jobs.waiting.discard(job.key)
-        job.decision = explained(decision)
+        job.decision = explained(decision, job.created_at, c.clock())
         c.count("infeasible")
         error = refusal(job, decision, now)
         log.info(kv("job_infeasible", job=job.key, predicted_ms=decision.predicted_s * 1000,
@@ -156,7 +156,7 @@ class Dispatcher:
         job.attempt += 1
         c.jobs.assign(job, agent, mono)
         job.agent_epoch = c.registry.agents[agent].status.epoch
-        job.decision = explained(decision)
+        job.decision = explained(decision, job.created_at, c.clock())
         c.count("assigned")
         c.ledger.update(job.key, "assigned", job.decision, agent=agent, attempt=job.attempt, tier="edge")
         spec = Assignment(key=job.key, device=job.device, job=job.job, attempt=job.attempt, stream=job.req.stream,

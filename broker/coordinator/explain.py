@@ -16,9 +16,10 @@ log = logging.getLogger("fogmesh.coordinator")
 EXPLAIN_CANDIDATES = 8  # candidates kept per decision; the rest are counted by reason
 
 
-def explained(d: Decision) -> dict[str, Any]:
+def explained(d: Decision, created_at: float, now: float) -> dict[str, Any]:
     """The decision as the ledger keeps it for `fogmesh explain`: the chosen agent and the best
-    few candidates in full, the others counted by why they lost (a site may have 1,000 agents)."""
+    few candidates in full, the others counted by why they lost (a site may have 1,000 agents).
+    ``decided_ms``: when it was made, from the job's acceptance (its prediction counts from then)."""
     ranked = sorted(d.candidates, key=lambda c: (c.agent != d.agent, not c.eligible, c.completion_s, c.agent))
     shown, rest = ranked[:EXPLAIN_CANDIDATES], ranked[EXPLAIN_CANDIDATES:]
     others: dict[str, int] = {}
@@ -26,7 +27,8 @@ def explained(d: Decision) -> dict[str, Any]:
         others[c.reason] = others.get(c.reason, 0) + 1
     return {
         "policy": d.policy, "target": d.target, "agent": d.agent, "reason": d.reason,
-        "predicted_ms": round(d.predicted_s * 1000, 1), "at_risk": d.at_risk,
+        "predicted_ms": round(d.predicted_s * 1000, 1), "decided_ms": round((now - created_at) * 1000, 1),
+        "at_risk": d.at_risk,
         "cost": {"edge": round(d.cost, 9)},
         # the prediction in parts: queue wait, first token (TTFT + prefill), decode of the tokens assumed
         "parts": d.parts.as_ms() if d.parts else None,

@@ -46,8 +46,9 @@ class Finals:
         timings["total_ms"] = round((now - job.created_at) * 1000, 2)
         if job.started_at:
             timings["queue_ms"] = round((job.started_at - job.created_at) * 1000, 2)
-        if job.decision and "predicted_ms" in job.decision:
+        if job.decision and "predicted_ms" in job.decision:  # the latest placement's: from decided_ms on
             timings["predicted_ms"] = job.decision["predicted_ms"]
+            timings["decided_ms"] = job.decision.get("decided_ms", 0.0)
         final = Final(job=job.job, status=status, text=text, served_by=served_by, usage=usage,
                       timings=timings, error=error, cost=cost if status == "done" else None,
                       finish_reason=finish_reason if status in ("done", "cancelled") and job.req.extended else None,
