@@ -101,6 +101,22 @@ def test_cut_off_answers_keep_planning_at_max_tokens(coord):
     assert final(coord, "next")["error"]["code"] == "deadline_infeasible"
 
 
+def test_a_final_says_when_its_placement_was_decided_so_its_prediction_is_judged_from_then(coord):
+    coord._handle(status("a1"))
+    for i in range(3):  # the slot and its prefetch take two; the third waits in the queue
+        coord._handle(prompt(f"j{i}", max_tokens=20))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.jobs["dev/j2"].agent is None
+    time.sleep(0.3)
+    coord._handle(done("j0", 20))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.jobs["dev/j2"].agent == "a1"
+    coord._handle(done("j2", 20))
+    first, late = final(coord, "j0")["timings"], final(coord, "j2")["timings"]
+    assert first["decided_ms"] < 100 <= 300 <= late["decided_ms"] < late["total_ms"]
+    assert late["predicted_ms"] > 0
+
+
 def test_long_prompts_are_predicted_with_the_agents_prefill_rate(coord):
     coord._handle(status("a1", prefill_tps=500.0))
     log_text = "sensor 17 reading 21.5C ok; " * 150  # ~4,200 bytes: about 1,050 tokens, 2.1 s of prefill
