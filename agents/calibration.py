@@ -30,13 +30,10 @@ def measure_prefill(backend: Backend, board: StatusBoard, prompt: str, short: Ge
     board.record_prefill(long.prompt_tokens - short.prompt_tokens, long.ttft_s - short.ttft_s, prior=True)
 
 
-def measure_concurrency(backends: list[Backend], board: StatusBoard, prompt: str, tokens: int) -> None:
-    """One generation on every slot at once, as a full agent runs them: the median job's decode rate
-    becomes the advertised rate with all slots busy (batched slots share a forward pass; separate
-    contexts share the cores). Later jobs refine it as they end."""
-    k = len(backends)
-    if k < 2:
-        return
+def concurrent_rate(backends: list[Backend], prompt: str, tokens: int) -> float | None:
+    """One generation on every backend at once, as a full agent runs its slots: the median job's
+    decode rate (batched slots share a forward pass; separate contexts share the cores), or None
+    when one of them could not run."""
     gens: list[Generation] = []
 
     def one(backend: Backend) -> None:
@@ -52,6 +49,15 @@ def measure_concurrency(backends: list[Backend], board: StatusBoard, prompt: str
     for t in threads:
         t.join()
     rates = [g.decode_tps for g in gens if g.decode_tps > 0]
-    if len(rates) == k:
-        board.record_concurrent(k, statistics.median(rates))
-        log.info(kv("calibrated_busy", slots=k, decode_tps=statistics.median(rates)))
+    return statistics.median(rates) if len(rates) == len(backends) else None
+
+
+def measure_concurrency(backends: list[Backend], board: StatusBoard, prompt: str, tokens: int) -> None:
+    """The rate with every slot busy, advertised beside the single-job rate from the start, so that
+    the coordinator predicts a busy agent from a measurement; later jobs refine it as they end."""
+    if len(backends) < 2:
+        return
+    rate = concurrent_rate(backends, prompt, tokens)
+    if rate is not None:
+        board.record_concurrent(len(backends), rate)
+        log.info(kv("calibrated_busy", slots=len(backends), decode_tps=rate))

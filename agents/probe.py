@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from agents.agent import CALIBRATION_PROMPT
+from agents.backends.base import Backend
 from agents.backends.gpu import gpu_devices
 from agents.backends.llama import LlamaBackend
 from agents.backends.sampling import Sampling
+from agents.calibration import concurrent_rate
 from agents.errors import AgentError
 from agents.status import mem_free_bytes, proc_kib
 from schemas.messages import Request
@@ -71,7 +73,7 @@ class ModelReport:
     max_context: int = 0  # the largest context that fits in the memory available now
     fits: bool = False
     runs: list[ContextRun] = field(default_factory=list)
-    advertises: dict[str, float] = field(default_factory=dict)
+    advertises: dict[str, Any] = field(default_factory=dict)
     device: str = ""  # where its layers ran: "CPU" or the GPU
     gpu_layers: int = 0
     layers: int = 0
@@ -123,8 +125,26 @@ def _calibration(backend: LlamaBackend) -> dict[str, float]:
     return {"decode_tps": round(gen.decode_tps, 2), "ttft_ms": round(gen.ttft_s * 1000, 2)}
 
 
+def _busy_rate(name: str, path: Path, threads: int, slots: int, batching: bool) -> float | None:
+    """One job's decode rate with ``slots`` jobs generating at once, in the agent's way of running
+    them: one batched context (the default), or a context per slot with a share of the threads."""
+    greedy = Sampling(temperature=0.0)
+    if batching:
+        from agents.backends.batched import BatchedEngine
+
+        engine = BatchedEngine(path, name, 256, threads, slots, greedy)
+        backends: list[Backend] = [engine.slot() for _ in range(slots)]
+    else:
+        backends = [LlamaBackend(path, name, 256, max(1, threads // slots), greedy) for _ in range(slots)]
+    try:
+        return concurrent_rate(backends, CALIBRATION_PROMPT, 16)
+    finally:
+        for b in backends:
+            b.close()
+
+
 def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ...], decode_tokens: int,
-                step: Callable[[str], None] = lambda _s: None) -> ModelReport:
+                step: Callable[[str], None] = lambda _s: None, slots: int = 1, batching: bool = True) -> ModelReport:
     report = ModelReport(name=name, path=str(path), file_bytes=path.stat().st_size)
     step(f"{name}: loading")
     before = rss_bytes()
@@ -136,7 +156,7 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
     try:
         report.kv_bytes_per_token, report.n_ctx_train = kv_bytes_per_token(backend._llm.metadata)
         step(f"{name}: calibration, as an agent would advertise")
-        report.advertises = _calibration(backend)
+        report.advertises.update(_calibration(backend))
         info = backend.info
         report.device, report.gpu_layers, report.layers = info.device, info.gpu_layers, info.layers
         for size in prompt_sizes:
@@ -153,6 +173,12 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
                                                          * 1000, 1)
     finally:
         backend.close()
+    if slots > 1:  # as the agent advertises it: decode_tps_at, one job's rate by slots busy
+        step(f"{name}: calibration on {slots} slots at once")
+        busy = _busy_rate(name, path, threads, slots, batching)
+        if busy is not None:
+            report.advertises["decode_tps_at"] = [report.advertises["decode_tps"], *[0.0] * (slots - 2),
+                                                  round(busy, 2)]
     if report.gpu_layers:
         step(f"{name}: calibration again with every layer on the CPU")
         cpu = LlamaBackend(path, name, n_ctx=largest, threads=threads, sampling=Sampling(temperature=0.0),
@@ -170,14 +196,15 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
 
 
 def probe(models: list[tuple[str, Path]], threads: int = 0, prompt_sizes: tuple[int, ...] = (32, 256, 1024),
-          decode_tokens: int = 32, step: Callable[[str], None] = lambda _s: None) -> DeviceReport:
+          decode_tokens: int = 32, step: Callable[[str], None] = lambda _s: None, slots: int = 1,
+          batching: bool = True) -> DeviceReport:
     threads = threads or os.cpu_count() or 1
     device = DeviceReport(host=os.uname().nodename, cores=os.cpu_count() or 1, threads=threads,
                           mem_total_bytes=mem_total_bytes(), mem_available_bytes=mem_free_bytes(),
                           gpus=list(gpu_devices()))
     for name, path in models:
         try:
-            device.models.append(probe_model(name, path, threads, prompt_sizes, decode_tokens, step))
+            device.models.append(probe_model(name, path, threads, prompt_sizes, decode_tokens, step, slots, batching))
         except (AgentError, OSError) as exc:  # a model that cannot load is a finding, not a crash
             device.models.append(ModelReport(name=name, path=str(path), file_bytes=path.stat().st_size,
                                              error=str(exc)))

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def probe_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = cli("probe", "--json", "--threads", "2", "--prompt-sizes", "16,128", "--decode-tokens", "12")
+    out = cli("probe", "--json", "--threads", "2", "--slots", "3", "--prompt-sizes", "16,128", "--decode-tokens", "12")
     assert out.returncode == 0, out.stderr
     path = tmp_path_factory.mktemp("probe") / "this.json"
     path.write_text(out.stdout)
@@ -34,6 +34,9 @@ def test_probe_measures_the_bundled_model_on_this_device(probe_file):
     assert large["ttft_ms"] > small["ttft_ms"]  # a longer prompt takes longer to prefill
     assert all(r["decode_tps"] > 1 and r["prefill_tps"] > r["decode_tps"] for r in model["runs"])
     assert model["advertises"]["decode_tps"] > 1 and model["advertises"]["ttft_ms"] > 0
+    # as a 3-slot agent advertises it: alone, not measured at 2, all three at once
+    at = model["advertises"]["decode_tps_at"]
+    assert len(at) == 3 and at[0] == model["advertises"]["decode_tps"] and at[1] == 0 and at[2] > 0
     import llama_cpp
 
     if llama_cpp.llama_supports_gpu_offload():  # a GPU build: all layers offloaded, and the CPU alone beside it
@@ -45,9 +48,10 @@ def test_probe_measures_the_bundled_model_on_this_device(probe_file):
 
 
 def test_probe_prints_a_table():
-    out = cli("probe", "--threads", "2", "--prompt-sizes", "16", "--decode-tokens", "4")
+    out = cli("probe", "--threads", "2", "--slots", "2", "--prompt-sizes", "16", "--decode-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert "gemma-3-270m-q4_k_m" in out.stdout and "yes" in out.stdout and "advertises" in out.stdout
+    assert "tok/s each with 2 at once" in out.stdout
     assert "n_ctx_per_seq" not in out.stdout + out.stderr  # llama.cpp's own notices stay in the debug log
     assert "GPU offload: " in out.stdout  # its device and the CPU-only figures, or why offload is unavailable
 
@@ -91,3 +95,16 @@ def test_plan_says_when_the_devices_cannot_keep_up_and_prints_money_a_person_rea
     data = plan(probe_file, "--rate", "1", "--edge-only", "0.5")
     cloud = next(o for o in data["options"] if o["option"] == "cloud")
     assert cloud["unservable"] > 0 and cloud["deadline_hit_rate"] <= 0.55  # the jobs it cannot take count
+
+
+def test_plan_simulates_a_device_with_the_rates_its_probe_measured():
+    from broker.planning.capacity import agents_from_probe
+
+    report = {"host": "h", "models": [{"name": "m", "advertises": {
+        "decode_tps": 30.0, "ttft_ms": 50.0, "prefill_tps": 300.0, "decode_tps_at": [30.0, 0.0, 12.0]}}]}
+    (four,) = agents_from_probe(report, slots=4)
+    assert four.tps_at == (30.0, 0.0, 12.0, 0.0) and four.prefill_tps == 300.0  # 2 and 4 busy: worked out
+    (two,) = agents_from_probe(report, slots=2)
+    assert two.tps_at == (30.0, 0.0)  # the probe's level 3 is beyond this device
+    (one,) = agents_from_probe(report)
+    assert one.tps_at == () and one.tps == 30.0

@@ -91,7 +91,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from broker.cli.console import probe_table, wide_console
     from broker.ops.config import load
 
-    settings = load(AgentSettings, "agent", args.config, models=args.model, threads=args.threads)
+    settings = load(AgentSettings, "agent", args.config, models=args.model, threads=args.threads, slots=args.slots)
     models = parse_models(settings.models) if settings.models else [(default_model_path().stem,
                                                                      default_model_path())]
     sizes = tuple(int(x) for x in args.prompt_sizes.split(","))
@@ -104,7 +104,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
                   transient=True) as progress:
         task = progress.add_task("probing", total=None)
         report = probe(models, settings.threads if args.threads else 0, sizes, args.decode_tokens,
-                       step=lambda text: progress.update(task, description=text))
+                       step=lambda text: progress.update(task, description=text), slots=settings.slots,
+                       batching=settings.batching)
     if args.json:
         print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -195,6 +196,8 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--model", action="append", help="a GGUF (or name=path); repeat (default: [agent] models, "
                                                      "else the bundled Gemma 3 270M)")
     sp.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    sp.add_argument("--slots", type=int, help="also measure one job's rate with this many generating at once, "
+                                              "as an agent of that many slots would (default: [agent] slots)")
     sp.add_argument("--prompt-sizes", default="32,256,1024", help="prompt lengths in tokens, comma-separated")
     sp.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per speed measurement")
     sp.add_argument("--json", action="store_true", help="the report as JSON (input for fogmesh plan)")

@@ -207,6 +207,11 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
+def busy_rate(advertises: dict[str, Any]) -> str:
+    at = advertises.get("decode_tps_at") or []
+    return f", {at[-1]:.1f} tok/s each with {len(at)} at once" if len(at) > 1 and at[-1] else ""
+
+
 def probe_table(report: dict[str, Any]) -> Group:
     """``fogmesh probe``: the device, then one row per model and prompt size."""
     head = Text(f"{report['host']}: {report['cores']} cores ({report['threads']} threads used), memory "
@@ -229,7 +234,8 @@ def probe_table(report: dict[str, Any]) -> Group:
                           if first else "", str(run["prompt_tokens"]), f"{run['ttft_ms']:.0f}",
                           f"{run['prefill_tps']:.0f}", f"{run['decode_tps']:.1f}")
     adv = [f"{m['name']}: {m['advertises'].get('decode_tps', 0):.1f} tok/s, TTFT "
-           f"{m['advertises'].get('ttft_ms', 0):.0f} ms" for m in report["models"] if m["advertises"]]
+           f"{m['advertises'].get('ttft_ms', 0):.0f} ms" + busy_rate(m["advertises"])
+           for m in report["models"] if m["advertises"]]
     return Group(head, Text(""), table, Text(""), Text("an agent here advertises  " + "; ".join(adv)),
                  offload_lines(report))
 

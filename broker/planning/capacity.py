@@ -57,9 +57,17 @@ def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, po
         raise ConfigError(f"probe of {report.get('host', '?')} has no usable model"
                           + (f" named {model!r}" if model else ""))
     m = models[0]
-    tps = m["advertises"]["decode_tps"]
+    adv = m["advertises"]
+    tps = adv["decode_tps"]
+    # the probe's rates by jobs at once, at the levels a device of ``slots`` slots has (the rest between)
+    tps_at = [tps, *[0.0] * (slots - 1)]
+    for level, rate in enumerate(adv.get("decode_tps_at") or [], start=1):
+        if 1 < level <= slots and rate > 0:
+            tps_at[level - 1] = rate
     return [SimAgent(name=f"{report.get('host', 'device')}-{i + 1}", slots=slots, tps=tps,
-                     ttft_s=m["advertises"]["ttft_ms"] / 1000, energy_j_per_token=power_w / tps if tps else 0.0,
+                     ttft_s=adv["ttft_ms"] / 1000, prefill_tps=adv.get("prefill_tps", 0.0),
+                     tps_at=tuple(tps_at) if slots > 1 else (),
+                     energy_j_per_token=power_w / tps if tps else 0.0,
                      price_per_kwh=price_per_kwh) for i in range(count)]
 
 
