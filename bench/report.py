@@ -80,8 +80,10 @@ def scale() -> str:
                     "balance max/mean", "shared-sub balance"], rows))
     held = r.get("backlog")
     if held:
-        out += (f"\n\n**{held['jobs']:,} jobs queued** (behind 10 agents that hold every job they get; all queued "
-                f"after {held['fill_s']:.1f} s): coordinator RSS **{held['queued_rss_mb']:.0f} MB**. Killed "
+        filled = (f"all queued after {held['fill_s']:.1f} s" if held.get("queued") is not None else
+                  f"**the mesh status never showed them all queued: the wait gave up after {held['fill_s']:.0f} s**")
+        out += (f"\n\n**{held['jobs']:,} jobs queued** (behind 10 agents that hold every job they get; {filled}): "
+                f"coordinator RSS **{held['queued_rss_mb']:.0f} MB**. Killed "
                 f"(SIGKILL) and started again: online after **{held['online_s']:.2f} s**, a prompt sent as it "
                 f"started answered ({held['answer']}) after **{held['answered_s']:.2f} s**; "
                 f"RSS {held['restarted_rss_mb']:.0f} MB.")
