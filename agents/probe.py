@@ -22,7 +22,9 @@ from agents.backends.gpu import gpu_devices
 from agents.backends.llama import LlamaBackend
 from agents.backends.sampling import Sampling
 from agents.calibration import concurrent_rate
+from agents.engines import slot_factory
 from agents.errors import AgentError
+from agents.settings import AgentSettings
 from agents.status import mem_free_bytes, proc_kib
 from schemas.messages import Request
 
@@ -126,18 +128,15 @@ def _calibration(backend: LlamaBackend) -> dict[str, float]:
 
 
 def _busy_rate(name: str, path: Path, threads: int, slots: int, batching: bool) -> float | None:
-    """One job's decode rate with ``slots`` jobs generating at once, in the agent's way of running
-    them: one batched context (the default), or a context per slot with a share of the threads."""
-    greedy = Sampling(temperature=0.0)
-    if batching:
-        from agents.backends.batched import BatchedEngine
-
-        engine = BatchedEngine(path, name, 256, threads, slots, greedy)
-        backends: list[Backend] = [engine.slot() for _ in range(slots)]
-    else:
-        backends = [LlamaBackend(path, name, 256, max(1, threads // slots), greedy) for _ in range(slots)]
+    """One job's decode rate with ``slots`` jobs generating at once, the slots made as an agent
+    makes them (one batched context, or a context per slot with a share of the threads)."""
+    settings = AgentSettings(models=[f"{name}={path}"], n_ctx=256, threads=threads, slots=slots, batching=batching)
+    make = slot_factory(settings)
+    backends: list[Backend] = []
     try:
-        return concurrent_rate(backends, CALIBRATION_PROMPT, 16)
+        for _ in range(slots):
+            backends.append(make()[name])
+        return concurrent_rate(backends, CALIBRATION_PROMPT, settings.calibrate_tokens)
     finally:
         for b in backends:
             b.close()

@@ -87,13 +87,17 @@ class StatusBoard:
             self.ttft_ms.add(max(ttft_s, 0.0) * 1000, prior)
             if decode_tps > 0:
                 self.decode_tps.add(decode_tps, prior)
-                self.decode_at[max(1, min(running, len(self.decode_at))) - 1].add(decode_tps, prior)
+                self._decode_level(running).add(decode_tps, prior)
             self.window.add(tokens)
 
     def record_concurrent(self, running: int, decode_tps: float) -> None:
         """One job's decode rate measured with ``running`` jobs generating (at start: a prior)."""
         with self._lock:
-            self.decode_at[max(1, min(running, len(self.decode_at))) - 1].add(decode_tps, prior=True)
+            self._decode_level(running).add(decode_tps, prior=True)
+
+    def _decode_level(self, running: int) -> Ewma:
+        """The rate kept for ``running`` jobs generating at once (beyond the slots: the last)."""
+        return self.decode_at[max(1, min(running, len(self.decode_at))) - 1]
 
     def record_prefill(self, extra_tokens: int, extra_s: float, prior: bool = False) -> None:
         """A prompt ``extra_tokens`` longer than the calibration prompt took ``extra_s`` longer to first token."""
