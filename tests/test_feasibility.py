@@ -146,6 +146,14 @@ def test_an_unmeasured_concurrency_lies_on_the_line_between_the_measured_ones():
     assert [rate_at(view, k) for k in (3, 4)] == [20.0, 15.0]
 
 
+def test_an_agent_listing_more_rates_than_it_has_slots_is_predicted_from_its_slots_alone(coord):
+    # 16,000 levels fit a 64 KiB status; scanning them cost ~1.4 ms a prediction (the target is 0.2 ms a decision)
+    coord._handle(status("a1", slots=2, decode_tps_at=[40.0] + [0.0] * 16_000 + [5.0]))
+    (view,) = coord.dispatcher.views()
+    assert view.decode_tps_at == (40.0, 0.0)
+    assert rate_at(view, 2) == 20.0  # level 1's throughput shared, not the 16,002nd entry's
+
+
 def test_the_cloud_prediction_counts_the_jobs_ahead_and_learns_what_the_cloud_took():
     learned = CloudTime()
     prior = CloudTier(enabled=True, latency_s=1.0, decode_tps=50.0, workers=1)

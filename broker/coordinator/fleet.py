@@ -47,7 +47,8 @@ class Fleet:
             agent=agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
             chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
             outstanding=n, outstanding_tokens=c.jobs.expected_on(agent), decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
-            prefill_tps=st.prefill_tps, decode_tps_at=tuple(st.decode_tps_at),
+            # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
+            prefill_tps=st.prefill_tps, decode_tps_at=tuple(st.decode_tps_at[:st.slots_total]),
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
             energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,
