@@ -40,6 +40,24 @@ class Sampling:
     seed: int | None = None
 
 
+def shortlist_size(params: Sampling) -> int:
+    """How many of the likeliest tokens the chain can start from without changing what it draws
+    (0: the whole vocabulary).
+
+    llama.cpp's repeat penalty looks every candidate up in its table of recent tokens: 262k
+    lookups a token for Gemma, ~1.3 ms of a 1.8 ms draw measured in a batch of 8. A penalty
+    >= 1 only lowers the logits of the (at most ``PENALTY_LAST_N``) recent tokens, so the ``top_k``
+    best after it are always among the ``top_k + PENALTY_LAST_N`` best before it, and greedy's one
+    among the ``1 + PENALTY_LAST_N``: cutting to those first draws the same token from the same
+    probabilities. A penalty below 1 raises recent tokens, so then the whole vocabulary is kept.
+    """
+    if params.repeat_penalty < 1.0:
+        return 0
+    if params.temperature == 0:
+        return 1 + PENALTY_LAST_N
+    return params.top_k + PENALTY_LAST_N if params.top_k > 0 else 0
+
+
 class Candidates:
     """The whole vocabulary as llama.cpp's candidate array, allocated once per model context and
     refilled from the last position's logits for each token."""
@@ -94,6 +112,9 @@ class Sampler:
         self.index = -1  # the batch position whose logits are this request's (a batch of many requests)
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        keep = shortlist_size(params)
+        if keep:
+            add(lib.llama_sampler_init_top_k(keep))
         add(lib.llama_sampler_init_penalties(PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
         if params.temperature == 0:
             add(lib.llama_sampler_init_greedy())
