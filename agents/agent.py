@@ -23,7 +23,7 @@ from agents.errors import AgentError, BackendError
 from agents.homeassistant import AgentDiscovery
 from agents.metering import AgentMetrics
 from agents.settings import AgentSettings
-from agents.status import StatusBoard, id_holder
+from agents.status import Beside, StatusBoard, id_holder
 from agents.stream import Stream
 from broker.runtime.daemon import Daemon
 from broker.runtime.logs import kv
@@ -316,15 +316,17 @@ class Agent(Daemon):
         self._dirty.set()
         interval_s = self.settings.chunk_interval_ms / 1000
         stream = Stream(self.session, spec, interval_s, self.topics) if spec.stream else None
-        progress, key = self.board.progress, spec.key
+        progress, key, beside = self.board.progress, spec.key, Beside(self.board)
 
         def emit(text: str) -> None:
             progress[key] = progress.get(key, 0) + 1  # one piece of text per token; read by the heartbeat
+            beside.token()
             if stream:
                 stream.add(text)
 
         try:
-            gen = answer(backend, spec, emit, job.cancel.is_set)
+            with self.board.generation():
+                gen = answer(backend, spec, emit, job.cancel.is_set)
         except (BackendError, output.OutputError) as exc:
             self.counters["failed"] += 1
             log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))
@@ -334,7 +336,7 @@ class Agent(Daemon):
         if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
         self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens, prompt_tokens=gen.prompt_tokens,
-                          running=self.board.running())
+                          running=beside.level())
         self.meter.record(spec.model or self.default_model, gen)
         if job.handback:
             self._hand_back(job, "agent stopped before the job finished")

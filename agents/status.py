@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from agents.settings import AgentSettings
 from broker.runtime import __version__
@@ -56,6 +58,24 @@ def mem_free_bytes() -> int:
     return proc_kib("/proc/meminfo", "MemAvailable")
 
 
+class Beside:
+    """How many jobs generate at once, seen from one job: the count at each of its tokens, averaged.
+    Its decode rate was measured at that level. The count as it ends is often lower (the others
+    finished first), and recording that labelled a busy job's rate as a quieter level's."""
+
+    def __init__(self, board: StatusBoard) -> None:
+        self.board = board
+        self.tokens = 0
+        self.total = 0
+
+    def token(self) -> None:
+        self.tokens += 1
+        self.total += self.board.generating
+
+    def level(self) -> int:
+        return max(1, round(self.total / self.tokens)) if self.tokens else max(1, self.board.generating)
+
+
 class StatusBoard:
     """The agent's live figures; thread-safe, and each snapshot gets the next sequence number."""
 
@@ -72,6 +92,7 @@ class StatusBoard:
         self.window = TokenWindow(settings.budget_window_s)
         self.jobs: dict[str, str] = {}  # key -> "queued" | "running"
         self.progress: dict[str, int] = {}  # key -> tokens so far, of the running jobs
+        self.generating = 0  # jobs inside a backend's generate now
         self._seq = 0
         self._lock = threading.Lock()
         self.host = socket.gethostname()
@@ -89,6 +110,17 @@ class StatusBoard:
                 self.decode_tps.add(decode_tps, prior)
                 self._decode_level(running).add(decode_tps, prior)
             self.window.add(tokens)
+
+    @contextmanager
+    def generation(self) -> Iterator[None]:
+        """One job generating, counted for every job's :class:`Beside`."""
+        with self._lock:
+            self.generating += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.generating -= 1
 
     def record_concurrent(self, running: int, decode_tps: float) -> None:
         """One job's decode rate measured with ``running`` jobs generating (at start: a prior)."""

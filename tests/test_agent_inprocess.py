@@ -96,3 +96,24 @@ def test_the_status_advertises_prefill_and_decode_rates_by_slots_busy():
     st = board.snapshot()
     assert st.prefill_tps == 200.0 and st.decode_tps_at == [40.0, 25.0]
     assert st.ttft_ms == 100.0  # the long prompt's prefill is not counted into the short prompt's TTFT
+
+
+def test_a_jobs_rate_is_kept_at_the_level_it_ran_at_not_the_one_it_ended_at():
+    """Two jobs start together; the short one ends first. The long one decoded most of its tokens
+    beside the other, so its rate is a two-jobs rate, although it ended alone."""
+    a = Agent(AgentSettings(site=SITE, agent_id="a3", slots=2, calibrate_tokens=2, heartbeat_s=0.2),
+              lambda: {"m": SyntheticBackend(tokens_per_s=100.0)}, session=MemorySession())
+    a.start()
+    try:
+        wait_for(lambda: a._idle == 2, 10, what="both slots to wait for work")
+        for job, tokens in (("long", 40), ("short", 30)):
+            spec = Assignment(key=f"dev/{job}", device="dev", job=job, attempt=1, prompt="x", max_tokens=tokens,
+                              result_topic=T.results("dev", job), assigned_at=time.time())
+            a._on_message(Message(topic=T.assign("a3"), payload=encode(spec), qos=1))
+        done = lambda: [b for _, b in a.session.messages(T.events("a3")) if b["kind"] == "done"]  # noqa: E731
+        wait_for(lambda: len(done()) == 2, 10, what="both jobs to finish")
+        assert [b["key"] for b in done()] == ["dev/short", "dev/long"]
+        one, two = a.board.decode_at
+        assert (one.samples, two.samples) == (0, 2)  # level 1 still holds only the calibration's prior
+    finally:
+        a.request_stop()
