@@ -166,6 +166,19 @@ def test_a_backlog_of_edge_only_jobs_does_not_block_cloud_ok_jobs_behind_it():
     assert all(out[f"e{i}"]["tier"] == "edge" for i in range(40))
 
 
+def test_the_simulator_slows_a_running_job_while_another_shares_its_agent_and_speeds_it_up_after():
+    from broker.planning.simulation import DISPATCH_S, SimAgent, SimJob, simulate
+
+    # 20 tokens/s alone, 10 each with two at once: the short job's 10 tokens take 1 s beside the
+    # long one, which decodes 10 of its 100 meanwhile and the other 90 alone in 4.5 s
+    jobs = [SimJob(key="long", arrival=0.0, max_tokens=100, tokens=100, prompt_tokens=0, deadline_s=None),
+            SimJob(key="short", arrival=0.0, max_tokens=10, tokens=10, prompt_tokens=0, deadline_s=None)]
+    agent = SimAgent(name="a", slots=2, tps=20.0, ttft_s=0.0, tps_at=(20.0, 10.0))
+    out = simulate(jobs, [agent], CloudTier(enabled=False), cloud_workers=0, policy="load-aware")
+    assert out["short"]["latency_s"] == pytest.approx(1.0 + 2 * DISPATCH_S, abs=0.02)
+    assert out["long"]["latency_s"] == pytest.approx(1.0 + 4.5 + 2 * DISPATCH_S, abs=0.02)
+
+
 def test_a_dispatch_pass_sets_aside_edge_only_jobs_once_their_model_is_full():
     from broker.coordinator.scheduler import LOOK_PAST, DispatchPass
 

@@ -5,7 +5,8 @@
 validates it against the measured cluster experiment and scales it to 1,000 agents.
 
 It models what the coordinator predicts with (``coordinator/predict.py``): an agent takes TTFT
-+ prompt tokens / prefill rate + tokens / its rate at the number of slots decoding; the
++ prompt tokens / prefill rate, then decodes each job's tokens at its rate for the number of
+jobs it runs at that moment (a job that starts or ends changes every other job's pace); the
 coordinator plans on answer lengths it learns (``lengths``) and on the cloud's times it learns
 (``cloudtime``) from the jobs the simulation finishes; the cloud runs ``cloud_workers`` jobs at
 once behind its queue; under ``deadline`` a job no tier can finish in time is refused.
@@ -43,6 +44,13 @@ SCALES_OUT = 10_000  # cloud workers from which the cloud is taken to scale out 
 
 
 @dataclass
+class _Run:
+    job: SimJob
+    left: float  # answer tokens still to decode
+    decoding_at: float  # after its TTFT and prefill
+
+
+@dataclass
 class SimAgent:
     name: str
     slots: int
@@ -59,6 +67,9 @@ class SimAgent:
     busy_expected: int = 0  # the answer tokens the scheduler planned for the busy jobs
     served: int = 0
     window: TokenWindow = field(default_factory=lambda: TokenWindow(60.0))
+    running: dict[str, _Run] = field(default_factory=dict)
+    since: float = 0.0  # when the running jobs' progress was last brought up to date
+    version: int = 0  # finish events pushed before the last change in ``running`` are stale
 
     def view(self, now: float) -> AgentView:
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
@@ -86,7 +97,8 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
     rng = random.Random(seed)
     for a in agents:  # every run starts from idle agents, so one fleet can be run under several options
         a.window = TokenWindow(a.window_s)
-        a.busy = a.busy_tokens = a.busy_expected = a.served = 0
+        a.busy = a.busy_tokens = a.busy_expected = a.served = a.version = 0
+        a.running, a.since = {}, 0.0
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     n = 0
     for j in jobs:
@@ -144,9 +156,9 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 planned[key] = spec.tokens
                 views[index[a.name]] = a.view(now)
                 prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
-                end = now + DISPATCH_S + a.ttft_s + prefill + j.tokens / rate_at(views[index[a.name]], a.busy)
-                heapq.heappush(events, (end, n, "finish", (a, j)))
-                n += 1
+                catch_up(a, now)
+                a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill)
+                n = reschedule(a, now, events, n)
                 out[key] = {"predicted_s": predicted}
                 del pending[key]
             else:
@@ -170,7 +182,12 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                                           "generate_ms": service_s * 1000})
             lengths.record("m", "", j.tokens, cut_off=j.tokens >= j.max_tokens)
         elif kind == "finish":
-            a, j = payload
+            a, j, version = payload
+            if version != a.version:
+                continue  # a job started or ended on that agent since: its pace changed
+            catch_up(a, now)
+            del a.running[j.key]
+            n = reschedule(a, now, events, n)
             a.busy -= 1
             a.busy_tokens -= j.max_tokens
             a.busy_expected -= planned.pop(j.key)
@@ -184,6 +201,28 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             heapq.heappush(events, (now + 1.0, n, "tick", None))
             n += 1
     return out
+
+
+def catch_up(a: SimAgent, now: float) -> None:
+    """Bring the running jobs' decoding up to ``now``, at the pace of as many jobs as ran."""
+    if a.running:
+        rate = rate_at(a.view(now), len(a.running))
+        for r in a.running.values():
+            begun = max(a.since, r.decoding_at)
+            if now > begun:
+                r.left = max(0.0, r.left - (now - begun) * rate)
+    a.since = now
+
+
+def reschedule(a: SimAgent, now: float, events: list[tuple[float, int, str, Any]], n: int) -> int:
+    """Each running job's finish at the pace of the jobs running now; earlier ones go stale."""
+    a.version += 1
+    if a.running:
+        rate = rate_at(a.view(now), len(a.running))
+        for r in a.running.values():
+            heapq.heappush(events, (max(now, r.decoding_at) + r.left / rate, n, "finish", (a, r.job, a.version)))
+            n += 1
+    return n
 
 
 def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[SimAgent],
