@@ -37,13 +37,16 @@ user {getpass.getuser()}
 {delivery_settings(str(data_dir), max_packet_bytes, connection_messages=False)}"""
 
 
+AUTOSAVE_S = 5  # mosquitto writes its sessions to disk this often; a SIGKILL loses what came since
+
+
 def delivery_settings(data_dir: str, max_packet_bytes: int, connection_messages: bool) -> str:
     """What every fogmesh broker needs whoever may connect: persistence, no silent drops, no Nagle,
     the packet limit, logs. Shared by the development and the production configuration."""
     return f"""# Persistent sessions and retained statuses must survive a broker restart.
 persistence true
 persistence_location {data_dir.rstrip('/')}/
-autosave_interval 5
+autosave_interval {AUTOSAVE_S}
 
 # The default (1000) silently drops QoS 1 messages for a slow or offline
 # persistent subscriber (measured: 12.9k-17.5k of 20k delivered). 0 = no limit.
