@@ -188,6 +188,10 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
         sent_at[job] = time.time()
         device.send({"id": job, "prompt": f"Reading {job}: temperature 21.5 C, humidity 40%. Status:",
                      "max_tokens": 16, "deadline_ms": 8000})
+    # On a fast day every job of the burst fits in time; this one, behind the burst, fits on no day
+    device.send({"id": "behind", "prompt": "Reading behind the burst. Status:", "max_tokens": 64,
+                 "deadline_ms": 300})
+    ids.append("behind")
     finals = {job: device.final(job, timeout_s=90) for job in ids}
     statuses = {job: f["status"] for job, f in finals.items()}
     assert set(statuses.values()) <= {"done", "rejected"}, statuses
@@ -198,7 +202,7 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
         else:
             assert f["timings"]["total_ms"] <= 8000, (job, f["timings"])
     assert "done" in statuses.values()
-    refused = next(job for job, status in statuses.items() if status == "rejected")
-    why = cli("explain", "--broker", broker_url, "--site", site_id, refused)
+    assert statuses["behind"] == "rejected", finals["behind"]
+    why = cli("explain", "--broker", broker_url, "--site", site_id, "behind")
     assert why.returncode == 0 and "first token" in why.stdout and "tokens assumed" in why.stdout, why.stdout
     wait_for(lambda: all(len(device.finals[j]) == 1 for j in ids), 2, what="one final per job")
