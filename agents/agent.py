@@ -325,8 +325,7 @@ class Agent(Daemon):
                 stream.add(text)
 
         try:
-            with self.board.generation():
-                gen = answer(backend, spec, emit, job.cancel.is_set)
+            gen = answer(backend, spec, emit, job.cancel.is_set)
         except (BackendError, output.OutputError) as exc:
             self.counters["failed"] += 1
             log.warning(kv("job_failed", job=spec.key, code=exc.code, detail=exc.message))

@@ -7,8 +7,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from agents.settings import AgentSettings
 from broker.runtime import __version__
@@ -70,10 +68,10 @@ class Beside:
 
     def token(self) -> None:
         self.tokens += 1
-        self.total += self.board.generating
+        self.total += self.board.running()
 
     def level(self) -> int:
-        return max(1, round(self.total / self.tokens)) if self.tokens else max(1, self.board.generating)
+        return max(1, round(self.total / self.tokens)) if self.tokens else max(1, self.board.running())
 
 
 class StatusBoard:
@@ -92,7 +90,6 @@ class StatusBoard:
         self.window = TokenWindow(settings.budget_window_s)
         self.jobs: dict[str, str] = {}  # key -> "queued" | "running"
         self.progress: dict[str, int] = {}  # key -> tokens so far, of the running jobs
-        self.generating = 0  # jobs inside a backend's generate now
         self._seq = 0
         self._lock = threading.Lock()
         self.host = socket.gethostname()
@@ -110,17 +107,6 @@ class StatusBoard:
                 self.decode_tps.add(decode_tps, prior)
                 self._decode_level(running).add(decode_tps, prior)
             self.window.add(tokens)
-
-    @contextmanager
-    def generation(self) -> Iterator[None]:
-        """One job generating, counted for every job's :class:`Beside`."""
-        with self._lock:
-            self.generating += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.generating -= 1
 
     def record_concurrent(self, running: int, decode_tps: float) -> None:
         """One job's decode rate measured with ``running`` jobs generating (at start: a prior)."""

@@ -48,6 +48,7 @@ class _Run:
     job: SimJob
     left: float  # answer tokens still to decode
     decoding_at: float  # after its TTFT and prefill
+    planned: int  # the answer tokens the scheduler planned for it
 
 
 @dataclass
@@ -62,7 +63,6 @@ class SimAgent:
     window_s: float = 60.0
     energy_j_per_token: float = 0.0
     price_per_kwh: float = 0.30
-    busy: int = 0
     busy_tokens: int = 0
     busy_expected: int = 0  # the answer tokens the scheduler planned for the busy jobs
     served: int = 0
@@ -70,6 +70,10 @@ class SimAgent:
     running: dict[str, _Run] = field(default_factory=dict)
     since: float = 0.0  # when the running jobs' progress was last brought up to date
     version: int = 0  # finish events pushed before the last change in ``running`` are stale
+
+    @property
+    def busy(self) -> int:
+        return len(self.running)
 
     def view(self, now: float) -> AgentView:
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
@@ -97,7 +101,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
     rng = random.Random(seed)
     for a in agents:  # every run starts from idle agents, so one fleet can be run under several options
         a.window = TokenWindow(a.window_s)
-        a.busy = a.busy_tokens = a.busy_expected = a.served = a.version = 0
+        a.busy_tokens = a.busy_expected = a.served = a.version = 0
         a.running, a.since = {}, 0.0
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     n = 0
@@ -111,7 +115,6 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
     by_name = {a.name: a for a in agents}
     lengths, learned = AnswerLengths(), CloudTime()
     prior = dataclasses.replace(cloud, workers=cloud_workers if cloud_workers < SCALES_OUT else 0)
-    planned: dict[str, int] = {}
 
     def dispatch(now: float) -> None:
         nonlocal n
@@ -150,14 +153,12 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 del pending[key]
             elif d.target == "agent" and d.agent:
                 a = by_name[d.agent]
-                a.busy += 1
-                a.busy_tokens += j.max_tokens
-                a.busy_expected += spec.tokens
-                planned[key] = spec.tokens
-                views[index[a.name]] = a.view(now)
                 prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
                 catch_up(a, now)
-                a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill)
+                a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill, spec.tokens)
+                a.busy_tokens += j.max_tokens
+                a.busy_expected += spec.tokens
+                views[index[a.name]] = a.view(now)
                 n = reschedule(a, now, events, n)
                 out[key] = {"predicted_s": predicted}
                 del pending[key]
@@ -186,11 +187,10 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             if version != a.version:
                 continue  # a job started or ended on that agent since: its pace changed
             catch_up(a, now)
-            del a.running[j.key]
+            run = a.running.pop(j.key)
             n = reschedule(a, now, events, n)
-            a.busy -= 1
             a.busy_tokens -= j.max_tokens
-            a.busy_expected -= planned.pop(j.key)
+            a.busy_expected -= run.planned
             a.served += 1
             a.window.add(j.tokens, now)
             lengths.record("m", "", j.tokens, cut_off=j.tokens >= j.max_tokens)
