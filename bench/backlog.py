@@ -25,12 +25,13 @@ from schemas.topics import Topics
 HOLDERS = 10
 
 
-class _Watch:
+class Watch:
     """What the devices and dashboards see: the site's mesh status, the coordinator's, the probe's final."""
 
     def __init__(self, url: str) -> None:
         self.topics = Topics(SITE)
         self.held = 0  # queued + running, as the mesh status says
+        self.mesh: dict[str, Any] = {}  # the latest mesh status
         self.online_pid = 0
         self.answered: dict[str, Any] | None = None
         self.changed = threading.Condition()
@@ -44,6 +45,7 @@ class _Watch:
         body = orjson.loads(msg.payload) if msg.payload else {}
         with self.changed:
             if msg.topic == self.topics.mesh_status:
+                self.mesh = body
                 self.held = body.get("queue_depth", 0) + body.get("running", 0)
             elif msg.topic == self.topics.coordinator_status:
                 self.online_pid = body.get("pid", 0) if body.get("state") == "online" else 0
@@ -60,7 +62,7 @@ def run_backlog(url: str, jobs: int, devices: int, tmp: str) -> dict[str, Any]:
     ledger = f"{tmp}/ledger-backlog.db"
     settings = {"max_queue": jobs * 2, "aging_s": 3600}
     holders = Sims(url, HOLDERS, "hold", prefix="hold")
-    watch = _Watch(url)
+    watch = Watch(url)
     coord = start_coordinator(url, ledger, **settings)
     assert watch.wait(lambda: watch.online_pid == coord.pid, 60), "the coordinator did not come online"
     publisher = Session(BrokerAddress.parse(url), f"bench-pub-{secrets.token_hex(3)}", lambda m: None,

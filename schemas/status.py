@@ -89,6 +89,12 @@ class SiteWindow(_Message, frozen=True):
     cloud_share: float = 0.0  # of the done jobs in the window, the share the cloud served (0-1)
     latency_p50_ms: float = 0.0  # median, accepted to final, done jobs in the window
     ttft_p50_ms: float = 0.0
+    # The scheduler's decisions, over the coordinator's last 4,096: the processor time each took
+    # (what choosing costs per job, apart from MQTT and the ledger), and the wall-clock p99, which
+    # adds the waits for the interpreter while the coordinator's MQTT thread held it.
+    decision_p50_ms: float = 0.0
+    decision_p99_ms: float = 0.0
+    decision_wall_p99_ms: float = 0.0
     totals: dict[str, dict[str, int]] = {}  # final status -> tier ("edge", "cloud", "none") -> jobs
     cloud_spend: float = 0.0  # since the coordinator started, in the currency of the bridge's prices
 

@@ -48,6 +48,7 @@ def test_scale_runs(results_in_tmp):
     r = orjson.loads((results_in_tmp / "scale.json").read_bytes())
     assert r["results"][0]["fogmesh"]["jobs_per_s"] > 0
     assert r["results"][0]["fogmesh"]["decision_ms"]["indexed"]["n"] > 0
+    assert r["results"][0]["fogmesh"]["decision_ms"]["coordinator"]["p99"] > 0  # the coordinator's own figure
     held = r["backlog"]
     assert held["queued"] >= 300 and held["answer"] == "done" and held["answered_s"] > held["online_s"] > 0
 

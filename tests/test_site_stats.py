@@ -23,6 +23,16 @@ def test_the_last_minute_counts_jobs_cloud_share_and_median_latency():
     assert [f.key for f in stats.last][-1] == "a/bad" and stats.last[-1].code == "invalid_json"
 
 
+def test_decision_times_keep_the_latest_4096_with_their_median_and_p99():
+    stats = SiteStats()
+    assert stats.window(0.0).decision_p99_ms == 0.0  # none made yet: no figure, not an error
+    for i in range(5000):  # the first 904 fall out: only the latest 4,096 count
+        cpu = 9.0 if i < 904 else (0.5 if i % 50 == 0 else 0.05)  # 2% slow
+        stats.decided(cpu, cpu * 3)
+    w = stats.window(0.0)
+    assert (w.decision_p50_ms, w.decision_p99_ms, w.decision_wall_p99_ms) == (0.05, 0.5, 1.5)
+
+
 def test_history_has_a_step_for_every_10_seconds_even_quiet_ones_and_keeps_15_minutes():
     stats = SiteStats()
     t0 = 1_000_000.0

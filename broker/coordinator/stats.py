@@ -17,6 +17,7 @@ WINDOW_S = 60.0  # "lately": the rates and medians of the mesh status
 STEP_S = 10  # one history step
 STEPS = 90  # 15 minutes of history
 LAST = 20  # the last jobs to end, shown with the live ones
+DECISIONS_KEPT = 4096  # the scheduler's latest decision times, for their median and p99
 
 
 @dataclass
@@ -56,6 +57,11 @@ class SiteStats:
         self._recent: deque[_Final] = deque()
         self._steps: deque[_Step] = deque(maxlen=STEPS)
         self.last: deque[FinishedJob] = deque(maxlen=LAST)  # newest last
+        self.decisions: deque[tuple[float, float]] = deque(maxlen=DECISIONS_KEPT)  # (cpu ms, wall ms)
+
+    def decided(self, cpu_ms: float, wall_ms: float) -> None:
+        """One scheduler decision took ``cpu_ms`` of the loop thread's processor time, ``wall_ms`` in all."""
+        self.decisions.append((cpu_ms, wall_ms))
 
     def record(self, now: float, key: str, status: str, tier: str, *, node: str = "", code: str = "",
                tokens: int = 0, latency_ms: float | None = None, ttft_ms: float | None = None,
@@ -83,11 +89,14 @@ class SiteStats:
         while self._recent and self._recent[0].at < now - WINDOW_S:
             self._recent.popleft()
         done = [f for f in self._recent if f.status == "done"]
+        cpu, wall = sorted(d[0] for d in self.decisions), sorted(d[1] for d in self.decisions)
         return SiteWindow(
             window_s=WINDOW_S, finished=len(self._recent), done=len(done),
             cloud_share=round(sum(f.tier == "cloud" for f in done) / len(done), 4) if done else 0.0,
             latency_p50_ms=_median([f.latency_ms for f in done if f.latency_ms is not None]),
             ttft_p50_ms=_median([f.ttft_ms for f in done if f.ttft_ms is not None]),
+            decision_p50_ms=_rank(cpu, 0.5), decision_p99_ms=_rank(cpu, 0.99),
+            decision_wall_p99_ms=_rank(wall, 0.99),
             totals={s: dict(t) for s, t in self.totals.items()}, cloud_spend=round(self.cloud_spend, 6))
 
     def history(self, now: float) -> MeshHistory:
@@ -110,3 +119,8 @@ class SiteStats:
 
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 1) if values else 0.0
+
+
+def _rank(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values (nearest rank), to the microsecond."""
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0

@@ -114,6 +114,8 @@ class StatusBoard:
         m.gauge("agents_online", "Agents online", lambda: len(c.registry.online()))
         m.gauge("slots", "Slots across online agents", lambda: self.last.slots_total if self.last else 0)
         m.gauge("slots_free", "Free slots across online agents", lambda: self.last.slots_free if self.last else 0)
+        m.gauge("decision_p99_seconds", "Processor time of the scheduler's decision, p99 of the last 4,096",
+                lambda: self.last.recent.decision_p99_ms / 1000 if self.last and self.last.recent else 0)
         m.reconnects(reconnects)
 
 

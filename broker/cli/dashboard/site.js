@@ -49,6 +49,8 @@ function latelyCard(rec) {
     `${(num(r.finished) * 60 / window).toFixed(1)} jobs/min · ${num(r.done)} done in the last ${duration(window)}` +
     ` · cloud share ${Math.round(num(r.cloud_share) * 100)}% · median latency ${ms(r.latency_p50_ms)}` +
     ` · TTFT ${ms(r.ttft_p50_ms)}`,
+    el("br"), `scheduler decision ${num(r.decision_p50_ms).toFixed(3)} ms median, ` +
+    `${num(r.decision_p99_ms).toFixed(3)} ms p99 (wall clock ${num(r.decision_wall_p99_ms).toFixed(3)} ms)`,
     el("br"), `cloud spend ${num(r.cloud_spend).toFixed(4)} since the coordinator started`]);
 }
 
