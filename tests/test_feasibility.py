@@ -117,6 +117,21 @@ def test_a_final_says_when_its_placement_was_decided_so_its_prediction_is_judged
     assert late["predicted_ms"] > 0
 
 
+def test_the_wait_behind_a_running_job_counts_what_it_has_decoded_since_it_started(coord):
+    coord._handle(status("a1"))  # one slot, 50 tokens/s, 20 ms to the first token
+    coord._handle(prompt("busy", max_tokens=50))  # 1 s of decoding
+    coord.dispatcher.run(time.time(), time.monotonic())
+    started = encode(AgentEvent(key="dev/busy", attempt=1, agent="a1", epoch=1, kind="started"))
+    coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
+    coord.jobs["dev/busy"].started_at = time.time() - 0.8  # 0.78 s decoding: 39 of its 50 tokens are out
+    # 0.22 s left there + 0.02 + 0.2 s of its own: in time; counted from the start (1.02 s ahead), not
+    coord._handle(prompt("next", max_tokens=10, deadline_ms=700))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.jobs["dev/next"].agent == "a1"
+    predicted = coord.jobs["dev/next"].decision
+    assert predicted is not None and 200 < predicted["parts"]["wait_ms"] < 300
+
+
 def test_long_prompts_are_predicted_with_the_agents_prefill_rate(coord):
     coord._handle(status("a1", prefill_tps=500.0))
     log_text = "sensor 17 reading 21.5C ok; " * 150  # ~4,200 bytes: about 1,050 tokens, 2.1 s of prefill
@@ -125,6 +140,16 @@ def test_long_prompts_are_predicted_with_the_agents_prefill_rate(coord):
     coord.dispatcher.run(time.time(), time.monotonic())
     assert final(coord, "log")["error"]["code"] == "deadline_infeasible"
     assert coord.jobs["dev/reading"].agent == "a1"
+
+
+def test_a_short_prompt_adds_no_prefill_to_the_calibrated_ttft_and_a_log_adds_its_own():
+    from broker.coordinator.predict import agent_parts
+    from broker.coordinator.scheduler import AgentView
+
+    v = AgentView(agent="a1", decode_tps=20.0, ttft_ms=100.0, prefill_tps=160.0)
+    # the TTFT was measured with a prompt of this size: a reading of a dozen tokens is that TTFT
+    assert agent_parts(v, 32, prompt_tokens=12).first_s == pytest.approx(0.1)
+    assert agent_parts(v, 32, prompt_tokens=1090).first_s == pytest.approx(0.1 + 1088 / 160)
 
 
 def test_an_agents_rate_at_the_concurrency_a_job_would_run_at_decides(coord):

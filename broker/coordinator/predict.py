@@ -7,7 +7,9 @@ A job's completion on an agent is
 where k is the number of slots that would decode at once with the job (its own included), the
 decode rate at k is what the agent advertises for that concurrency (``decode_tps_at[k - 1]``),
 and the queue wait is the expected tokens already placed on the agent over its throughput with
-every slot busy. The expected tokens are a learned high quantile of the answer length (see
+every slot busy, plus the time to first token (TTFT and prefill) still ahead of them, shared by the
+slots. A running job counts the tokens it has not decoded yet, as predicted from when it started
+(``fleet.py``). The expected tokens are a learned high quantile of the answer length (see
 ``lengths``), never more than ``max_tokens``. An agent that advertises neither prefill rate nor
 per-concurrency rates is predicted as before: one decode rate, TTFT from its calibration prompt.
 
@@ -17,8 +19,11 @@ cloud's decode rate. A cloud of few workers that has not answered a job yet cann
 that would queue for one anything: its time per job is unknown (the configured prior missed by
 4x on a busy machine), so such a job is predicted to wait ``UNKNOWN_WAIT_S``.
 
-Prompt tokens are rounded up to a multiple of ``PROMPT_BUCKET``, so that the agent index keeps
-one completion ranking per (answer, prompt) size in use rather than one per prompt.
+Prompt tokens are rounded down to a multiple of ``PROMPT_BUCKET``, so that the agent index keeps
+one completion ranking per (answer, prompt) size in use rather than one per prompt. Down: an
+agent's TTFT is measured with its short calibration prompt and its prefill rate past it, so a
+reading of a dozen tokens adds no prefill of its own (rounded up, it was charged 64 tokens: 0.4 s
+on this machine's agents, a third of such a job's predicted time).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class Parts:
 
 
 def prompt_bucket(tokens: int) -> int:
-    return -(-max(tokens, 0) // PROMPT_BUCKET) * PROMPT_BUCKET
+    return max(tokens, 0) // PROMPT_BUCKET * PROMPT_BUCKET
 
 
 _DIGITS = str.maketrans("", "", "0123456789")
@@ -99,7 +104,7 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     slots = max(view.slots, 1)
     wait = 0.0
     if view.outstanding >= slots:
-        wait = view.outstanding_tokens / (rate_at(view, slots) * slots)
+        wait = (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots
     k = min(view.outstanding + 1, slots)
     prefill = prompt_bucket(prompt_tokens) / view.prefill_tps if view.prefill_tps > 0 else 0.0
     return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k), tokens)

@@ -46,7 +46,8 @@ class AgentView:
     default_model: str = ""  # what it runs for a job that names no model
     slots: int = 1
     outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
-    outstanding_tokens: int = 0  # their expected answer tokens, summed
+    outstanding_tokens: int = 0  # their expected answer tokens, summed (a full agent: less those decoded)
+    first_ahead_s: float = 0.0  # a full agent: the TTFT and prefill still ahead of its jobs, summed
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
     prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)

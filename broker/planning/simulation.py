@@ -76,11 +76,26 @@ class SimAgent:
         return len(self.running)
 
     def view(self, now: float) -> AgentView:
+        """The agent as the coordinator sees it at ``now``: a full agent's backlog is the answer tokens
+        still to come of what the scheduler planned, as its running jobs have decoded some, and the
+        first-token time still ahead of them."""
+        expected, first = self.busy_expected, 0.0
+        if self.busy >= self.slots:
+            rate = self.pace()
+            for r in self.running.values():
+                left = r.left - max(0.0, now - max(self.since, r.decoding_at)) * rate
+                expected -= min(r.planned, int(max(0.0, r.job.tokens - max(left, 0.0))))
+                first += max(0.0, r.decoding_at - now)
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
-                         outstanding_tokens=self.busy_expected, decode_tps=self.tps, ttft_ms=self.ttft_s * 1000,
+                         outstanding_tokens=expected, first_ahead_s=first, decode_tps=self.tps,
+                         ttft_ms=self.ttft_s * 1000,
                          prefill_tps=self.prefill_tps, decode_tps_at=self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
                          energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh, prefetch=0)
+
+    def pace(self) -> float:
+        """One running job's decode tokens/s with as many running as now."""
+        return rate_at(AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.tps_at), self.busy)
 
 
 @dataclass
@@ -206,7 +221,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
 def catch_up(a: SimAgent, now: float) -> None:
     """Bring the running jobs' decoding up to ``now``, at the pace of as many jobs as ran."""
     if a.running:
-        rate = rate_at(a.view(now), len(a.running))
+        rate = a.pace()
         for r in a.running.values():
             begun = max(a.since, r.decoding_at)
             if now > begun:
@@ -218,7 +233,7 @@ def reschedule(a: SimAgent, now: float, events: list[tuple[float, int, str, Any]
     """Each running job's finish at the pace of the jobs running now; earlier ones go stale."""
     a.version += 1
     if a.running:
-        rate = rate_at(a.view(now), len(a.running))
+        rate = a.pace()
         for r in a.running.values():
             heapq.heappush(events, (max(now, r.decoding_at) + r.left / rate, n, "finish", (a, r.job, a.version)))
             n += 1
