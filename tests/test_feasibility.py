@@ -123,13 +123,30 @@ def test_the_wait_behind_a_running_job_counts_what_it_has_decoded_since_it_start
     coord.dispatcher.run(time.time(), time.monotonic())
     started = encode(AgentEvent(key="dev/busy", attempt=1, agent="a1", epoch=1, kind="started"))
     coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
-    coord.jobs["dev/busy"].started_at = time.time() - 0.8  # 0.78 s decoding: 39 of its 50 tokens are out
-    # 0.22 s left there + 0.02 + 0.2 s of its own: in time; counted from the start (1.02 s ahead), not
+    coord.jobs["dev/busy"].started_at -= 0.5
+    time.sleep(0.3)  # a full agent's view counts its jobs' progress anew every 0.25 s
+    # ~0.78 s decoding: 39 of its 50 tokens are out, 0.22 s left there, + 0.02 + 0.2 s of its own: in
+    # time; counted from its start (1.02 s ahead), not
     coord._handle(prompt("next", max_tokens=10, deadline_ms=700))
     coord.dispatcher.run(time.time(), time.monotonic())
     assert coord.jobs["dev/next"].agent == "a1"
     predicted = coord.jobs["dev/next"].decision
-    assert predicted is not None and 200 < predicted["parts"]["wait_ms"] < 300
+    assert predicted is not None and 100 < predicted["parts"]["wait_ms"] < 300
+
+
+def test_an_agent_advertising_an_absurd_rate_does_not_stop_the_coordinator_counting_progress(coord):
+    body = orjson.loads(status("a1").payload) | {"decode_tps_at": [1e308]}  # JSON has no inf or NaN: the most
+    coord._handle(Message(topic=Topics(SITE).agent_status("a1"), payload=orjson.dumps(body), qos=1,
+                          received_at=time.time()))
+    coord._handle(prompt("busy", max_tokens=50))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    started = encode(AgentEvent(key="dev/busy", attempt=1, agent="a1", epoch=1, kind="started"))
+    coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
+    coord.jobs["dev/busy"].started_at -= 5.0
+    time.sleep(0.3)
+    coord._handle(prompt("next", max_tokens=10))
+    coord.dispatcher.run(time.time(), time.monotonic())  # raised OverflowError: int(inf)
+    assert coord.jobs["dev/next"].agent == "a1"  # the loop went on, and placed it in the agent's queue
 
 
 def test_long_prompts_are_predicted_with_the_agents_prefill_rate(coord):

@@ -10,7 +10,6 @@ run, not each as if it were next.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -24,7 +23,7 @@ from broker.coordinator.fleet import Fleet
 from broker.coordinator.index import AgentIndex
 from broker.coordinator.jobs import Job, JobState
 from broker.coordinator.predict import estimate_prompt_tokens
-from broker.coordinator.scheduler import AgentView, Decision, DispatchPass, JobSpec, Policy
+from broker.coordinator.scheduler import AgentView, Decision, DispatchPass, JobSpec, Policy, held_behind
 from broker.runtime.logs import kv
 from schemas import encode
 from schemas.messages import Assignment, request_of
@@ -110,8 +109,7 @@ class Dispatcher:
         """The job waits for ``decision.agent``: later decisions of this pass see it queued there."""
         v = index.get(decision.agent or "")
         if decision.target == "wait" and v is not None:
-            index.put(dataclasses.replace(v, outstanding=v.outstanding + 1,
-                                          outstanding_tokens=v.outstanding_tokens + spec.tokens))
+            index.put(held_behind(v, decision, spec))
             reserved.add(v.agent)
 
     def screen(self, index: AgentIndex, keys: list[str], now: float, reserved: set[str]) -> None:

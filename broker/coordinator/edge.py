@@ -86,6 +86,9 @@ class Edge:
             job.state = JobState.RUNNING
             job.started_at = c.clock()
             c.m.queue_wait.observe(job.started_at - job.created_at)
+            known = c.registry.agents.get(ev.agent)
+            if known is not None and c.jobs.load_of(ev.agent)[0] >= known.status.slots_total:
+                c.jobs.changed.add(ev.agent)  # a full agent's wait now counts this job's tokens as they come
             c.ledger.update(job.key, "running", {"agent": ev.agent, "attempt": ev.attempt})
         elif ev.kind == "done":
             known = c.registry.agents.get(ev.agent)

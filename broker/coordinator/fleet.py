@@ -5,8 +5,10 @@ Building every agent's view for every dispatch pass cost O(agents) a pass, and t
 1,000-agent site mostly had not changed. The registry and the jobs note which agents changed;
 :meth:`Fleet.refresh` rebuilds those. Agents with a token budget are rebuilt once a pass as
 well: their use is a sliding window, and it drops as time passes without any event. So are the
-full agents, at most every ``PROGRESS_S``: a job's wait for such an agent is
-the answer tokens still to come there, and those drop as its running jobs decode.
+full agents, each at most every ``PROGRESS_S`` and only while jobs wait to be placed: a job's
+wait for such an agent is the answer tokens still to come there, and those drop as its running
+jobs decode. At most ``PROGRESS_BATCH`` of them a pass, so that a 1,000-agent site, all full, does
+not stop the loop for a few hundred milliseconds every ``PROGRESS_S``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from broker.coordinator.index import AgentIndex
 from broker.coordinator.predict import rate_at
 from broker.coordinator.scheduler import AgentView
 
-PROGRESS_S = 0.25  # how often a full agent's view counts its running jobs' progress anew
+PROGRESS_S = 0.25  # how often a full agent's view counts its running jobs' progress anew, at most
+PROGRESS_BATCH = 64  # full agents brought up to date in one dispatch pass, at most: the longest waiting first
 
 
 class Fleet:
@@ -26,8 +29,9 @@ class Fleet:
         self.core = core
         self.index = AgentIndex()
         self._budgeted: set[str] = set()  # agents whose budget use decays with time
-        self._progressing: set[str] = set()  # full agents: their backlog drops as their jobs generate
-        self._progress_at = 0.0
+        # full agents (their backlog drops as their jobs generate) -> when it was last counted
+        # (monotonic), the least recent first
+        self._progressing: dict[str, float] = {}
 
     def refresh(self, budgets: bool = False) -> AgentIndex:
         """The index, with the views of the agents that changed rebuilt (``budgets``: and of every
@@ -36,10 +40,8 @@ class Fleet:
         changed = c.registry.take_changed() | c.jobs.take_changed()
         if budgets:
             changed |= self._budgeted
-            mono = time.monotonic()
-            if self._progressing and mono - self._progress_at >= PROGRESS_S:
-                changed |= self._progressing
-                self._progress_at = mono
+            if self._progressing and (len(c.jobs.waiting) or c.admitted):
+                changed.update(self._due(time.monotonic()))
         for agent in changed:
             self._rebuild(agent)
         return self.index
@@ -47,21 +49,31 @@ class Fleet:
     def views(self) -> list[AgentView]:
         return self.refresh().views()
 
+    def _due(self, mono: float) -> list[str]:
+        due: list[str] = []
+        for agent, at in self._progressing.items():
+            if mono - at < PROGRESS_S or len(due) >= PROGRESS_BATCH:
+                break
+            due.append(agent)
+        return due
+
     def _rebuild(self, agent: str) -> None:
         c = self.core
         k = c.registry.agents.get(agent)
         if k is None:
             self.index.remove(agent)
             self._budgeted.discard(agent)
-            self._progressing.discard(agent)
+            self._progressing.pop(agent, None)
             return
         st = k.status
         n, toks = c.jobs.load_of(agent)
         rates = tuple(st.decode_tps_at[:st.slots_total])
         expected, decoded, first = c.jobs.expected_on(agent), 0, 0.0
-        if n >= st.slots_total:  # only a full agent's backlog makes a wait
+        full = n >= st.slots_total > 0  # only a full agent's backlog makes a wait
+        if full:
             decoded, first = self._progress(
-                agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total))
+                agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total),
+                st.progress)
         view = AgentView(
             agent=agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
             chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
@@ -79,15 +91,16 @@ class Fleet:
             self._budgeted.add(agent)
         else:
             self._budgeted.discard(agent)
-        if n >= st.slots_total:
-            self._progressing.add(agent)
-        else:
-            self._progressing.discard(agent)
+        self._progressing.pop(agent, None)
+        if full:
+            self._progressing[agent] = time.monotonic()  # counted now: the last to count again
 
-    def _progress(self, agent: str, rate: float) -> tuple[int, float]:
+    def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float]:
         """The jobs placed on ``agent``, as predicted by now: (the answer tokens they have decoded, the
         time to first token still ahead of them). A job runs from when it started: its predicted first
-        token (TTFT and prefill), then ``rate``; it decodes no more than was planned for it."""
+        token (TTFT and prefill), then ``rate``, and has decoded at least what the agent last
+        reported. One past its planned length is still running: half its plan is taken to be left
+        (within its ``max_tokens``), not none."""
         now, decoded, first = self.core.clock(), 0, 0.0
         for job in self.core.jobs.on(agent):
             parts = (job.decision or {}).get("parts")
@@ -96,6 +109,10 @@ class Fleet:
             going = now - job.started_at - parts["first_token_ms"] / 1000 if job.started_at is not None else None
             if going is None or going < 0:
                 first += parts["first_token_ms"] / 1000 if going is None else -going
+                continue
+            done, planned = max(going * rate, reported.get(job.key, 0)), job.planned_tokens
+            if done < planned:  # False for a NaN rate too (an agent's status is not to be trusted)
+                decoded += int(done)
             else:
-                decoded += min(job.planned_tokens, int(going * rate))
+                decoded += planned - int(min(planned / 2, max(0.0, job.req.max_tokens - min(done, job.req.max_tokens))))
         return decoded, first

@@ -88,7 +88,9 @@ class Coordinator(Daemon):
     def start(self) -> None:
         self._recover()
         # What is loaded by now (modules, a recovered backlog: 100,000 jobs) lives as long as the
-        # process: out of the collector's full scans, which otherwise walk it all again and again.
+        # process: out of the collector's full scans, which otherwise walk it all again and again
+        # (collected first, so that no garbage of the recovery is kept for good).
+        gc.collect()
         gc.freeze()
         self.session.start()
         for name in SUBSCRIPTIONS:

@@ -19,8 +19,8 @@ cloud's decode rate. A cloud of few workers that has not answered a job yet cann
 that would queue for one anything: its time per job is unknown (the configured prior missed by
 4x on a busy machine), so such a job is predicted to wait ``UNKNOWN_WAIT_S``.
 
-Prompt tokens are rounded down to a multiple of ``PROMPT_BUCKET``, so that the agent index keeps
-one completion ranking per (answer, prompt) size in use rather than one per prompt. Down: an
+Prompt tokens are rounded to the nearest multiple of ``PROMPT_BUCKET``, so that the agent index
+keeps one completion ranking per (answer, prompt) size in use rather than one per prompt. An
 agent's TTFT is measured with its short calibration prompt and its prefill rate past it, so a
 reading of a dozen tokens adds no prefill of its own (rounded up, it was charged 64 tokens: 0.4 s
 on this machine's agents, a third of such a job's predicted time).
@@ -58,7 +58,7 @@ class Parts:
 
 
 def prompt_bucket(tokens: int) -> int:
-    return max(tokens, 0) // PROMPT_BUCKET * PROMPT_BUCKET
+    return (max(tokens, 0) + PROMPT_BUCKET // 2) // PROMPT_BUCKET * PROMPT_BUCKET
 
 
 _DIGITS = str.maketrans("", "", "0123456789")

@@ -161,6 +161,12 @@ def cloud_cost(cloud: CloudTier, prompt_tokens: int, completion_tokens: int) -> 
     return prompt_tokens / 1000 * cloud.price_in_per_1k + completion_tokens / 1000 * cloud.price_out_per_1k
 
 
+def held_behind(view: AgentView, d: Decision, job: JobSpec) -> AgentView:
+    """``view`` with ``job``, decided to wait for it, in its queue: as the rest of a pass sees it."""
+    return dataclasses.replace(view, outstanding=view.outstanding + 1, outstanding_tokens=view.outstanding_tokens
+                               + job.tokens, first_ahead_s=view.first_ahead_s + (d.parts.first_s if d.parts else 0.0))
+
+
 def predict(view: AgentView, job: JobSpec) -> tuple[float, float]:
     """(queue wait, completion) in seconds from now if ``job`` went to ``view``."""
     return predict_tokens(view, *job.size)

@@ -25,7 +25,16 @@ from typing import Any
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.lengths import AnswerLengths
 from broker.coordinator.predict import rate_at
-from broker.coordinator.scheduler import AgentView, CloudTier, DispatchPass, JobSpec, WaitQueue, decide, edge_cost
+from broker.coordinator.scheduler import (
+    AgentView,
+    CloudTier,
+    DispatchPass,
+    JobSpec,
+    WaitQueue,
+    decide,
+    edge_cost,
+    held_behind,
+)
 from broker.planning.merit import Quality, pcr, relative_error, utility
 from broker.runtime.budget import TokenWindow
 
@@ -180,9 +189,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             else:
                 this_pass.hold(key, spec)
                 if d.agent:  # it holds its place in that agent's queue for the rest of the pass, as in dispatch
-                    v = views[index[d.agent]]
-                    views[index[d.agent]] = dataclasses.replace(
-                        v, outstanding=v.outstanding + 1, outstanding_tokens=v.outstanding_tokens + spec.tokens)
+                    views[index[d.agent]] = held_behind(views[index[d.agent]], d, spec)
         for key in this_pass.waiting():
             j = pending[key]
             waiting.push(key, j.priority, j.arrival)
