@@ -166,7 +166,12 @@ PAYLOADS = st.one_of(
     .map(lambda n: orjson.dumps({"prompt": "\u00e9" * n})),  # huge strings, some over the size limit
 )
 CODES = {"not_json", "not_object", "empty_prompt", "wrong_type", "unknown_field", "missing_field", "too_large",
-         "max_tokens_too_large", "invalid_value", "unknown_model",
+         "max_tokens_too_large", "invalid_value", "unknown_model", "prompt_and_messages",
+         # the contract's other fields: Hypothesis draws its strings partly from the code's own
+         # constants, so a fuzzed object now and then has a "top_p" or "messages" key
+         "invalid_temperature", "invalid_top_p", "invalid_top_k", "invalid_min_p", "invalid_repeat_penalty",
+         "invalid_seed", "invalid_stop", "invalid_messages", "invalid_response_format", "invalid_schema",
+         "schema_unsupported", "chat_unsupported",
          "deadline_infeasible"}  # a valid fuzzed prompt whose deadline_ms no tier can meet
 
 
