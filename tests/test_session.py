@@ -41,3 +41,32 @@ def test_packets_read_in_large_pieces_arrive_whole_and_in_order(broker_url):
     finally:
         reader.stop()
         writer.stop()
+
+
+def test_more_publishes_in_flight_than_mqtt_has_message_ids_are_all_delivered(broker_url):
+    # paho numbers a session's unacknowledged publishes with 16-bit ids and kept them by id: past
+    # 65,535 at once, a new publish overwrote an old one, which never left (34,377 of 100,000 lost)
+    n = 70_000
+    got: set[bytes] = set()
+    lock = threading.Lock()
+
+    def on_message(msg: Message) -> None:
+        with lock:
+            got.add(msg.payload)
+
+    address = BrokerAddress.parse(broker_url)
+    reader = Session(address, "session-test-many-reader", on_message, persistent=False)
+    writer = Session(address, "session-test-many-writer", lambda m: None, persistent=False)
+    reader.start()
+    writer.start()
+    try:
+        reader.subscribe("session-many/#", qos=1)
+        wait_for(lambda: writer.publish("session-many/warmup", b"w", qos=1).wait(1.0) and b"w" in got, 10,
+                 what="the reader subscribed")
+        deliveries = [writer.publish("session-many/x", str(i).encode(), qos=1) for i in range(n)]
+        wait_for(lambda: all(d.done for d in deliveries[-100:]), 120, every_s=0.5, what="the broker took them all")
+        assert all(d.ok for d in deliveries)
+        wait_for(lambda: len(got) == n + 1, 60, every_s=0.5, what=f"all {n} publishes at the reader")
+    finally:
+        writer.stop()
+        reader.stop()
