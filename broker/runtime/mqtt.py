@@ -35,9 +35,8 @@ from broker.runtime.paho import BufferedClient
 from schemas import DecodeError, decode
 
 log = logging.getLogger("fogmesh.mqtt")
-# Unacknowledged publishes one session hands to paho at most. paho's message ids are 16 bits and it
-# keeps unacknowledged publishes by id, so past 65,535 a new one overwrote an old one, which was
-# then never sent: 100,000 QoS 1 publishes in a row lost 34,377. The rest wait in the session.
+# Unacknowledged publishes handed to paho at most (the rest wait here): its 16-bit ids let the 65,536th
+# overwrite a waiting one, never sent (100,000 QoS 1 publishes in a row lost 34,377).
 IN_FLIGHT_MAX = 60_000
 T = TypeVar("T")
 
@@ -166,8 +165,7 @@ class Session:
         self._ever_connected = False
         self._pending: dict[int, Delivery] = {}  # mid -> its delivery, until the broker answers
         self._early: dict[int, int] = {}  # acknowledged before publish() had registered the mid
-        # Publishes past IN_FLIGHT_MAX unacknowledged ones, handed to paho as acknowledgements come
-        self._held: deque[tuple[str, bytes, int, bool, Properties | None, Delivery]] = deque()
+        self._held: deque[tuple[str, bytes, int, bool, Properties | None, Delivery]] = deque()  # past IN_FLIGHT_MAX
         self._on_delivered: Callable[[], None] | None = None
         self._client = BufferedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -314,8 +312,7 @@ class Session:
             else:
                 self._pending[info.mid] = delivery
 
-    def _release(self) -> None:
-        """Hand held publishes to paho, in order, while fewer than IN_FLIGHT_MAX are unacknowledged."""
+    def _release(self) -> None:  # held publishes to paho, in order, while room is left under IN_FLIGHT_MAX
         while True:
             with self._lock:
                 if not self._held or len(self._pending) >= IN_FLIGHT_MAX:
