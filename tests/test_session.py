@@ -4,9 +4,27 @@ small, back to back (broker/runtime/paho.py; reconnecting: tests/test_broker_res
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from broker.runtime.mqtt import BrokerAddress, Message, Session
 from tests.services import wait_for
+
+
+@contextmanager
+def reader_and_writer(broker_url: str, name: str, on_message: Callable[[Message], None]) -> Iterator[
+        tuple[Session, Session]]:
+    """Two started sessions on the test broker, stopped afterwards: one reading, one writing."""
+    address = BrokerAddress.parse(broker_url)
+    reader = Session(address, f"{name}-reader", on_message, persistent=False)
+    writer = Session(address, f"{name}-writer", lambda m: None, persistent=False)
+    reader.start()
+    writer.start()
+    try:
+        yield reader, writer
+    finally:
+        reader.stop()
+        writer.stop()
 
 
 def test_packets_read_in_large_pieces_arrive_whole_and_in_order(broker_url):
@@ -21,12 +39,7 @@ def test_packets_read_in_large_pieces_arrive_whole_and_in_order(broker_url):
         if len(got) == 3001:
             done.set()
 
-    address = BrokerAddress.parse(broker_url)
-    reader = Session(address, "session-test-reader", on_message, persistent=False)
-    writer = Session(address, "session-test-writer", lambda m: None, persistent=False)
-    reader.start()
-    writer.start()
-    try:
+    with reader_and_writer(broker_url, "session-test", on_message) as (reader, writer):
         reader.subscribe("session-test/#", qos=1)
         wait_for(lambda: writer.publish_wait("session-test/warmup", b"x") and subscribed.wait(0.2), 10,
                  what="the subscription")
@@ -38,9 +51,6 @@ def test_packets_read_in_large_pieces_arrive_whole_and_in_order(broker_url):
         assert done.wait(30), f"{len(got)} of {len(payloads)} arrived"
         assert [m.topic for m in got] == [f"session-test/{i}" for i in range(len(payloads))]
         assert [m.payload for m in got] == payloads
-    finally:
-        reader.stop()
-        writer.stop()
 
 
 def test_more_publishes_in_flight_than_mqtt_has_message_ids_are_all_delivered(broker_url):
@@ -54,12 +64,7 @@ def test_more_publishes_in_flight_than_mqtt_has_message_ids_are_all_delivered(br
         with lock:
             got.add(msg.payload)
 
-    address = BrokerAddress.parse(broker_url)
-    reader = Session(address, "session-test-many-reader", on_message, persistent=False)
-    writer = Session(address, "session-test-many-writer", lambda m: None, persistent=False)
-    reader.start()
-    writer.start()
-    try:
+    with reader_and_writer(broker_url, "session-test-many", on_message) as (reader, writer):
         reader.subscribe("session-many/#", qos=1)
         wait_for(lambda: writer.publish("session-many/warmup", b"w", qos=1).wait(1.0) and b"w" in got, 10,
                  what="the reader subscribed")
@@ -67,6 +72,3 @@ def test_more_publishes_in_flight_than_mqtt_has_message_ids_are_all_delivered(br
         wait_for(lambda: all(d.done for d in deliveries[-100:]), 120, every_s=0.5, what="the broker took them all")
         assert all(d.ok for d in deliveries)
         wait_for(lambda: len(got) == n + 1, 60, every_s=0.5, what=f"all {n} publishes at the reader")
-    finally:
-        writer.stop()
-        reader.stop()
