@@ -334,8 +334,10 @@ class Agent(Daemon):
             return
         if stream and not job.cancel.is_set():  # a cancelled job's device already has its final message
             stream.flush()
-        self.board.record(gen.ttft_s, gen.decode_tps, gen.completion_tokens, prompt_tokens=gen.prompt_tokens,
-                          running=beside.level())
+        # what the agent advertises learns from what it does alone at this concurrency: a job that
+        # shared its steps with another's prompt teaches neither its first token's time nor its rate
+        self.board.record(None if gen.crowded_first else gen.ttft_s, gen.steady_tps, gen.completion_tokens,
+                          prompt_tokens=gen.prompt_tokens, running=beside.level())
         self.meter.record(spec.model or self.default_model, gen)
         if job.handback:
             self._hand_back(job, "agent stopped before the job finished")

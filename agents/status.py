@@ -94,15 +94,17 @@ class StatusBoard:
         self._lock = threading.Lock()
         self.host = socket.gethostname()
 
-    def record(self, ttft_s: float, decode_tps: float, tokens: int, prior: bool = False, *,
+    def record(self, ttft_s: float | None, decode_tps: float, tokens: int, prior: bool = False, *,
                prompt_tokens: int = 0, running: int = 1) -> None:
-        """One generation's figures; ``running``: the jobs generating on this agent as it ended."""
+        """One generation's figures (``ttft_s`` None, ``decode_tps`` 0: nothing to learn from them);
+        ``running``: the jobs generating on this agent, on average over its tokens."""
         with self._lock:
             extra = prompt_tokens - self.base_prompt_tokens
-            if extra >= PREFILL_SAMPLE_TOKENS and self.prefill_tps.value:
+            if ttft_s is not None and extra >= PREFILL_SAMPLE_TOKENS and self.prefill_tps.value:
                 # a long prompt's TTFT is the short one's plus its prefill: each teaches its own
                 ttft_s -= extra / self.prefill_tps.value
-            self.ttft_ms.add(max(ttft_s, 0.0) * 1000, prior)
+            if ttft_s is not None:
+                self.ttft_ms.add(max(ttft_s, 0.0) * 1000, prior)
             if decode_tps > 0:
                 self.decode_tps.add(decode_tps, prior)
                 self._decode_level(running).add(decode_tps, prior)
@@ -161,6 +163,7 @@ class StatusBoard:
                 ttft_ms=round(self.ttft_ms.value, 2),
                 prefill_tps=round(self.prefill_tps.value, 1),
                 decode_tps_at=[round(e.value, 2) for e in self.decode_at],
+                batched=s.batching and s.slots > 1,
                 mem_free_bytes=mem_free_bytes(),
                 budget=budget,
                 energy_j_per_token=self.energy_j_per_token(),

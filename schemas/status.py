@@ -59,6 +59,9 @@ class AgentStatus(_Message, frozen=True):
     prefill_tps: float = 0.0
     # One job's decode tokens/s while i + 1 slots decode at once (index: concurrency - 1); 0: not measured.
     decode_tps_at: list[float] = []
+    # Its slots share one batch (continuous batching): while a job's prompt is evaluated, the
+    # others' tokens wait for each piece of it.
+    batched: bool = False
     mem_free_bytes: NonNegative = 0
     budget: Budget | None = None
     energy_j_per_token: float = 0.0

@@ -117,3 +117,24 @@ def test_a_jobs_rate_is_kept_at_the_level_it_ran_at_not_the_one_it_ended_at():
         assert (one.samples, two.samples) == (0, 2)  # level 1 still holds only the calibration's prior
     finally:
         a.request_stop()
+
+
+def test_steps_shared_with_another_requests_prompt_teach_no_rate():
+    """A reading decoded beside a neighbour's 1,000-token prompt came at the prompt's pace: its
+    rate is measured over the steps it had to itself, and its first token, if crowded, teaches
+    nothing. The device's own figures (``decode_tps``) stay what it saw."""
+    from agents.backends.base import Generation
+    from agents.status import StatusBoard
+
+    alone = Generation("", 10, 33, 0.1, 1.7, "length")
+    crowded = Generation("", 10, 33, 0.1, 3.3, "length", crowded_tokens=16, crowded_s=2.0, crowded_first=True)
+    swamped = Generation("", 10, 33, 0.1, 6.1, "length", crowded_tokens=28, crowded_s=5.0)
+    assert alone.steady_tps == alone.decode_tps == 20.0
+    assert crowded.decode_tps == 10.0 and round(crowded.steady_tps, 2) == 13.33  # 16 tokens in 1.2 s
+    assert swamped.steady_tps == 0.0  # 4 tokens alone: too few to tell
+
+    board = StatusBoard(AgentSettings(site=SITE, agent_id="a4", slots=1), [])
+    board.record(0.1, 20.0, 8, prior=True)
+    board.record(None, swamped.steady_tps, 32)  # nothing to learn from it
+    st = board.snapshot()
+    assert (st.ttft_ms, st.decode_tps, st.decode_tps_at) == (100.0, 20.0, [20.0])

@@ -146,3 +146,38 @@ def test_a_seed_gives_the_same_answer_while_other_jobs_share_the_batch(agent, de
     assert first["status"] == second["status"] == "done"
     assert first["text"] == second["text"]
     assert all(device.final(job)["status"] == "done" for job in ("busy1", "busy2", "busy3"))
+
+
+def test_a_short_prompt_is_not_held_behind_a_long_prompts_evaluation():
+    """A reading that arrives while a ~1,500-token log is being evaluated gets its first token
+    before the log does (shortest prompt first), and both know they shared their steps."""
+    import threading
+    import time
+
+    from agents.backends.batched import BatchedEngine
+    from schemas.messages import Request
+
+    log = "Summarise log:\n" + "\n".join(f"10:{m:02d}:{m * 7 % 60:02d} pump-3 pressure={2 + m / 100:.2f} bar "
+                                         f"temp={40 + m % 9} C status=ok" for m in range(60))
+    engine = BatchedEngine(default_model_path(), threads=1, slots=2, n_ctx=2048)
+    first: dict[str, float] = {}
+    gens: dict[str, object] = {}
+
+    def run(name: str, request: Request) -> None:
+        slot = engine.slot()
+        try:
+            gens[name] = slot.generate(request, lambda _: first.setdefault(name, time.monotonic()), lambda: False)
+        finally:
+            slot.close()
+
+    engine.wait_ready(120)
+    long = threading.Thread(target=run, args=("log", Request(prompt=log, max_tokens=2, temperature=0)))
+    long.start()
+    wait_for(lambda: engine.steps >= 1, 60, what="the log's evaluation to begin")
+    run("reading", Request(prompt="The pump reports a pressure of", max_tokens=6, temperature=0))
+    long.join(120)
+    reading, logged = gens["reading"], gens["log"]
+    assert logged.prompt_tokens > 1100, logged  # type: ignore[attr-defined]
+    assert first["reading"] < first["log"]
+    assert reading.crowded_first and logged.crowded_first  # type: ignore[attr-defined]
+    assert reading.crowded_tokens >= 1  # type: ignore[attr-defined]

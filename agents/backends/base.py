@@ -17,6 +17,7 @@ from schemas.messages import Request
 from schemas.status import ModelInfo
 
 Stopped = Literal["stop", "length", "cancelled"]
+STEADY_MIN_TOKENS = 8  # uncrowded tokens a request needs before its rate teaches the agent's
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,30 @@ class Generation:
     ttft_s: float
     total_s: float
     stopped: Stopped  # the final message's finish_reason: an end token or stop string, max_tokens, a cancel
+    # Shared with another request's prompt (batched slots: a step that evaluated a piece of it):
+    # its tokens sampled in such steps and their time, and whether its first token waited on one.
+    crowded_tokens: int = 0
+    crowded_s: float = 0.0
+    crowded_first: bool = False
 
     @property
     def decode_tps(self) -> float:
+        """The rate this request decoded at, as its device saw it."""
         decode_s = self.total_s - self.ttft_s
         if self.completion_tokens <= 1 or decode_s <= 0:
             return 0.0
         return (self.completion_tokens - 1) / decode_s
+
+    @property
+    def steady_tps(self) -> float:
+        """The rate over its steps that evaluated no other request's prompt: what the agent decodes at
+        with this many requests running, which a neighbour's 1,000-token prompt says nothing about
+        (0: too few such steps to tell)."""
+        if not self.crowded_tokens:
+            return self.decode_tps
+        tokens = self.completion_tokens - 1 - self.crowded_tokens
+        decode_s = self.total_s - self.ttft_s - self.crowded_s
+        return tokens / decode_s if tokens >= STEADY_MIN_TOKENS and decode_s > 0 else 0.0
 
 
 class Backend(Protocol):

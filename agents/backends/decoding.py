@@ -35,6 +35,7 @@ class Decoding:
         self.count = 0
         self.stopped: Stopped = "length"
         self.token = -1  # the last token sampled: the next one to evaluate
+        self.crowded_tokens, self.crowded_s, self.crowded_first = 0, 0.0, False  # see Generation
 
     def advance(self) -> bool:
         """Sample the next token; False when the generation has ended (an end token, a stop string,
@@ -71,4 +72,6 @@ class Decoding:
             stops.feed(self._decoder.decode(b"", final=True))
             stops.close()
         return Generation(text=stops.text, prompt_tokens=len(self.tokens), completion_tokens=self.count,
-                          ttft_s=self.first, total_s=time.perf_counter() - self.start, stopped=self.stopped)
+                          ttft_s=self.first, total_s=time.perf_counter() - self.start, stopped=self.stopped,
+                          crowded_tokens=self.crowded_tokens, crowded_s=self.crowded_s,
+                          crowded_first=self.crowded_first)
