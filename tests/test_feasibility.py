@@ -5,6 +5,7 @@ coordinator, an agent with the real model, bridge and cloud worker on moto's SQS
 
 from __future__ import annotations
 
+import re
 import time
 from types import SimpleNamespace
 
@@ -248,3 +249,35 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
     why = cli("explain", "--broker", broker_url, "--site", site_id, "behind")
     assert why.returncode == 0 and "first token" in why.stdout and "tokens assumed" in why.stdout, why.stdout
     wait_for(lambda: all(len(device.finals[j]) == 1 for j in ids), 2, what="one final per job")
+
+
+@pytest.mark.parametrize(("batched", "started_s_ago", "placed"), [(True, 0.0, False), (True, 4.0, True),
+                                                                   (False, 0.0, True)])
+def test_a_job_beside_a_long_prompt_on_a_batched_agent_counts_its_evaluation(coord, batched, started_s_ago, placed):
+    """Slots sharing one batch evaluate a log's prompt in pieces beside the others' tokens: a reading
+    placed there decodes at the log's pace until the log is in. Separate contexts do not wait."""
+    coord._handle(status("a1", slots=2, prefill_tps=500.0, batched=batched))
+    coord._handle(prompt("log", max_tokens=10, text="sensor 17 reading 21.5C ok; " * 150))  # ~2.1 s of prefill
+    coord.dispatcher.run(time.time(), time.monotonic())
+    started = encode(AgentEvent(key="dev/log", attempt=1, agent="a1", epoch=1, kind="started"))
+    coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
+    coord.jobs["dev/log"].started_at -= started_s_ago
+    time.sleep(0.3)  # its weight is counted anew every 0.25 s
+    # 0.02 s + 32 tokens at 50/s = 0.66 s alone; beside the log, what is left of its ~3 s of evaluation
+    evaluation_ms = coord.jobs["dev/log"].decision["parts"]["first_token_ms"] - 20
+    coord._handle(prompt("reading", max_tokens=32, deadline_ms=1500))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    if placed:
+        assert coord.jobs["dev/reading"].agent == "a1"
+    else:
+        refusal = final(coord, "reading")["error"]
+        decode_ms = float(re.search(r"32 tokens in (\d+) ms", refusal["message"]).group(1))
+        # what is left of the evaluation: less the ~0.3 s since the log started
+        assert refusal["code"] == "deadline_infeasible" and -450 < decode_ms - 640 - evaluation_ms < -250, refusal
+
+
+def test_the_coordinator_counts_a_batched_agents_prompt_pieces_as_the_agent_cuts_them():
+    from agents.backends.batched import PREFILL_SHARED
+    from broker.coordinator.predict import SHARED_PROMPT_TOKENS
+
+    assert SHARED_PROMPT_TOKENS == PREFILL_SHARED

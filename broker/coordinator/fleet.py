@@ -7,8 +7,10 @@ Building every agent's view for every dispatch pass cost O(agents) a pass, and t
 well: their use is a sliding window, and it drops as time passes without any event. So are the
 full agents, each at most every ``PROGRESS_S`` and only while jobs wait to be placed: a job's
 wait for such an agent is the answer tokens still to come there, and those drop as its running
-jobs decode. At most ``PROGRESS_BATCH`` of them a pass, so that a 1,000-agent site, all full, does
-not stop the loop for a few hundred milliseconds every ``PROGRESS_S``.
+jobs decode; and so are the agents whose slots share one batch while a long prompt is evaluated
+there, which slows a job placed beside it less as it goes. At most ``PROGRESS_BATCH`` of them a
+pass, so that a 1,000-agent site, all full, does not stop the loop for a few hundred milliseconds
+every ``PROGRESS_S``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class Fleet:
         self.core = core
         self.index = AgentIndex()
         self._budgeted: set[str] = set()  # agents whose budget use decays with time
-        # full agents (their backlog drops as their jobs generate) -> when it was last counted
+        # full agents (their backlog drops as their jobs generate) and batched ones evaluating a long
+        # prompt (its weight on a job placed beside it drops) -> when it was last counted
         # (monotonic), the least recent first
         self._progressing: dict[str, float] = {}
 
@@ -68,19 +71,21 @@ class Fleet:
         st = k.status
         n, toks = c.jobs.load_of(agent)
         rates = tuple(st.decode_tps_at[:st.slots_total])
-        expected, decoded, first = c.jobs.expected_on(agent), 0, 0.0
+        expected, decoded, first, crowd = c.jobs.expected_on(agent), 0, 0.0, 0.0
         full = n >= st.slots_total > 0  # only a full agent's backlog makes a wait
         if full:
             decoded, first = self._progress(
                 agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total),
                 st.progress)
+        elif n and st.batched:
+            crowd = self._prompts_ahead(agent, st.ttft_ms / 1000)
         view = AgentView(
             agent=agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
             chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
             outstanding=n, outstanding_tokens=expected - decoded, first_ahead_s=first, decode_tps=st.decode_tps,
             ttft_ms=st.ttft_ms,
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
-            prefill_tps=st.prefill_tps, decode_tps_at=rates,
+            prefill_tps=st.prefill_tps, decode_tps_at=rates, prefill_ahead_s=crowd,
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
             energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,
@@ -92,8 +97,21 @@ class Fleet:
         else:
             self._budgeted.discard(agent)
         self._progressing.pop(agent, None)
-        if full:
+        if full or crowd:
             self._progressing[agent] = time.monotonic()  # counted now: the last to count again
+
+    def _prompts_ahead(self, agent: str, ttft_s: float) -> float:
+        """The prompt evaluation still ahead of the jobs placed on ``agent``, past a short prompt's
+        (its TTFT): each job's predicted first token, less the time since it started."""
+        now, ahead = self.core.clock(), 0.0
+        for job in self.core.jobs.on(agent):
+            parts = (job.decision or {}).get("parts")
+            if parts:
+                left = parts["first_token_ms"] / 1000 - ttft_s
+                if job.started_at is not None:
+                    left -= now - job.started_at
+                ahead += max(0.0, left)
+        return ahead
 
     def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float]:
         """The jobs placed on ``agent``, as predicted by now: (the answer tokens they have decoded, the

@@ -10,7 +10,10 @@ and the queue wait is the expected tokens already placed on the agent over its t
 every slot busy, plus the time to first token (TTFT and prefill) still ahead of them, shared by the
 slots. A running job counts the tokens it has not decoded yet, as predicted from when it started
 (``fleet.py``). The expected tokens are a learned high quantile of the answer length (see
-``lengths``), never more than ``max_tokens``. An agent that advertises neither prefill rate nor
+``lengths``), never more than ``max_tokens``. On an agent whose slots share one batch, a job
+placed beside others whose prompts are still being evaluated decodes each token in a step that
+also evaluates ``SHARED_PROMPT_TOKENS`` of theirs: that evaluation (``prefill_ahead_s``) is added to
+its decode, for as many steps as it has. An agent that advertises neither prefill rate nor
 per-concurrency rates is predicted as before: one decode rate, TTFT from its calibration prompt.
 
 The cloud: the overhead before its first token (WAN, the queue service, the worker's TTFT), the
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from broker.coordinator.scheduler import AgentView, CloudTier
 
 PROMPT_BUCKET = 64
+SHARED_PROMPT_TOKENS = 64  # a batched agent's prompt tokens a step beside running jobs (its PREFILL_SHARED)
 UNKNOWN_WAIT_S = 3600.0  # finite, so that it can be logged and compared; no deadline is this long
 
 
@@ -107,7 +111,10 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
         wait = (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots
     k = min(view.outstanding + 1, slots)
     prefill = prompt_bucket(prompt_tokens) / view.prefill_tps if view.prefill_tps > 0 else 0.0
-    return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k), tokens)
+    crowd = view.prefill_ahead_s  # decoded beside prompts still being evaluated: each step waits for a piece
+    if crowd and view.prefill_tps > 0:  # of them, as long as its own steps last at most
+        crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)
+    return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k) + crowd, tokens)
 
 
 def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:

@@ -52,6 +52,7 @@ class AgentView:
     ttft_ms: float = 0.0
     prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)
     decode_tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (0: not measured)
+    prefill_ahead_s: float = 0.0  # slots in one batch, with room: its jobs' prompt evaluation still ahead
     budget_tokens: int = 0  # 0: no budget
     budget_used: int = 0
     energy_j_per_token: float = 0.0
