@@ -17,7 +17,9 @@ load balance (max / mean jobs per agent).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from bench.harness import broker, pct, write
 from broker.planning.merit import Quality, pcr, relative_error, utility
@@ -46,6 +50,21 @@ PROMPTS = ["The pump on line {i} reports a pressure of", "Maintenance note {i}: 
 def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "broker.cli", *args], stdout=out, stderr=out, env=env)
+
+
+def placements(ledger: Path, device: str, rows: list[dict[str, Any]]) -> None:
+    """Each row's last placement as the coordinator decided it, from the run's ledger: its
+    prediction in parts (wait, first token, decode of the tokens assumed), so that a prediction
+    far off can be traced to the figure it came from."""
+    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        for row in rows:
+            key = f"{device}/{row['job']}"
+            found = db.execute("SELECT detail FROM transitions WHERE key = ? AND state IN ('assigned', 'offloaded') "
+                               "AND detail IS NOT NULL ORDER BY id DESC LIMIT 1", (key,)).fetchone()
+            if found:
+                d = orjson.loads(found[0])
+                row["decision"] = {k: d.get(k) for k in ("target", "agent", "reason", "predicted_ms", "decided_ms",
+                                                         "parts")}
 
 
 def trace(pattern: str, jobs: int, seconds: float) -> list[float]:
@@ -171,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     _wait_ready(m.url, site, 0 if policy == "cloud-only" else 2)
                     time.sleep(args.budget_window_s)  # let the agents' budget windows empty between runs
                     rows = run_trace(m.url, site, offsets, args.max_tokens, args.deadline_ms, f"{pattern}-{policy}")
+                    if coord:
+                        placements(tmp / f"ledger-{pattern}-{policy}.db", f"dev-{pattern}-{policy}", rows)
                     res = {"pattern": pattern, "policy": policy, **metrics(rows, args.deadline_ms, agents),
                            "rows": rows}
                     results["runs"].append(res)
