@@ -66,8 +66,9 @@ def test_cluster_and_simulator_run(results_in_tmp):
                          "--budget-window-s", "1", "--cloud-workers", "1"]) == 0
     r = orjson.loads((results_in_tmp / "cluster.json").read_bytes())
     assert {run["policy"] for run in r["runs"]} == {"deadline", "cloud-only"}
-    answered = [row for run in r["runs"] if run["policy"] == "deadline" for row in run["rows"] if row["status"] == "done"]
-    assert answered and all(0 < row["decision"]["parts"]["tokens"] <= 32 for row in answered)  # each prediction in parts
+    answered = [row for run in r["runs"] if run["policy"] == "deadline" for row in run["rows"]
+                if row["status"] == "done"]
+    assert answered and all(0 < row["decision"]["parts"]["tokens"] <= 32 for row in answered)  # in parts
     assert simulate.main(["--agents", "5", "--jobs", "200", "--cluster", str(results_in_tmp / "cluster.json")]) == 0
     s = orjson.loads((results_in_tmp / "simulate.json").read_bytes())
     assert len(s["validation"]) == 2 and s["large"]
