@@ -138,3 +138,16 @@ def test_steps_shared_with_another_requests_prompt_teach_no_rate():
     board.record(None, swamped.steady_tps, 32)  # nothing to learn from it
     st = board.snapshot()
     assert (st.ttft_ms, st.decode_tps, st.decode_tps_at) == (100.0, 20.0, [20.0])
+
+
+def test_a_long_prompt_teaches_the_prefill_rate_and_a_job_cancelled_before_its_first_token_nothing():
+    from agents.status import StatusBoard
+
+    board = StatusBoard(AgentSettings(site=SITE, agent_id="a5", slots=1), [])
+    board.base_prompt_tokens = 10
+    board.record(0.1, 20.0, 0, prior=True)
+    board.record_prefill(100, 0.4, prior=True)  # calibrated on ~100 tokens: 250 tokens/s
+    board.record(8.6, 20.0, 32, prompt_tokens=1090)  # a 1,090-token log: 1,080 more in 8.5 s
+    board.record(0.0, 0.0, 0, prompt_tokens=1090)  # a log cancelled before its first token
+    st = board.snapshot()
+    assert st.ttft_ms == 100.0 and round(st.prefill_tps) == 127
