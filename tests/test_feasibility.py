@@ -281,3 +281,20 @@ def test_the_coordinator_counts_a_batched_agents_prompt_pieces_as_the_agent_cuts
     from broker.coordinator.predict import SHARED_PROMPT_TOKENS
 
     assert SHARED_PROMPT_TOKENS == PREFILL_SHARED
+
+
+def test_the_wait_on_a_full_agent_is_until_its_first_slot_frees_not_its_backlog_shared_out(coord):
+    """Two slots: a long job (~2 s left) and one nearly done (~0.1 s left). The next job waits for
+    the second, not for half of both (~1 s)."""
+    coord._handle(status("a1", slots=2))
+    for job, tokens in (("long", 100), ("short", 25)):
+        coord._handle(prompt(job, max_tokens=tokens))
+        coord.dispatcher.run(time.time(), time.monotonic())
+        started = encode(AgentEvent(key=f"dev/{job}", attempt=1, agent="a1", epoch=1, kind="started"))
+        coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
+    coord.jobs["dev/short"].started_at -= 0.1  # 0.02 s to its first token, then 25 tokens at 50/s: 0.5 s
+    time.sleep(0.3)  # 0.4 s into both: the short one is 0.1 s from its end, the long one 1.6 s
+    coord._handle(prompt("next", max_tokens=10, deadline_ms=700))  # 0.1 + 0.02 + 0.2 s: in time
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.jobs["dev/next"].agent == "a1"
+    assert 0 <= coord.jobs["dev/next"].decision["parts"]["wait_ms"] < 250

@@ -72,18 +72,19 @@ class Fleet:
         n, toks = c.jobs.load_of(agent)
         rates = tuple(st.decode_tps_at[:st.slots_total])
         expected, decoded, first, crowd = c.jobs.expected_on(agent), 0, 0.0, 0.0
+        ahead: tuple[float, ...] = ()
         full = n >= st.slots_total > 0  # only a full agent's backlog makes a wait
         if full:
-            decoded, first = self._progress(
+            decoded, first, ahead = self._progress(
                 agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total),
                 st.progress)
-        elif n and st.batched:
+        if n and st.batched:
             crowd = self._prompts_ahead(agent, st.ttft_ms / 1000)
         view = AgentView(
             agent=agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
             chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
-            outstanding=n, outstanding_tokens=expected - decoded, first_ahead_s=first, decode_tps=st.decode_tps,
-            ttft_ms=st.ttft_ms,
+            outstanding=n, outstanding_tokens=expected - decoded, first_ahead_s=first, ahead_s=ahead,
+            decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
             prefill_tps=st.prefill_tps, decode_tps_at=rates, prefill_ahead_s=crowd,
             budget_tokens=st.budget.tokens if st.budget else 0,
@@ -113,24 +114,34 @@ class Fleet:
                 ahead += max(0.0, left)
         return ahead
 
-    def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float]:
+    def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float, tuple[float, ...]]:
         """The jobs placed on ``agent``, as predicted by now: (the answer tokens they have decoded, the
-        time to first token still ahead of them). A job runs from when it started: its predicted first
-        token (TTFT and prefill), then ``rate``, and has decoded at least what the agent last
-        reported. One past its planned length is still running: half its plan is taken to be left
-        (within its ``max_tokens``), not none."""
+        time to first token still ahead of them, each one's time still to run: the running ones
+        first). A job runs from when it started: its predicted first token (TTFT and prefill), then
+        ``rate``, and has decoded at least what the agent last reported. One past its planned
+        length is still running: half its plan is taken to be left (within its ``max_tokens``), not
+        none. One recovered after a restart has no parts: its full planned length, no first token."""
         now, decoded, first = self.core.clock(), 0, 0.0
+        running: list[float] = []
+        queued: list[tuple[float, float]] = []
         for job in self.core.jobs.on(agent):
             parts = (job.decision or {}).get("parts")
-            if not parts:
-                continue  # recovered after a restart: planned at its full length, its first token not counted
-            going = now - job.started_at - parts["first_token_ms"] / 1000 if job.started_at is not None else None
-            if going is None or going < 0:
-                first += parts["first_token_ms"] / 1000 if going is None else -going
+            planned = job.planned_tokens
+            first_s = parts["first_token_ms"] / 1000 if parts else 0.0
+            if job.started_at is None:
+                first += first_s
+                queued.append((job.created_at, first_s + planned / rate))
                 continue
-            done, planned = max(going * rate, reported.get(job.key, 0)), job.planned_tokens
+            going = now - job.started_at - first_s
+            if going < 0:
+                first -= going
+                running.append(planned / rate - going)
+                continue
+            done = max(going * rate, reported.get(job.key, 0)) if parts else 0.0
             if done < planned:  # False for a NaN rate too (an agent's status is not to be trusted)
-                decoded += int(done)
+                left = planned - int(done)
             else:
-                decoded += planned - int(min(planned / 2, max(0.0, job.req.max_tokens - min(done, job.req.max_tokens))))
-        return decoded, first
+                left = int(min(planned / 2, max(0.0, job.req.max_tokens - min(done, job.req.max_tokens))))
+            decoded += planned - left
+            running.append(left / rate)
+        return decoded, first, (*running, *(s for _, s in sorted(queued)))

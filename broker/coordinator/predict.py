@@ -31,6 +31,7 @@ on this machine's agents, a third of such a job's predicted time).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -104,15 +105,26 @@ def rate_at(view: AgentView, k: int) -> float:
     return (low + (high - low) * (k - below) / (above - below)) / k
 
 
+def slot_free(ahead: tuple[float, ...], slots: int) -> float:
+    """When a slot frees for one more job: the jobs ``ahead`` (each one's time still to run, the
+    running first) on ``slots`` slots, each taking the first slot that frees."""
+    free = [*ahead[:slots], *[0.0] * (slots - len(ahead[:slots]))]
+    heapq.heapify(free)
+    for s in ahead[slots:]:
+        heapq.heapreplace(free, free[0] + s)
+    return free[0]
+
+
 def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     slots = max(view.slots, 1)
     wait = 0.0
     if view.outstanding >= slots:
-        wait = (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots
+        wait = (slot_free(view.ahead_s, slots) if view.ahead_s else
+                (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots)
     k = min(view.outstanding + 1, slots)
     prefill = prompt_bucket(prompt_tokens) / view.prefill_tps if view.prefill_tps > 0 else 0.0
-    crowd = view.prefill_ahead_s  # decoded beside prompts still being evaluated: each step waits for a piece
-    if crowd and view.prefill_tps > 0:  # of them, as long as its own steps last at most
+    crowd = max(0.0, view.prefill_ahead_s - wait)  # decoded beside prompts still being evaluated: each step
+    if crowd and view.prefill_tps > 0:  # waits for a piece of them, as long as its own steps last at most
         crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)
     return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k) + crowd, tokens)
 

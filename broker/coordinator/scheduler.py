@@ -6,12 +6,10 @@ Policies:
 * ``weighted`` - eligible agents with room, drawn in proportion to capability
   (decode tokens/s x slots) (the research's Weighted).
 * ``load-aware`` - the eligible agent with the least load per slot (the research's Load-Aware).
-* ``deadline`` - fogmesh's: predict each agent's completion time (``predict``:
-  queue wait + TTFT + prefill + expected tokens / decode rate at the job's
-  concurrency); among agents that meet the job's deadline, the cheapest; if none
-  can, the cloud when the job's privacy allows it and its prediction meets the
-  deadline; else the fastest agent, flagged at risk (the coordinator refuses such
-  a job as ``deadline_infeasible``).
+* ``deadline`` - fogmesh's: predict each agent's completion time (``predict``); among agents
+  that meet the job's deadline, the cheapest; if none can, the cloud when the job's privacy
+  allows it and its prediction meets the deadline; else the fastest agent, flagged at risk (the
+  coordinator refuses such a job as ``deadline_infeasible``).
 
 Eligible means online, fresh, holding the model (with a chat template, for chat messages), and
 inside its token budget.
@@ -48,11 +46,12 @@ class AgentView:
     outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
     outstanding_tokens: int = 0  # their expected answer tokens, summed (a full agent: less those decoded)
     first_ahead_s: float = 0.0  # a full agent: the TTFT and prefill still ahead of its jobs, summed
+    ahead_s: tuple[float, ...] = ()  # a full agent: each job's time still to run, the running first
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
     prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)
     decode_tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (0: not measured)
-    prefill_ahead_s: float = 0.0  # slots in one batch, with room: its jobs' prompt evaluation still ahead
+    prefill_ahead_s: float = 0.0  # slots in one batch: its jobs' prompt evaluation still ahead
     budget_tokens: int = 0  # 0: no budget
     budget_used: int = 0
     energy_j_per_token: float = 0.0
@@ -164,8 +163,10 @@ def cloud_cost(cloud: CloudTier, prompt_tokens: int, completion_tokens: int) -> 
 
 def held_behind(view: AgentView, d: Decision, job: JobSpec) -> AgentView:
     """``view`` with ``job``, decided to wait for it, in its queue: as the rest of a pass sees it."""
+    first, runs = (d.parts.first_s, d.parts.first_s + d.parts.decode_s) if d.parts else (0.0, 0.0)
     return dataclasses.replace(view, outstanding=view.outstanding + 1, outstanding_tokens=view.outstanding_tokens
-                               + job.tokens, first_ahead_s=view.first_ahead_s + (d.parts.first_s if d.parts else 0.0))
+                               + job.tokens, first_ahead_s=view.first_ahead_s + first,
+                               ahead_s=(*view.ahead_s, runs) if view.ahead_s else ())
 
 
 def predict(view: AgentView, job: JobSpec) -> tuple[float, float]:

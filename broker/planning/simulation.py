@@ -88,15 +88,19 @@ class SimAgent:
         """The agent as the coordinator sees it at ``now``: a full agent's backlog is the answer tokens
         still to come of what the scheduler planned, as its running jobs have decoded some, and the
         first-token time still ahead of them."""
-        expected, first = self.busy_expected, 0.0
+        expected, first, ahead = self.busy_expected, 0.0, []
         if self.busy >= self.slots:
             rate = self.pace()
             for r in self.running.values():
                 left = r.left - max(0.0, now - max(self.since, r.decoding_at)) * rate
-                expected -= min(r.planned, int(max(0.0, r.job.tokens - max(left, 0.0))))
+                decoded = int(max(0.0, r.job.tokens - max(left, 0.0)))
+                expected -= min(r.planned, decoded)
                 first += max(0.0, r.decoding_at - now)
+                to_come = r.planned - decoded if decoded < r.planned else \
+                    min(r.planned / 2, max(0, r.job.max_tokens - decoded))  # past its plan: as fleet.py
+                ahead.append(max(0.0, r.decoding_at - now) + to_come / rate)
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
-                         outstanding_tokens=expected, first_ahead_s=first, decode_tps=self.tps,
+                         outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
                          ttft_ms=self.ttft_s * 1000,
                          prefill_tps=self.prefill_tps, decode_tps_at=self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
