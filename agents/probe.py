@@ -178,6 +178,7 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
         if busy is not None:
             report.advertises["decode_tps_at"] = [report.advertises["decode_tps"], *[0.0] * (slots - 2),
                                                   round(busy, 2)]
+        report.advertises["batched"] = batching
     if report.gpu_layers:
         step(f"{name}: calibration again with every layer on the CPU")
         cpu = LlamaBackend(path, name, n_ctx=largest, threads=threads, sampling=Sampling(temperature=0.0),

@@ -49,7 +49,8 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
             if st.get("prefill_tps"):  # the measured TTFTs hold the long prompts' prefill, modelled apart
                 ttft = st.get("ttft_ms", ttft * 1000) / 1000
             agents.append(SimAgent(name=name, slots=slots, tps=tps, ttft_s=ttft, prefill_tps=st.get("prefill_tps", 0.0),
-                                   tps_at=tuple(st.get("decode_tps_at") or ()), budget_tokens=cfg["budget_tokens"],
+                                   tps_at=tuple(st.get("decode_tps_at") or ()), batched=st.get("batched", False),
+                                   budget_tokens=cfg["budget_tokens"],
                                    window_s=cfg["budget_window_s"],
                                    energy_j_per_token=st.get("energy_j_per_token", 0.0)))
         cloud = CloudTier(enabled=True, latency_s=overhead_s, decode_tps=80, price_in_per_1k=0.0005,

@@ -179,6 +179,32 @@ def test_the_simulator_slows_a_running_job_while_another_shares_its_agent_and_sp
     assert out["long"]["latency_s"] == pytest.approx(1.0 + 4.5 + 2 * DISPATCH_S, abs=0.02)
 
 
+def test_the_simulator_slows_a_batched_agents_jobs_while_a_long_prompt_is_evaluated_beside_them():
+    from broker.planning.simulation import DISPATCH_S, SimAgent, SimJob, simulate
+
+    # 20 tokens/s at either concurrency; a 640-token log takes 2 s to evaluate at 320 tokens/s, and
+    # meanwhile each of the reading's tokens also waits for 64 of its tokens (0.2 s): 4 tokens/s
+    jobs = [SimJob(key="reading", arrival=0.0, max_tokens=40, tokens=40, prompt_tokens=0, deadline_s=None),
+            SimJob(key="log", arrival=0.0, max_tokens=1, tokens=1, prompt_tokens=640, deadline_s=None)]
+    for batched, reading_s in ((False, 2.0), (True, 2.0 + (40 - 2.0 * 4) / 20)):
+        agent = SimAgent(name="a", slots=2, tps=20.0, ttft_s=0.0, prefill_tps=320.0, tps_at=(20.0, 20.0),
+                         batched=batched)
+        out = simulate(jobs, [agent], CloudTier(enabled=False), cloud_workers=0, policy="load-aware")
+        assert out["reading"]["latency_s"] == pytest.approx(reading_s + 2 * DISPATCH_S, abs=0.05), batched
+
+
+def test_the_simulator_stops_a_job_at_its_deadline_and_the_next_one_takes_its_slot():
+    from broker.planning.simulation import SimAgent, SimJob, figures, simulate
+
+    jobs = [SimJob(key="long", arrival=0.0, max_tokens=100, tokens=100, prompt_tokens=0, deadline_s=1.0),
+            SimJob(key="next", arrival=0.1, max_tokens=10, tokens=10, prompt_tokens=0, deadline_s=3.0)]
+    agent = SimAgent(name="a", slots=1, tps=20.0, ttft_s=0.0)
+    out = simulate(jobs, [agent], CloudTier(enabled=False), cloud_workers=0, policy="load-aware")
+    assert out["long"]["status"] == "expired" and out["long"]["latency_s"] == pytest.approx(1.0)
+    assert out["next"]["tier"] == "edge" and out["next"]["latency_s"] == pytest.approx(0.9 + 0.5, abs=0.05)
+    assert figures(jobs, out, [agent])["deadline_hit_rate"] == 0.5
+
+
 def test_a_simulated_full_agent_shows_the_coordinator_the_tokens_still_to_come():
     from broker.planning.simulation import SimAgent, SimJob, _Run
 

@@ -6,10 +6,12 @@ validates it against the measured cluster experiment and scales it to 1,000 agen
 
 It models what the coordinator predicts with (``coordinator/predict.py``): an agent takes TTFT
 + prompt tokens / prefill rate, then decodes each job's tokens at its rate for the number of
-jobs it runs at that moment (a job that starts or ends changes every other job's pace); the
+jobs it runs at that moment (a job that starts or ends changes every other job's pace; on a
+batched agent, so does a long prompt while it is evaluated, a piece beside each token); the
 coordinator plans on answer lengths it learns (``lengths``) and on the cloud's times it learns
 (``cloudtime``) from the jobs the simulation finishes; the cloud runs ``cloud_workers`` jobs at
-once behind its queue; under ``deadline`` a job no tier can finish in time is refused.
+once behind its queue; under ``deadline`` a job no tier can finish in time is refused; a job still
+running on an agent at its deadline is stopped there, as the coordinator expires it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.lengths import AnswerLengths
-from broker.coordinator.predict import rate_at
+from broker.coordinator.predict import SHARED_PROMPT_TOKENS, rate_at
 from broker.coordinator.scheduler import (
     AgentView,
     CloudTier,
@@ -58,6 +60,7 @@ class _Run:
     left: float  # answer tokens still to decode
     decoding_at: float  # after its TTFT and prefill
     planned: int  # the answer tokens the scheduler planned for it
+    crowds: bool = False  # a long prompt on a batched agent: the others' tokens wait for its pieces
 
 
 @dataclass
@@ -68,6 +71,7 @@ class SimAgent:
     ttft_s: float
     prefill_tps: float = 0.0  # prompt tokens/s (0: prompts cost nothing beyond TTFT)
     tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (): tps at any
+    batched: bool = False  # its slots share one batch: a long prompt being evaluated slows the others
     budget_tokens: int = 0
     window_s: float = 60.0
     energy_j_per_token: float = 0.0
@@ -98,17 +102,23 @@ class SimAgent:
                 first += max(0.0, r.decoding_at - now)
                 to_come = r.planned - decoded if decoded < r.planned else \
                     min(r.planned / 2, max(0, r.job.max_tokens - decoded))  # past its plan: as fleet.py
-                ahead.append(max(0.0, r.decoding_at - now) + to_come / rate)
+                until = r.job.arrival + r.job.deadline_s - now if r.job.deadline_s else float("inf")
+                ahead.append((max(0.0, r.decoding_at - now) + to_come / rate, until))
+        beside = sum(max(0.0, r.decoding_at - now - self.ttft_s) for r in self.running.values() if r.crowds)
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
                          outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
-                         ttft_ms=self.ttft_s * 1000,
+                         ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside,
                          prefill_tps=self.prefill_tps, decode_tps_at=self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
                          energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh, prefetch=0)
 
     def pace(self) -> float:
-        """One running job's decode tokens/s with as many running as now."""
-        return rate_at(AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.tps_at), self.busy)
+        """One running job's decode tokens/s with as many running as now (since the last change):
+        beside a long prompt being evaluated, each token also waits for a piece of it."""
+        rate = rate_at(AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.tps_at), self.busy)
+        if self.prefill_tps and any(r.crowds and r.decoding_at > self.since for r in self.running.values()):
+            rate = 1 / (1 / rate + SHARED_PROMPT_TOKENS / self.prefill_tps)
+        return rate
 
 
 @dataclass
@@ -183,7 +193,14 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 a = by_name[d.agent]
                 prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
                 catch_up(a, now)
-                a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill, spec.tokens)
+                run = a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill, spec.tokens,
+                                            a.batched and j.prompt_tokens >= SHARED_PROMPT_TOKENS)
+                if run.crowds:  # the others' pace changes again once it is in
+                    heapq.heappush(events, (run.decoding_at, n, "evaluated", a))
+                    n += 1
+                if deadline is not None:  # the coordinator stops it there, and its slot frees
+                    heapq.heappush(events, (deadline, n, "expire", (a, j)))
+                    n += 1
                 a.busy_tokens += j.max_tokens
                 a.busy_expected += spec.tokens
                 views[index[a.name]] = a.view(now)
@@ -208,6 +225,19 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             learned.finished(j.key, now, {"ttft_ms": 0.0, "decode_tps": cloud.decode_tps,
                                           "generate_ms": service_s * 1000})
             lengths.record("m", "", j.tokens, cut_off=j.tokens >= j.max_tokens)
+        elif kind == "expire":
+            a, j = payload
+            if j.key in a.running:
+                catch_up(a, now)
+                run = a.running.pop(j.key)
+                n = reschedule(a, now, events, n)
+                a.busy_tokens -= j.max_tokens
+                a.busy_expected -= run.planned
+                out[j.key].update({"tier": "none", "status": "expired", "latency_s": now - j.arrival, "cost": 0.0,
+                                   "tokens": 0})
+        elif kind == "evaluated":
+            catch_up(payload, now)
+            n = reschedule(payload, now, events, n)
         elif kind == "finish":
             a, j, version = payload
             if version != a.version:
@@ -254,7 +284,7 @@ def reschedule(a: SimAgent, now: float, events: list[tuple[float, int, str, Any]
 def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[SimAgent],
             quality: Quality | None = None) -> dict[str, Any]:
     """The run's figures: latency of the answered jobs, deadline hits over every job, jobs refused
-    and jobs answered late (the coordinator would have expired them), tokens the cloud took, the
+    and jobs answered late or stopped at their deadline on an agent, tokens the cloud took, the
     research's utility and PCR, and how far predictions were from what happened, per tier."""
     quality = quality or Quality()
     answered = [(j, out[j.key]) for j in jobs if out.get(j.key, {}).get("tier") in ("edge", "cloud")]
@@ -264,6 +294,7 @@ def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[Sim
     served = [a.served for a in agents]
     mean_served = statistics.fmean(served) if served else 0
     late = sum(1 for j, o in answered if j.deadline_s is not None and o["latency_s"] > j.deadline_s)
+    expired = sum(1 for o in out.values() if o.get("status") == "expired")
     u, cpr, ratio = pcr((utility(out.get(j.key, {}).get("tier"), out.get(j.key, {}).get("latency_s", 0.0),
                                  j.deadline_s, quality), out.get(j.key, {}).get("cost", 0.0)) for j in jobs)
     errors = {tier: [relative_error(o["predicted_s"], o["latency_s"]) for _, o in answered
@@ -271,7 +302,7 @@ def figures(jobs: list[SimJob], out: dict[str, dict[str, Any]], agents: list[Sim
     return {"latency_mean_ms": statistics.fmean(lat) if lat else float("nan"),
             "latency_p95_ms": percentile(lat, 95),
             "deadline_hit_rate": (len(answered) - late) / len(jobs),
-            "rejected": sum(1 for o in out.values() if o.get("status") == "rejected"), "late": late,
+            "rejected": sum(1 for o in out.values() if o.get("status") == "rejected"), "late": late + expired,
             "cloud_tokens": cloud_tokens,
             "cloud_token_share": cloud_tokens / max(1, sum(o["tokens"] for _, o in answered)),
             "cost_per_response": cpr, "utility": u, "pcr": ratio,
