@@ -298,3 +298,17 @@ def test_the_wait_on_a_full_agent_is_until_its_first_slot_frees_not_its_backlog_
     coord.dispatcher.run(time.time(), time.monotonic())
     assert coord.jobs["dev/next"].agent == "a1"
     assert 0 <= coord.jobs["dev/next"].decision["parts"]["wait_ms"] < 250
+
+
+def test_a_job_behind_one_the_coordinator_will_stop_at_its_deadline_waits_only_until_then(coord):
+    coord._handle(status("a1"))
+    coord._handle(prompt("long", max_tokens=500))  # 10 s at 50 tokens/s
+    coord.dispatcher.run(time.time(), time.monotonic())
+    started = encode(AgentEvent(key="dev/long", attempt=1, agent="a1", epoch=1, kind="started"))
+    coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
+    coord.jobs["dev/long"].deadline_at = time.time() + 0.6  # expired, and stopped, 0.6 s from now
+    time.sleep(0.3)
+    coord._handle(prompt("next", max_tokens=10, deadline_ms=900))  # 0.3 s + 0.02 + 0.2 s: in time
+    coord.dispatcher.run(time.time(), time.monotonic())
+    assert coord.jobs["dev/next"].agent == "a1"
+    assert 200 < coord.jobs["dev/next"].decision["parts"]["wait_ms"] < 400

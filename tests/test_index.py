@@ -16,6 +16,7 @@ cloud), the reason and the at-risk flag are the scan's, and the agent chosen is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections import Counter
 
@@ -35,7 +36,8 @@ def random_view(rng: random.Random, name: str) -> AgentView:
         chat_models=frozenset(m for m in models if rng.random() < 0.5), default_model=min(models),
         slots=rng.randint(1, 4), outstanding=rng.randint(0, 6), outstanding_tokens=rng.choice([0, 64, 128, 300]),
         # a full agent's jobs one by one (the coordinator's), or only their sum (an older view)
-        ahead_s=rng.choice([(), tuple(rng.choice([0.0, 0.5, rng.uniform(0, 9)]) for _ in range(rng.randint(1, 6)))]),
+        ahead_s=rng.choice([(), tuple((rng.choice([0.0, 0.5, rng.uniform(0, 9)]),
+                                       rng.choice([math.inf, rng.uniform(-1, 9)])) for _ in range(rng.randint(1, 6)))]),
         prefill_ahead_s=rng.choice([0.0, 0.0, rng.uniform(0, 5)]),
         # few distinct rates and TTFTs, so that predicted completions tie often
         decode_tps=rng.choice([10.0, 20.0, 50.0, 50.0, rng.uniform(5, 100)]),

@@ -15,11 +15,12 @@ every ``PROGRESS_S``.
 
 from __future__ import annotations
 
+import math
 import time
 
 from broker.coordinator.context import Core
 from broker.coordinator.index import AgentIndex
-from broker.coordinator.predict import rate_at
+from broker.coordinator.predict import Ahead, rate_at
 from broker.coordinator.scheduler import AgentView
 
 PROGRESS_S = 0.25  # how often a full agent's view counts its running jobs' progress anew, at most
@@ -72,7 +73,7 @@ class Fleet:
         n, toks = c.jobs.load_of(agent)
         rates = tuple(st.decode_tps_at[:st.slots_total])
         expected, decoded, first, crowd = c.jobs.expected_on(agent), 0, 0.0, 0.0
-        ahead: tuple[float, ...] = ()
+        ahead: Ahead = ()
         full = n >= st.slots_total > 0  # only a full agent's backlog makes a wait
         if full:
             decoded, first, ahead = self._progress(
@@ -114,28 +115,30 @@ class Fleet:
                 ahead += max(0.0, left)
         return ahead
 
-    def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float, tuple[float, ...]]:
+    def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float, Ahead]:
         """The jobs placed on ``agent``, as predicted by now: (the answer tokens they have decoded, the
-        time to first token still ahead of them, each one's time still to run: the running ones
-        first). A job runs from when it started: its predicted first token (TTFT and prefill), then
-        ``rate``, and has decoded at least what the agent last reported. One past its planned
-        length is still running: half its plan is taken to be left (within its ``max_tokens``), not
-        none. One recovered after a restart has no parts: its full planned length, no first token."""
+        time to first token still ahead of them, each one's time still to run and time left before
+        its deadline, when this coordinator stops it: the running ones first). A job runs from when
+        it started: its predicted first token (TTFT and prefill), then ``rate``, and has decoded at
+        least what the agent last reported. One past its planned length is still running: half its
+        plan is taken to be left (within its ``max_tokens``), not none. One recovered after a
+        restart has no parts: its full planned length, no first token."""
         now, decoded, first = self.core.clock(), 0, 0.0
-        running: list[float] = []
-        queued: list[tuple[float, float]] = []
+        running: Ahead = ()
+        queued: list[tuple[float, tuple[float, float]]] = []
         for job in self.core.jobs.on(agent):
             parts = (job.decision or {}).get("parts")
             planned = job.planned_tokens
             first_s = parts["first_token_ms"] / 1000 if parts else 0.0
+            until = job.deadline_at - now if job.deadline_at is not None else math.inf
             if job.started_at is None:
                 first += first_s
-                queued.append((job.created_at, first_s + planned / rate))
+                queued.append((job.created_at, (first_s + planned / rate, until)))
                 continue
             going = now - job.started_at - first_s
             if going < 0:
                 first -= going
-                running.append(planned / rate - going)
+                running += ((planned / rate - going, until),)
                 continue
             done = max(going * rate, reported.get(job.key, 0)) if parts else 0.0
             if done < planned:  # False for a NaN rate too (an agent's status is not to be trusted)
@@ -143,5 +146,5 @@ class Fleet:
             else:
                 left = int(min(planned / 2, max(0.0, job.req.max_tokens - min(done, job.req.max_tokens))))
             decoded += planned - left
-            running.append(left / rate)
+            running += ((left / rate, until),)
         return decoded, first, (*running, *(s for _, s in sorted(queued)))

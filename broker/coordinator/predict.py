@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from broker.coordinator.scheduler import AgentView, CloudTier
 
+Ahead = tuple[tuple[float, float], ...]  # a full agent's jobs: (time still to run, time left before its deadline)
 PROMPT_BUCKET = 64
 SHARED_PROMPT_TOKENS = 64  # a batched agent's prompt tokens a step beside running jobs (its PREFILL_SHARED)
 UNKNOWN_WAIT_S = 3600.0  # finite, so that it can be logged and compared; no deadline is this long
@@ -105,14 +106,15 @@ def rate_at(view: AgentView, k: int) -> float:
     return (low + (high - low) * (k - below) / (above - below)) / k
 
 
-def slot_free(ahead: tuple[float, ...], slots: int) -> float:
-    """When a slot frees for one more job: the jobs ``ahead`` (each one's time still to run, the
-    running first) on ``slots`` slots, each taking the first slot that frees."""
-    free = [*ahead[:slots], *[0.0] * (slots - len(ahead[:slots]))]
+def slot_free(ahead: Ahead, slots: int) -> float:
+    """When a slot frees for one more job: the jobs ``ahead`` (each one's time still to run and time
+    left before its deadline, when the coordinator stops it; the running first) on ``slots``
+    slots, each taking the first slot that frees."""
+    free = [*(min(run, until) for run, until in ahead[:slots]), *[0.0] * (slots - len(ahead[:slots]))]
     heapq.heapify(free)
-    for s in ahead[slots:]:
-        heapq.heapreplace(free, free[0] + s)
-    return free[0]
+    for run, until in ahead[slots:]:
+        heapq.heapreplace(free, free[0] + min(run, max(0.0, until - free[0])))
+    return max(0.0, free[0])
 
 
 def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from broker.coordinator.predict import Parts, agent_parts, cloud_parts, prompt_bucket
+from broker.coordinator.predict import Ahead, Parts, agent_parts, cloud_parts, prompt_bucket
 
 POLICIES = ("random", "weighted", "load-aware", "deadline")
 Policy = Literal["random", "weighted", "load-aware", "deadline"]
@@ -46,7 +46,7 @@ class AgentView:
     outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
     outstanding_tokens: int = 0  # their expected answer tokens, summed (a full agent: less those decoded)
     first_ahead_s: float = 0.0  # a full agent: the TTFT and prefill still ahead of its jobs, summed
-    ahead_s: tuple[float, ...] = ()  # a full agent: each job's time still to run, the running first
+    ahead_s: Ahead = ()  # a full agent: each job's (time still to run, time left before its deadline)
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
     prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)
@@ -166,7 +166,7 @@ def held_behind(view: AgentView, d: Decision, job: JobSpec) -> AgentView:
     first, runs = (d.parts.first_s, d.parts.first_s + d.parts.decode_s) if d.parts else (0.0, 0.0)
     return dataclasses.replace(view, outstanding=view.outstanding + 1, outstanding_tokens=view.outstanding_tokens
                                + job.tokens, first_ahead_s=view.first_ahead_s + first,
-                               ahead_s=(*view.ahead_s, runs) if view.ahead_s else ())
+                               ahead_s=(*view.ahead_s, (runs, float("inf"))) if view.ahead_s else ())
 
 
 def predict(view: AgentView, job: JobSpec) -> tuple[float, float]:
