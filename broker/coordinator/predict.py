@@ -110,11 +110,11 @@ def slot_free(ahead: Ahead, slots: int) -> float:
     """When a slot frees for one more job: the jobs ``ahead`` (each one's time still to run and time
     left before its deadline, when the coordinator stops it; the running first) on ``slots``
     slots, each taking the first slot that frees."""
-    free = [*(min(run, until) for run, until in ahead[:slots]), *[0.0] * (slots - len(ahead[:slots]))]
+    free = [*(max(0.0, min(run, until)) for run, until in ahead[:slots]), *[0.0] * (slots - len(ahead[:slots]))]
     heapq.heapify(free)
     for run, until in ahead[slots:]:
         heapq.heapreplace(free, free[0] + min(run, max(0.0, until - free[0])))
-    return max(0.0, free[0])
+    return free[0]
 
 
 def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
