@@ -102,6 +102,10 @@ class StatusBoard:
             extra = prompt_tokens - self.base_prompt_tokens
             if ttft_s is not None and ttft_s > 0:  # 0: ended (cancelled) before its first token
                 if extra < PREFILL_SAMPLE_TOKENS:
+                    # as the calibration prompt's: a prompt a few dozen tokens longer is that much
+                    # prefill more, which would inflate the TTFT and, against it, the next prefill rate
+                    if extra > 0 and self.prefill_tps.value:
+                        ttft_s = max(ttft_s - extra / self.prefill_tps.value, 0.0)
                     self.ttft_ms.add(ttft_s * 1000, prior)
                 elif ttft_s > self.ttft_ms.value / 1000:
                     # A long prompt's TTFT is the short one's plus its prefill: it teaches the prefill

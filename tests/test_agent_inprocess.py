@@ -151,3 +151,17 @@ def test_a_long_prompt_teaches_the_prefill_rate_and_a_job_cancelled_before_its_f
     board.record(0.0, 0.0, 0, prompt_tokens=1090)  # a log cancelled before its first token
     st = board.snapshot()
     assert st.ttft_ms == 100.0 and round(st.prefill_tps) == 127
+
+
+def test_prompts_a_few_dozen_tokens_long_do_not_inflate_the_ttft_or_the_next_prefill_rate():
+    from agents.status import StatusBoard
+
+    board = StatusBoard(AgentSettings(site=SITE, agent_id="a6", slots=1), [])
+    board.base_prompt_tokens = 10
+    board.record(0.1, 20.0, 0, prior=True)
+    board.record_prefill(240, 1.0, prior=True)  # 240 tokens/s
+    for _ in range(5):  # readings 60 tokens past the calibration prompt: 0.25 s of prefill each
+        board.record(0.1 + 60 / 240, 20.0, 32, prompt_tokens=70)
+    board.record(0.1 + 64 / 240, 20.0, 32, prompt_tokens=74)  # 64 past: a prefill sample
+    st = board.snapshot()
+    assert round(st.ttft_ms) == 100 and round(st.prefill_tps) == 240

@@ -205,6 +205,18 @@ def test_the_simulator_stops_a_job_at_its_deadline_and_the_next_one_takes_its_sl
     assert figures(jobs, out, [agent])["deadline_hit_rate"] == 0.5
 
 
+def test_a_simulated_job_placed_after_its_deadline_frees_its_slot_at_once_and_time_never_runs_back():
+    from broker.planning.simulation import DISPATCH_S, SimAgent, SimJob, simulate
+
+    jobs = [SimJob(key="j0", arrival=0.0, max_tokens=20, tokens=20, prompt_tokens=0, deadline_s=None),
+            SimJob(key="j1", arrival=0.01, max_tokens=20, tokens=20, prompt_tokens=0, deadline_s=1.0),
+            SimJob(key="j2", arrival=0.02, max_tokens=20, tokens=20, prompt_tokens=0, deadline_s=None)]
+    out = simulate(jobs, [SimAgent(name="a", slots=1, tps=10.0, ttft_s=0.0)], CloudTier(enabled=False),
+                   cloud_workers=0, policy="load-aware")
+    assert out["j1"]["status"] == "expired" and out["j1"]["latency_s"] > 1.99  # it waited behind j0 for 2 s
+    assert out["j2"]["latency_s"] == pytest.approx(4.0 - 0.02 + 3 * DISPATCH_S, abs=0.05)  # after j0, not beside it
+
+
 def test_a_simulated_full_agent_shows_the_coordinator_the_tokens_still_to_come():
     from broker.planning.simulation import SimAgent, SimJob, _Run
 

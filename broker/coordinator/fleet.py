@@ -80,7 +80,7 @@ class Fleet:
                 agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total),
                 st.progress)
         if n and st.batched:
-            crowd = self._prompts_ahead(agent, st.ttft_ms / 1000)
+            crowd = self._prompts_ahead(agent)
         view = AgentView(
             agent=agent, online=k.accepting, fresh=k.online, models=k.models, slots=st.slots_total,
             chat_models=k.chat_models, default_model=st.models[0].name if st.models else "",
@@ -102,17 +102,18 @@ class Fleet:
         if full or crowd:
             self._progressing[agent] = time.monotonic()  # counted now: the last to count again
 
-    def _prompts_ahead(self, agent: str, ttft_s: float) -> float:
-        """The prompt evaluation still ahead of the jobs placed on ``agent``, past a short prompt's
-        (its TTFT): each job's predicted first token, less the time since it started."""
+    def _prompts_ahead(self, agent: str) -> float:
+        """The prompt evaluation still ahead of the jobs placed on ``agent``, past a short prompt's:
+        each job's predicted prefill, as much of it as its predicted first token still has ahead
+        (both as predicted when it was placed, whatever the agent has advertised since)."""
         now, ahead = self.core.clock(), 0.0
         for job in self.core.jobs.on(agent):
             parts = (job.decision or {}).get("parts")
-            if parts:
-                left = parts["first_token_ms"] / 1000 - ttft_s
+            if parts and parts.get("prefill_ms", 0) > 0:
+                left = parts["first_token_ms"] / 1000
                 if job.started_at is not None:
                     left -= now - job.started_at
-                ahead += max(0.0, left)
+                ahead += max(0.0, min(parts["prefill_ms"] / 1000, left))
         return ahead
 
     def _progress(self, agent: str, rate: float, reported: dict[str, int]) -> tuple[int, float, Ahead]:

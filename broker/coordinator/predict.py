@@ -53,6 +53,7 @@ class Parts:
     first_s: float  # until the first token once started: TTFT + prefill (cloud: overhead + TTFT)
     decode_s: float
     tokens: int  # the answer length assumed
+    prefill_s: float = 0.0  # of first_s: its prompt past a short one's (what a batched neighbour waits for)
 
     @property
     def completion_s(self) -> float:
@@ -60,7 +61,8 @@ class Parts:
 
     def as_ms(self) -> dict[str, float]:
         return {"wait_ms": round(self.wait_s * 1000, 1), "first_token_ms": round(self.first_s * 1000, 1),
-                "decode_ms": round(self.decode_s * 1000, 1), "tokens": self.tokens}
+                "decode_ms": round(self.decode_s * 1000, 1), "tokens": self.tokens,
+                "prefill_ms": round(self.prefill_s * 1000, 1)}
 
 
 def prompt_bucket(tokens: int) -> int:
@@ -113,7 +115,7 @@ def slot_free(ahead: Ahead, slots: int) -> float:
     free = [*(max(0.0, min(run, until)) for run, until in ahead[:slots]), *[0.0] * (slots - len(ahead[:slots]))]
     heapq.heapify(free)
     for run, until in ahead[slots:]:
-        heapq.heapreplace(free, free[0] + min(run, max(0.0, until - free[0])))
+        heapq.heapreplace(free, free[0] + max(0.0, min(run, until - free[0])))
     return free[0]
 
 
@@ -128,7 +130,7 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     crowd = max(0.0, view.prefill_ahead_s - wait)  # decoded beside prompts still being evaluated: each step
     if crowd and view.prefill_tps > 0:  # waits for a piece of them, as long as its own steps last at most
         crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)
-    return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k) + crowd, tokens)
+    return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k) + crowd, tokens, prefill)
 
 
 def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:

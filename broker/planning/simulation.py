@@ -26,7 +26,7 @@ from typing import Any
 
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.lengths import AnswerLengths
-from broker.coordinator.predict import SHARED_PROMPT_TOKENS, rate_at
+from broker.coordinator.predict import SHARED_PROMPT_TOKENS, prompt_bucket, rate_at
 from broker.coordinator.scheduler import (
     AgentView,
     CloudTier,
@@ -60,7 +60,7 @@ class _Run:
     left: float  # answer tokens still to decode
     decoding_at: float  # after its TTFT and prefill
     planned: int  # the answer tokens the scheduler planned for it
-    crowds: bool = False  # a long prompt on a batched agent: the others' tokens wait for its pieces
+    crowds: float = 0.0  # a long prompt's prefill on a batched agent: the others' tokens wait for its pieces
 
 
 @dataclass
@@ -95,6 +95,7 @@ class SimAgent:
         expected, first, ahead = self.busy_expected, 0.0, []
         if self.busy >= self.slots:
             rate = self.pace()
+            plan = rate_at(AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.tps_at), self.slots)
             for r in self.running.values():
                 left = r.left - max(0.0, now - max(self.since, r.decoding_at)) * rate
                 decoded = int(max(0.0, r.job.tokens - max(left, 0.0)))
@@ -103,8 +104,8 @@ class SimAgent:
                 to_come = r.planned - decoded if decoded < r.planned else \
                     min(r.planned / 2, max(0, r.job.max_tokens - decoded))  # past its plan: as fleet.py
                 until = r.job.arrival + r.job.deadline_s - now if r.job.deadline_s else float("inf")
-                ahead.append((max(0.0, r.decoding_at - now) + to_come / rate, until))
-        beside = sum(max(0.0, r.decoding_at - now - self.ttft_s) for r in self.running.values() if r.crowds)
+                ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, until))  # as fleet.py plans
+        beside = sum(max(0.0, min(r.crowds, r.decoding_at - now)) for r in self.running.values())
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
                          outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
                          ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside,
@@ -194,12 +195,13 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
                 catch_up(a, now)
                 run = a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill, spec.tokens,
-                                            a.batched and j.prompt_tokens >= SHARED_PROMPT_TOKENS)
+                                            prefill if a.batched and prompt_bucket(j.prompt_tokens) else 0.0)
                 if run.crowds:  # the others' pace changes again once it is in
                     heapq.heappush(events, (run.decoding_at, n, "evaluated", a))
                     n += 1
-                if deadline is not None:  # the coordinator stops it there, and its slot frees
-                    heapq.heappush(events, (deadline, n, "expire", (a, j)))
+                if deadline is not None:  # the coordinator stops it there, and its slot frees (one that
+                    # waited past it here, where the coordinator would have expired it waiting: at once)
+                    heapq.heappush(events, (max(deadline, now), n, "expire", (a, j)))
                     n += 1
                 a.busy_tokens += j.max_tokens
                 a.busy_expected += spec.tokens
