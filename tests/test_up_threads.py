@@ -25,9 +25,17 @@ def descendants(pid: int) -> list[list[str]]:
     while todo:
         p = todo.pop()
         for task in Path(f"/proc/{p}/task").glob("*"):
-            for child in (task / "children").read_text().split():
+            try:  # a thread or a process may end between the listing and the read
+                children = (task / "children").read_text().split()
+            except FileNotFoundError:
+                continue
+            for child in children:
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+                except FileNotFoundError:
+                    continue
                 todo.append(int(child))
-                out.append(Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0"))
+                out.append(cmdline)
     return out
 
 
