@@ -20,7 +20,7 @@ import time
 
 from broker.coordinator.context import Core
 from broker.coordinator.index import AgentIndex
-from broker.coordinator.predict import Ahead, rate_at
+from broker.coordinator.predict import Ahead, rate_at, tokens_left
 from broker.coordinator.scheduler import AgentView
 
 PROGRESS_S = 0.25  # how often a full agent's view counts its running jobs' progress anew, at most
@@ -141,11 +141,8 @@ class Fleet:
                 first -= going
                 running += ((planned / rate - going, until),)
                 continue
-            done = max(going * rate, reported.get(job.key, 0)) if parts else 0.0
-            if done < planned:  # False for a NaN rate too (an agent's status is not to be trusted)
-                left = planned - int(done)
-            else:
-                left = int(min(planned / 2, max(0.0, job.req.max_tokens - min(done, job.req.max_tokens))))
+            left = tokens_left(planned, max(going * rate, reported.get(job.key, 0)) if parts else 0.0,
+                               job.req.max_tokens)
             decoded += planned - left
             running += ((left / rate, until),)
         return decoded, first, (*running, *(s for _, s in sorted(queued)))

@@ -6,10 +6,12 @@ A job's completion on an agent is
 
 where k is the number of slots that would decode at once with the job (its own included), the
 decode rate at k is what the agent advertises for that concurrency (``decode_tps_at[k - 1]``),
-and the queue wait is the expected tokens already placed on the agent over its throughput with
-every slot busy, plus the time to first token (TTFT and prefill) still ahead of them, shared by the
-slots. A running job counts the tokens it has not decoded yet, as predicted from when it started
-(``fleet.py``). The expected tokens are a learned high quantile of the answer length (see
+and the queue wait is until the agent's first slot frees for it: each job placed there takes the
+first slot that frees, for its time still to run (its first token still ahead, then its tokens
+still to come at the rate with every slot busy), never past its deadline (``slot_free``). A
+running job counts the tokens it has not decoded yet, as predicted from when it started
+(``fleet.py``); a view without its jobs one by one shares their tokens out among the slots.
+The expected tokens are a learned high quantile of the answer length (see
 ``lengths``), never more than ``max_tokens``. On an agent whose slots share one batch, a job
 placed beside others whose prompts are still being evaluated decodes each token in a step that
 also evaluates ``SHARED_PROMPT_TOKENS`` of theirs: that evaluation (``prefill_ahead_s``) is added to
@@ -106,6 +108,15 @@ def rate_at(view: AgentView, k: int) -> float:
         return low / k
     high = at[above - 1] * above
     return (low + (high - low) * (k - below) / (above - below)) / k
+
+
+def tokens_left(planned: int, done: float, max_tokens: int) -> int:
+    """A running job's answer tokens still to come, of the ``planned``, with ``done`` decoded by now.
+    One past its plan is still running: half its plan is taken to be left (within ``max_tokens``),
+    not none. (``done`` NaN, from an agent not to be trusted, counts as past it.)"""
+    if done < planned:
+        return planned - int(done)
+    return int(min(planned / 2, max(0.0, max_tokens - min(done, max_tokens))))
 
 
 def slot_free(ahead: Ahead, slots: int) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.lengths import AnswerLengths
-from broker.coordinator.predict import SHARED_PROMPT_TOKENS, prompt_bucket, rate_at
+from broker.coordinator.predict import SHARED_PROMPT_TOKENS, prompt_bucket, rate_at, tokens_left
 from broker.coordinator.scheduler import (
     AgentView,
     CloudTier,
@@ -101,8 +101,7 @@ class SimAgent:
                 decoded = int(max(0.0, r.job.tokens - max(left, 0.0)))
                 expected -= min(r.planned, decoded)
                 first += max(0.0, r.decoding_at - now)
-                to_come = r.planned - decoded if decoded < r.planned else \
-                    min(r.planned / 2, max(0, r.job.max_tokens - decoded))  # past its plan: as fleet.py
+                to_come = tokens_left(r.planned, decoded, r.job.max_tokens)  # as fleet.py
                 until = r.job.arrival + r.job.deadline_s - now if r.job.deadline_s else float("inf")
                 ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, until))  # as fleet.py plans
         beside = sum(max(0.0, min(r.crowds, r.decoding_at - now)) for r in self.running.values())
