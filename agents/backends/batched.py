@@ -92,6 +92,21 @@ class _Batch:
         self.lib.llama_batch_free(self.batch)
 
 
+def context_params(lib: Any, n_ctx: int, slots: int, threads: int, n_batch: int) -> Any:
+    """The shared context's parameters: ``slots`` sequences of ``n_ctx`` tokens each."""
+    params = lib.llama_context_default_params()
+    params.n_ctx = n_ctx * slots  # the context holds every slot's whole context
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_seq_max = slots
+    # One cache for every sequence. With a stream per sequence (llama.cpp's default) a batch is
+    # cut into one pass over the weights for each run of consecutive sequence ids: once jobs had
+    # joined and left for a while, 8 running jobs in ids like 3..7, 0..2 took two passes a step
+    # (75 ms against 45; docs/benchmarks.md, section 1c).
+    params.kv_unified = True
+    params.n_threads = params.n_threads_batch = threads
+    return params
+
+
 class BatchedEngine:
     """One model in one llama.cpp context with ``slots`` sequences, driven by its own thread."""
 
@@ -174,13 +189,8 @@ class BatchedEngine:
         path, name, n_ctx, threads, sampling, chat_format, gpu_layers = self._args
         self._backend = LlamaBackend(path, name, n_ctx, threads, sampling, chat_format, gpu_layers, own_ctx=False)
         lib = self._lib = self._backend._lib
-        params = lib.llama_context_default_params()
-        # Each sequence gets n_ctx / n_seq_max of the cache: the context holds every slot's whole context.
-        params.n_ctx = n_ctx * self.slots
         self._prefill = PREFILL_TOKENS_GPU if self._backend.info.gpu_layers else PREFILL_TOKENS_CPU
-        params.n_batch = params.n_ubatch = self._prefill + self.slots
-        params.n_seq_max = self.slots
-        params.n_threads = params.n_threads_batch = threads
+        params = context_params(lib, n_ctx, self.slots, threads, self._prefill + self.slots)
         try:
             self._ctx = _internals.LlamaContext(model=self._backend._llm._model, params=params, verbose=False)
         except ValueError as exc:
