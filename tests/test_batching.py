@@ -222,3 +222,29 @@ def test_a_short_prompt_is_not_held_behind_a_long_prompts_evaluation():
     assert first["reading"] < first["log"]
     assert reading.crowded_first and logged.crowded_first  # type: ignore[attr-defined]
     assert reading.crowded_tokens >= 1  # type: ignore[attr-defined]
+
+
+def test_a_prompt_longer_than_the_sliding_window_gets_the_answer_of_a_context_of_its_own():
+    """Gemma 3's sliding-window layers keep only their window of each sequence in the engine's
+    cache (512 tokens): a 1,000-token log must still be answered as a context holding all of it
+    answers."""
+    from agents.backends.batched import BatchedEngine
+    from agents.backends.llama import LlamaBackend
+    from schemas.messages import Request
+
+    log = " ".join(f"2026-11-28T10:{i % 60:02d}:00 sensor-{i % 7} temp={20 + i % 9}.{i % 10} "
+                   f"humidity={40 + i % 13}% status=ok" for i in range(28))
+    req = Request(prompt=f"Log: {log} Summarise the log in one sentence:", max_tokens=32, temperature=0)
+    backend = LlamaBackend(default_model_path(), "m", 2048, 2)
+    try:
+        alone = backend.generate(req, lambda _t: None, lambda: False)
+    finally:
+        backend.close()
+    engine = BatchedEngine(default_model_path(), "m", 2048, 2, slots=4)
+    slot = engine.slot()
+    try:
+        got = slot.generate(req, lambda _t: None, lambda: False)
+    finally:
+        slot.close()
+    assert alone.prompt_tokens > 1000
+    assert got.text == alone.text
