@@ -67,6 +67,20 @@ def test_a_deadline_no_tier_can_meet_is_refused_naming_the_best_prediction(coord
     assert coord.counters["expired"] == 0
 
 
+def test_an_edge_prediction_must_leave_a_margin_before_the_deadline(coord):
+    # 50 tokens at 50 tokens/s after a 20 ms TTFT: predicted 1,020 ms. Inside 1,100 ms with 8% to
+    # spare, short of the 15% an edge prediction must leave (its median error is 7-16%): such a job
+    # was accepted and then expired; inside 1,300 ms it runs.
+    coord._handle(status("a1", slots=2))
+    coord._handle(prompt("tight", max_tokens=50, deadline_ms=1100))
+    coord._handle(prompt("roomy", max_tokens=50, deadline_ms=1300))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    refused = final(coord, "tight")
+    assert refused["error"]["code"] == "deadline_infeasible"
+    assert "edge agent a1 in 10" in refused["error"]["message"] and "15% of it to spare" in refused["error"]["message"]
+    assert coord.jobs["dev/roomy"].agent == "a1"
+
+
 def test_jobs_waiting_for_a_full_site_are_refused_at_once_when_their_deadline_cannot_be_met(coord):
     coord._handle(status("a1"))
     for i in range(2):  # the agent's slot and its prefetch: the site is full

@@ -4,7 +4,7 @@ prediction, so that the device (or its operator) sees by how much it missed and 
 from __future__ import annotations
 
 from broker.coordinator.jobs import Job
-from broker.coordinator.predict import Parts
+from broker.coordinator.predict import EDGE_MARGIN, Parts
 from broker.coordinator.scheduler import Decision
 from schemas.messages import ErrorInfo
 
@@ -25,5 +25,6 @@ def refusal(job: Job, decision: Decision, now: float) -> ErrorInfo:
     options.sort()
     best = "; ".join(words for _, words in options) or f"{decision.predicted_s * 1000:.0f} ms"
     return ErrorInfo(code="deadline_infeasible",
-                     message=f"no tier can finish this job within its deadline ({left_ms:.0f} ms left): "
+                     message=f"no tier can finish this job within its deadline ({left_ms:.0f} ms left; an "
+                             f"edge agent's prediction must leave {EDGE_MARGIN:.0%} of it to spare): "
                              f"the best prediction is {best}")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from broker.coordinator.predict import Ahead, Parts, agent_parts, cloud_parts, prompt_bucket
+from broker.coordinator.predict import EDGE_MARGIN, Ahead, Parts, agent_parts, cloud_parts, prompt_bucket
 
 POLICIES = ("random", "weighted", "load-aware", "deadline")
 Policy = Literal["random", "weighted", "load-aware", "deadline"]
@@ -196,7 +196,7 @@ def assess(view: AgentView, job: JobSpec, now: float) -> Candidate:
         reason = "over_budget"
     parts = agent_parts(view, *job.size)
     completion = parts.completion_s
-    meets = job.deadline_at is None or now + completion <= job.deadline_at
+    meets = job.deadline_at is None or now + completion * (1 + EDGE_MARGIN) <= job.deadline_at
     return Candidate(
         agent=view.agent, eligible=reason == "ok", reason=reason, wait_s=parts.wait_s,
         completion_s=completion, cost=edge_cost(view, job.tokens),
