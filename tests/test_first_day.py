@@ -68,9 +68,11 @@ def test_ctrl_c_on_ask_cancels_its_job_and_ask_names_it(daemons, broker_url, sit
     daemons("coordinator")
     agent = daemons("agent", *agent_args("a1", threads=2))
     wait_online(broker_url, site_id, 1)
+    # greedy: this prompt then runs to all 400 tokens (sampled, it sometimes ended after a few
+    # words, before the Ctrl-C, and ask rightly exited 0)
     ask = subprocess.Popen([*FOGMESH, "ask", "--broker", broker_url, "--site", site_id, "--max-tokens", "400",
-                            "Count from one to one thousand in words: one, two, three,"], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            "--temperature", "0", "Count from one to one thousand in words: one, two, three,"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert ask.stdout is not None
     ask.stdout.read(20)  # it is streaming
     ask.send_signal(signal.SIGINT)
