@@ -77,7 +77,7 @@ def test_an_edge_prediction_must_leave_a_margin_before_the_deadline(coord):
     coord.dispatcher.run(time.time(), time.monotonic())
     refused = final(coord, "tight")
     assert refused["error"]["code"] == "deadline_infeasible"
-    assert "edge agent a1 in 10" in refused["error"]["message"] and "15% of it to spare" in refused["error"]["message"]
+    assert "edge agent a1 in 10" in refused["error"]["message"] and "15% more, must fit" in refused["error"]["message"]
     assert coord.jobs["dev/roomy"].agent == "a1"
 
 

@@ -72,7 +72,10 @@ def test_ctrl_c_on_ask_cancels_its_job_and_ask_names_it(daemons, broker_url, sit
     # words, before the Ctrl-C, and ask rightly exited 0)
     ask = subprocess.Popen([*FOGMESH, "ask", "--broker", broker_url, "--site", site_id, "--max-tokens", "400",
                             "--temperature", "0", "Count from one to one thousand in words: one, two, three,"],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           # Ctrl-C reaches a terminal's foreground job; a test run started in the
+                           # background of a script has SIGINT ignored, which ask would inherit
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert ask.stdout is not None
     ask.stdout.read(20)  # it is streaming
     ask.send_signal(signal.SIGINT)

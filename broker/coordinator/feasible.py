@@ -26,5 +26,5 @@ def refusal(job: Job, decision: Decision, now: float) -> ErrorInfo:
     best = "; ".join(words for _, words in options) or f"{decision.predicted_s * 1000:.0f} ms"
     return ErrorInfo(code="deadline_infeasible",
                      message=f"no tier can finish this job within its deadline ({left_ms:.0f} ms left; an "
-                             f"edge agent's prediction must leave {EDGE_MARGIN:.0%} of it to spare): "
+                             f"edge agent's prediction, {EDGE_MARGIN:.0%} more, must fit): "
                              f"the best prediction is {best}")

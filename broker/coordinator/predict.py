@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 Ahead = tuple[tuple[float, float], ...]  # a full agent's jobs: (time still to run, time left before its deadline)
 PROMPT_BUCKET = 64
 SHARED_PROMPT_TOKENS = 64  # a batched agent's prompt tokens a step beside running jobs (its PREFILL_SHARED)
-# An edge prediction meets a deadline only with this share of it to spare: the median error of
+# An edge prediction meets a deadline only if, this share more, it still fits: the median error of
 # edge predictions on the cluster benchmark is 7-16%, and a job predicted at 4.5 s of a 5 s
 # deadline, placed beside another on a batched agent, expired with it (docs/scheduling.md).
 EDGE_MARGIN = 0.15
