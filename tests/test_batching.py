@@ -227,7 +227,9 @@ def test_a_short_prompt_is_not_held_behind_a_long_prompts_evaluation():
 def test_a_prompt_longer_than_the_sliding_window_gets_the_answer_of_a_context_of_its_own():
     """Gemma 3's sliding-window layers keep only their window of each sequence in the engine's
     cache (512 tokens): a 1,000-token log must still be answered as a context holding all of it
-    answers."""
+    answers. On 4 slots the window cache (512 x 4 + the batch) holds the whole job, so its cells
+    stay in order; where it wraps (on 2 slots, past ~1,100 tokens) the logits differ in the last
+    bits, as they do beside other jobs, and this exact match is not promised (docs/answers.md)."""
     from agents.backends.batched import BatchedEngine
     from agents.backends.llama import LlamaBackend
     from schemas.messages import Request
