@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llama_cpp  # noqa: F401  loaded before numpy, as agents.backends.gpu.load_llama_cpp says why
+
 from agents.backends.llama import LlamaBackend
 from agents.backends.sampling import Sampler, Sampling
 from agents.model import default_model_path

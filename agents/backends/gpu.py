@@ -25,7 +25,10 @@ def gpu_devices() -> tuple[str, ...]:
     if not llama_cpp.llama_supports_gpu_offload():
         return ()
     try:  # ggml's device registry is not in llama-cpp-python's bindings: ask libggml itself
-        ggml = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml.so"))
+        # where llama-cpp-python loaded libllama from ($LLAMA_CPP_LIB_PATH, else its package's lib/)
+        lib_dir = getattr(llama_cpp.llama_cpp, "_base_path", None)
+        lib_dir = lib_dir or os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+        ggml = ctypes.CDLL(os.path.join(lib_dir, "libggml.so"))
         dev = ctypes.c_void_p
         ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
         ggml.ggml_backend_dev_get.restype, ggml.ggml_backend_dev_get.argtypes = dev, [ctypes.c_size_t]
@@ -42,6 +45,16 @@ def gpu_devices() -> tuple[str, ...]:
     except (OSError, AttributeError) as exc:  # another layout (macOS dylibs, a system llama.cpp): unnamed
         log.debug("cannot list ggml devices: %s", exc)
         return ("GPU",)
+
+
+def load_llama_cpp() -> None:
+    """Load llama.cpp's shared libraries (and its GPU backend) before anything loads numpy's.
+
+    On an H200 machine (CUDA 13, numpy 2.5 from pip with its bundled OpenBLAS), a process that had
+    imported numpy before llama-cpp-python died of SIGSEGV inside ``llama_model_load_from_file`` when
+    it offloaded layers, every time; with llama.cpp loaded first it ran (docs/benchmarks.md, 1d).
+    Each command that loads a model calls this before its other imports."""
+    import llama_cpp  # noqa: F401
 
 
 def offload_layers(requested: int | None) -> int:

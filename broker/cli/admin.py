@@ -82,6 +82,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from agents.backends.gpu import load_llama_cpp
+
+    load_llama_cpp()  # first: before numpy
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

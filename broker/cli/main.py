@@ -47,6 +47,9 @@ def _serve(settings: Any, name: str, build: Callable[[Any], Any]) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.backends.gpu import load_llama_cpp
+
+    load_llama_cpp()  # first: before numpy
     from agents.agent import build
     from agents.settings import AgentSettings
     from broker.ops.config import load
@@ -107,6 +110,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud_worker(args: argparse.Namespace) -> int:
+    from agents.backends.gpu import load_llama_cpp
+
+    load_llama_cpp()  # first: before numpy
     from broker.ops.config import load
     from cloud_bridge.settings import WorkerSettings
     from cloud_bridge.worker import Worker, make_backend
