@@ -157,6 +157,53 @@ def test_a_sequence_reads_only_its_own_cells_of_the_shared_cache():
     assert np.array_equal(alone, beside)
 
 
+def test_requests_sampled_on_several_threads_draw_what_each_draws_alone():
+    """The engine draws a step's tokens on its sampling threads at once, each thread with its own
+    candidate array: from the rows of one batch of 8 prompts, the draws made 8 at a time (20
+    rounds, so that threads overlap) are exactly the draws made one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llama_cpp import _internals
+
+    from agents.backends.batched import _Batch, context_params
+    from agents.backends.llama import LlamaBackend
+    from agents.backends.sampling import Candidates, Sampler, Sampling
+    from schemas.messages import Request
+
+    prompts = ["MQTT is a protocol that", "Count from one to ten: one, two,", "The sensor on the roof reads",
+               "A greenhouse controller opens the vents when", "def add(a, b):", "Bonjour, je m'appelle",
+               "List three colours:", "The gateway restarted because"]
+    backend = LlamaBackend(default_model_path(), "m", 512, 2, own_ctx=False)
+    lib, model = backend._lib, backend._llm._model
+    ctx = _internals.LlamaContext(model=model, params=context_params(lib, 256, 8, 2, 256), verbose=False)
+    batch = _Batch(lib, 256)
+    params = [Sampling(temperature=0.0), Sampling(seed=7)] * 4  # greedy, and a seeded draw with the full chain
+    try:
+        ends = []
+        for seq, prompt in enumerate(prompts):
+            tokens = backend.tokens(Request(prompt=prompt))
+            for pos, token in enumerate(tokens):
+                i = batch.add(token, pos, seq, pos == len(tokens) - 1)
+            ends.append(i)
+        assert batch.decode(ctx.ctx) == 0
+        rows = [lib.llama_get_logits_ith(ctx.ctx, i) for i in ends]
+
+        def samplers() -> list[Sampler]:
+            return [Sampler(lib, ctx.ctx, backend._vocab, backend._candidates, p) for p in params]
+
+        alone = [s.sample(row) for s, row in zip(samplers(), rows, strict=True)]
+        assert len(set(alone)) > 2  # eight prompts, not one row read eight times
+        own = [Candidates(lib, backend._candidates.n_vocab, like=backend._candidates) for _ in prompts]
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(20):
+                at_once = list(pool.map(lambda s, row, c: s.sample(row, c), samplers(), rows, own))
+                assert at_once == alone
+    finally:
+        batch.close()
+        ctx.close()
+        backend.close()
+
+
 def test_the_status_says_where_each_models_layers_run(agent, broker_url, site_id):
     import llama_cpp
 

@@ -19,10 +19,12 @@ on a GPU) spends its time.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 from agents.backends.base import Generation
 from agents.backends.decoding import Decoding
 from agents.backends.llama import LlamaBackend
-from agents.backends.sampling import Sampling
+from agents.backends.sampling import Candidates, Sampling
 from agents.errors import BackendError
 from broker.runtime.logs import kv
 from schemas.messages import Request
@@ -128,6 +130,7 @@ class BatchedEngine:
         self.info: ModelInfo | None = None
         self.steps = 0
         self._stepped_at = time.perf_counter()  # when the last step ended (the engine thread's)
+        self._pool: ThreadPoolExecutor | None = None  # the sampling threads
         self._thread = threading.Thread(target=self._main, name=f"engine-{name or path.stem}", daemon=True)
         self._thread.start()
 
@@ -184,6 +187,8 @@ class BatchedEngine:
         except Exception:
             log.exception(kv("engine_failed", model=self.info.name if self.info else ""))
         finally:
+            if self._pool is not None:
+                self._pool.shutdown()
             self._batch.close()
             self._ctx.close()
             self._backend.close()
@@ -204,6 +209,9 @@ class BatchedEngine:
                                                     f"{path}: {exc}") from exc
         self._batch = _Batch(lib, params.n_batch)
         self.info = self._backend.info
+        workers = min(self.slots, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(workers, f"sample-{self.info.name}") if workers > 1 else None
+        self._local = threading.local()  # each sampling thread's own candidate array
 
     def _run(self) -> None:
         running: list[_Job] = []
@@ -293,19 +301,43 @@ class BatchedEngine:
             for job in list(running):
                 self._end(job, running, free, error=BackendError("generation_failed", f"llama_decode returned {rc}"))
             return
-        for job in list(running):
-            if job.index < 0:
-                continue
+        sampled = [j for j in running if j.index >= 0]
+        for job, drawn in zip(sampled, self._draw(sampled), strict=True):
             d = job.decoding
             assert d is not None
-            d.sampler.index = job.index
             try:
-                going = d.advance()
+                if isinstance(drawn, Exception):
+                    raise drawn
+                going = d.advance(drawn)
             except Exception as exc:  # a sampler or a device's stream failing ends its request alone
                 self._end(job, running, free, error=exc)
                 continue
             if not going:
                 self._end(job, running, free)
+
+    def _draw(self, jobs: list[_Job]) -> list[int | Exception]:
+        """Each job's next token, or what its sampler raised. Drawing from a 262k vocabulary costs
+        ~0.7 ms a request on one core (copying the logits, then the chain), serially 5.5 ms of an
+        8-request step whose decode took 2.5 ms on a GPU; the draws run on the sampling threads at once,
+        after their rows of logits are taken here, on the thread that decoded the batch."""
+        rows = []
+        for job in jobs:
+            sampler = job.decoding.sampler  # type: ignore[union-attr]
+            sampler.index = job.index
+            rows.append(sampler.logits())
+        if self._pool is None or len(jobs) < 2:
+            return [self._draw_one(job, row, self._backend._candidates) for job, row in zip(jobs, rows, strict=True)]
+        return list(self._pool.map(self._draw_one, jobs, rows))
+
+    def _draw_one(self, job: _Job, row: Any, cands: Candidates | None = None) -> int | Exception:
+        cands = cands or getattr(self._local, "candidates", None)
+        if cands is None:
+            shared = self._backend._candidates
+            cands = self._local.candidates = Candidates(self._lib, shared.n_vocab, like=shared)
+        try:
+            return job.decoding.sampler.sample(row, cands)  # type: ignore[union-attr]
+        except Exception as exc:
+            return exc
 
     def _crowding(self, decoding: list[_Job], prompting: list[_Job]) -> None:
         """Note which requests this step shared with another's prompt (``Generation.crowded_*``): a

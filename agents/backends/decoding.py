@@ -37,10 +37,11 @@ class Decoding:
         self.token = -1  # the last token sampled: the next one to evaluate
         self.crowded_tokens, self.crowded_s, self.crowded_first = 0, 0.0, False  # see Generation
 
-    def advance(self) -> bool:
-        """Sample the next token; False when the generation has ended (an end token, a stop string,
-        the token limit, a cancel), else ``token`` is the one to evaluate next."""
-        token = self.sampler.sample()
+    def advance(self, token: int | None = None) -> bool:
+        """Take the next token (``token``, already drawn by this request's sampler, or sample it now);
+        False when the generation has ended (an end token, a stop string, the token limit, a cancel),
+        else ``token`` is the one to evaluate next."""
+        token = self.sampler.sample() if token is None else token
         if self.count == 0:
             self.first = time.perf_counter() - self.start
         if self._is_end(token) or (self.chat and self._is_control(token)):

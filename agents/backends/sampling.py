@@ -62,23 +62,28 @@ class Candidates:
     """The whole vocabulary as llama.cpp's candidate array, allocated once per model context and
     refilled from the last position's logits for each token."""
 
-    def __init__(self, lib: Any, n_vocab: int) -> None:
+    def __init__(self, lib: Any, n_vocab: int, like: Candidates | None = None) -> None:
+        """``like``: another model's array of the same vocabulary, whose read-only template this shares."""
         self.lib, self.n_vocab = lib, n_vocab
         dtype = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
         self.cur = np.empty(n_vocab, dtype=dtype)
-        self._pristine = np.zeros(n_vocab, dtype=dtype)  # ids in order, p 0: copied over cur, then the logits
-        self._pristine["id"] = np.arange(n_vocab, dtype=np.intc)
+        self._pristine: np.ndarray[Any, Any]
+        if like is not None:
+            self._pristine = like._pristine
+        else:  # ids in order, p 0: copied over cur, then the logits
+            self._pristine = np.zeros(n_vocab, dtype=dtype)
+            self._pristine["id"] = np.arange(n_vocab, dtype=np.intc)
         self.array = lib.llama_token_data_array(data=self.cur.ctypes.data_as(lib.llama_token_data_p),
                                                 size=n_vocab, selected=-1, sorted=False)
         self._one = (lib.llama_token_data * 1)()
         self.single = lib.llama_token_data_array(data=ctypes.cast(self._one, lib.llama_token_data_p),
                                                  size=1, selected=-1, sorted=False)
 
-    def fill(self, ctx: Any, shortlist: bool = False, index: int = -1) -> Any:
-        """The logits at batch position ``index`` (default: the last) as the candidate array: the whole
-        vocabulary, or only its ``SHORTLIST`` likeliest tokens."""
+    def fill(self, row: Any, shortlist: bool = False) -> Any:
+        """A row of logits (``llama_get_logits_ith``) as the candidate array: the whole vocabulary, or
+        only its ``SHORTLIST`` likeliest tokens."""
         cur, arr = self.cur, self.array
-        logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+        logits = np.ctypeslib.as_array(row, shape=(self.n_vocab,))
         if shortlist:
             ids = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
             n = len(ids)
@@ -133,21 +138,29 @@ class Sampler:
                 self.close()
                 raise BackendError("schema_unsupported", "llama.cpp could not compile the grammar for this schema")
 
-    def sample(self) -> int:
-        """The next token, from the logits of the last evaluated position."""
+    def logits(self) -> Any:
+        """This request's row of logits at batch position ``index``; the first call after a decode
+        waits for it. Not thread-safe: a batch's rows are taken on the thread that decoded it."""
+        return self.lib.llama_get_logits_ith(self.ctx, self.index)
+
+    def sample(self, row: Any = None, candidates: Candidates | None = None) -> int:
+        """The next token, from ``row`` (default: this request's :meth:`logits`). Requests of one batch
+        can be sampled on several threads at once, each with its own ``candidates`` array."""
         lib = self.lib
-        token = self._draw(grammar_first=False)
+        row = self.logits() if row is None else row
+        cands = candidates or self.candidates
+        token = self._draw(row, cands, grammar_first=False)
         if self.grammar is not None:
-            if not self._allowed(token):
+            if not self._allowed(token, cands):
                 self.rejections += 1
-                shortlist = self._draw_shortlist()
-                token = self._draw(grammar_first=True) if shortlist is None else shortlist
+                shortlist = self._draw_shortlist(row, cands)
+                token = self._draw(row, cands, grammar_first=True) if shortlist is None else shortlist
             lib.llama_sampler_accept(self.grammar, token)
         lib.llama_sampler_accept(self.chain, token)
         return token
 
-    def _draw(self, grammar_first: bool) -> int:
-        arr = self.candidates.fill(self.ctx, index=self.index)
+    def _draw(self, row: Any, cands: Candidates, grammar_first: bool) -> int:
+        arr = cands.fill(row)
         if grammar_first:
             self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
@@ -155,7 +168,7 @@ class Sampler:
             raise BackendError("generation_failed", "the sampler selected no token")
         return int(arr.data[arr.selected].id)
 
-    def _draw_shortlist(self) -> int | None:
+    def _draw_shortlist(self, row: Any, cands: Candidates) -> int | None:
         """After a rejection: the grammar applied to the ``SHORTLIST`` likeliest tokens only, then the chain.
         None when the grammar allows none of them (then the whole vocabulary is filtered).
 
@@ -163,18 +176,18 @@ class Sampler:
         picks the same token as over the whole vocabulary, and sampling loses only tokens whose
         probability is below the 1,024th likeliest's. A rejection costs ~1 ms instead of ~50 ms.
         """
-        arr = self.candidates.fill(self.ctx, shortlist=True, index=self.index)
+        arr = cands.fill(row, shortlist=True)
         self.lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        if not np.isfinite(self.candidates.cur["logit"][: arr.size]).any():
+        if not np.isfinite(cands.cur["logit"][: arr.size]).any():
             return None
         self.lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if arr.selected < 0:
             return None
         return int(arr.data[arr.selected].id)
 
-    def _allowed(self, token: int) -> bool:
-        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self.candidates.one(token)))
-        return self.candidates.one_allowed
+    def _allowed(self, token: int, cands: Candidates) -> bool:
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(cands.one(token)))
+        return cands.one_allowed
 
     def close(self) -> None:
         if self.chain:
