@@ -239,22 +239,30 @@ def structured() -> str:
               f"answers: **{len(r['invalid'])}**.")
 
 
-def batching() -> str:
-    r = load("batching")
+def batching(name: str = "batching") -> str:
+    r = load(name)
     if not r:
         return ""
+    dev = r.get("device") or {}
+    where = (f"on {dev['device']} with {dev['gpu_layers']} of {dev['layers']} layers offloaded, "
+             if dev.get("gpu_layers") else "")
     rows = [[run["jobs"], run["batched"]["tps"]["p50"], run["separate"]["tps"]["p50"], run["bare"]["tps"]["p50"],
              run["batched_over_separate"], run["batched_over_bare"], run["batched"]["job_tps"]["p50"],
              run["separate"]["job_tps"]["p50"]] for run in r["runs"]]
-    return (f"{r['rounds']} interleaved rounds, {r['threads']} threads, the bundled Gemma 3 270M, up to "
+    return (f"{r['rounds']} interleaved rounds, {where}{r['threads']} threads, the bundled Gemma 3 270M, up to "
             f"{r['max_tokens']} tokens a job, the agent's default sampling on every side; the batched agent "
             f"has {r['slots']} slots, the separate one a slot per job ({r['meta']['when']}, "
-            f"{r['meta']['machine']}):\n\n"
+            f"{r['meta']['machine']}, {r['meta']['cpus']} CPUs):\n\n"
             + table(["jobs", "batched agent tok/s", "separate contexts tok/s", "bare batched loop tok/s",
                      "x separate", "x bare", "batched per-job decode", "separate per-job decode"], rows))
 
 
-SECTIONS = {"OVERHEAD": overhead, "STRUCTURED": structured, "BATCHING": batching, "DISPATCH": dispatch,
+def batching_gpu() -> str:
+    return "\n\n".join(part for part in (batching("batching-gpu"), batching("batching-gpu-wide")) if part)
+
+
+SECTIONS = {"OVERHEAD": overhead, "STRUCTURED": structured, "BATCHING": batching, "BATCHING_GPU": batching_gpu,
+            "DISPATCH": dispatch,
             "SCALE": scale, "CLUSTER": cluster, "SIMULATE": simulate}
 
 
