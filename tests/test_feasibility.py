@@ -262,6 +262,7 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
     assert statuses["behind"] == "rejected", finals["behind"]
     why = cli("explain", "--broker", broker_url, "--site", site_id, "behind")
     assert why.returncode == 0 and "first token" in why.stdout and "tokens assumed" in why.stdout, why.stdout
+    assert "misses deadline (+15% margin)" in why.stdout, why.stdout  # the margin the refusal counted
     wait_for(lambda: all(len(device.finals[j]) == 1 for j in ids), 2, what="one final per job")
 
 

@@ -159,6 +159,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Ask the coordinator (over MQTT) or read a ledger file (--ledger) for a job's history."""
     from broker.coordinator.ledger import Ledger
+    from broker.coordinator.predict import EDGE_MARGIN
     from broker.runtime.client import request
     from schemas.topics import Topics
 
@@ -194,11 +195,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     if p:
                         print(f"      {tier}: wait {p['wait_ms']:.0f} ms + first token {p['first_token_ms']:.0f} ms"
                               f" + decode {p['decode_ms']:.0f} ms ({p['tokens']} tokens assumed)")
+                # an edge agent meets a deadline only if its prediction, EDGE_MARGIN more, fits
+                missed = f"misses deadline (+{EDGE_MARGIN:.0%} margin)"
                 for c in d.get("candidates", []):
                     mark = "*" if c["agent"] == d.get("agent") else " "
                     print(f"      {mark} {c['agent']:<14} {'eligible' if c['eligible'] else c['reason']:<14}"
                           f" wait {c['wait_ms']:>7.1f} ms  completion {c['completion_ms']:>8.1f} ms"
-                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else 'misses deadline'}"
+                          f"  cost {c['cost']:.2e}  {'meets deadline' if c['meets_deadline'] else missed}"
                           + (f"  [first token {c['first_token_ms']:.0f} ms, decode {c['decode_ms']:.0f} ms"
                              f" for {c['tokens']} tokens]" if "tokens" in c else ""))
                 if d.get("other_candidates"):
