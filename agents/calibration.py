@@ -25,8 +25,8 @@ def measure_prefill(backend: Backend, board: StatusBoard, prompt: str, short: Ge
         long = backend.generate(Request(prompt=" ".join([prompt + "."] * REPEAT), max_tokens=1), lambda _t: None,
                                 lambda: False)
         # The short prompt again, now warm: the agent's first generation also pays for first touches
-        # of the model (pages, buffers), and a cold first TTFT over the long one's left the prefill
-        # rate unmeasured (advertised 0) on a start after the page cache had been emptied.
+        # of the model (pages, buffers), and a first TTFT over the long one's would leave the prefill
+        # rate unmeasured: an agent in a test once came online advertising prefill 0.
         again = backend.generate(Request(prompt=prompt, max_tokens=1), lambda _t: None, lambda: False)
     except BackendError as exc:
         log.info(kv("prefill_not_measured", reason=exc.message))
