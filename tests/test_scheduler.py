@@ -252,3 +252,30 @@ def test_the_deadline_policy_spreads_work_over_equal_agents():
         chosen.append(d.agent)
         views = [dataclasses.replace(v, outstanding=v.outstanding + 1) if v.agent == d.agent else v for v in views]
     assert Counter(chosen) == {f"a{i}": 2 for i in range(5)}
+
+
+def test_the_simulator_plans_with_what_an_agent_advertises_and_runs_at_what_it_does():
+    from broker.planning.simulation import DISPATCH_S, SimAgent, SimJob, simulate
+
+    # advertised: 40 tokens/s and 400 prompt tokens/s; it runs at 20 and 200: a 200-token prompt and
+    # 40 tokens are planned at 1.5 s and take 3 s
+    jobs = [SimJob(key="j", arrival=0.0, max_tokens=40, tokens=40, prompt_tokens=200, deadline_s=None)]
+    agent = SimAgent(name="a", slots=1, tps=20.0, ttft_s=0.0, prefill_tps=200.0, tps_at=(20.0,),
+                     advertised_prefill_tps=400.0, advertised_tps_at=(40.0,))
+    out = simulate(jobs, [agent], CloudTier(enabled=False), cloud_workers=0, policy="deadline")
+    assert out["j"]["predicted_s"] == pytest.approx(192 / 400 + 40 / 40 + DISPATCH_S, abs=0.01)  # bucketed prompt
+    assert out["j"]["latency_s"] == pytest.approx(200 / 200 + 40 / 20 + 2 * DISPATCH_S, abs=0.01)
+
+
+def test_the_replay_counts_each_prompt_as_the_edge_model_did_in_any_run():
+    from bench.simulate import edge_prompt_tokens
+
+    def row(job: str, tier: str | None, prompt_tokens: int) -> dict[str, object]:
+        return {"job": job, "tier": tier, "prompt_tokens": prompt_tokens}
+
+    runs = [{"rows": [row("j3", "cloud", 284), row("j7", None, 0), row("j1", "edge", 9)]},
+            {"rows": [row("j3", "edge", 1090), row("j7", "cloud", 284), row("j5", None, 0)]}]
+    counted = edge_prompt_tokens(runs)
+    # j3 ran at the edge in the second run; j7 (a log too) never did: the logs' count; j5 (a reading,
+    # like j1) never did: the readings'
+    assert counted == {"j3": 1090, "j7": 1090, "j1": 9, "j5": 9}

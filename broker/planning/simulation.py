@@ -70,7 +70,9 @@ class SimAgent:
     tps: float  # decode tokens/s per slot
     ttft_s: float
     prefill_tps: float = 0.0  # prompt tokens/s (0: prompts cost nothing beyond TTFT)
+    advertised_prefill_tps: float = 0.0  # what the scheduler is told, where it differs (0: prefill_tps)
     tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (): tps at any
+    advertised_tps_at: tuple[float, ...] = ()  # what the scheduler is told, where it differs (): tps_at
     batched: bool = False  # its slots share one batch: a long prompt being evaluated slows the others
     budget_tokens: int = 0
     window_s: float = 60.0
@@ -95,7 +97,8 @@ class SimAgent:
         expected, first, ahead = self.busy_expected, 0.0, []
         if self.busy >= self.slots:
             rate = self.pace()
-            plan = rate_at(AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.tps_at), self.slots)
+            told = AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.advertised_tps_at or self.tps_at)
+            plan = rate_at(told, self.slots)
             for r in self.running.values():
                 left = r.left - max(0.0, now - max(self.since, r.decoding_at)) * rate
                 decoded = int(max(0.0, r.job.tokens - max(left, 0.0)))
@@ -108,7 +111,8 @@ class SimAgent:
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
                          outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
                          ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside,
-                         prefill_tps=self.prefill_tps, decode_tps_at=self.tps_at,
+                         prefill_tps=self.advertised_prefill_tps or self.prefill_tps,
+                         decode_tps_at=self.advertised_tps_at or self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
                          energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh, prefetch=0)
 
