@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jsonschema
+import llama_cpp  # noqa: F401  loaded before numpy, as agents.backends.gpu.load_llama_cpp says why
 import orjson
 
 from agents.backends.llama import LlamaBackend

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  before anything loads numpy: agents.backends.gpu.load_llama_cpp says why
 import pytest
 
 from broker.ops.mosquitto import Mosquitto

@@ -162,6 +162,7 @@ def test_requests_sampled_on_several_threads_draw_what_each_draws_alone():
     candidate array: from the rows of one batch of 8 prompts, the draws made 8 at a time (20
     rounds, so that threads overlap) are exactly the draws made one by one."""
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack
 
     from llama_cpp import _internals
 
@@ -173,12 +174,15 @@ def test_requests_sampled_on_several_threads_draw_what_each_draws_alone():
     prompts = ["MQTT is a protocol that", "Count from one to ten: one, two,", "The sensor on the roof reads",
                "A greenhouse controller opens the vents when", "def add(a, b):", "Bonjour, je m'appelle",
                "List three colours:", "The gateway restarted because"]
-    backend = LlamaBackend(default_model_path(), "m", 512, 2, own_ctx=False)
-    lib, model = backend._lib, backend._llm._model
-    ctx = _internals.LlamaContext(model=model, params=context_params(lib, 256, 8, 2, 256), verbose=False)
-    batch = _Batch(lib, 256)
     params = [Sampling(temperature=0.0), Sampling(seed=7)] * 4  # greedy, and a seeded draw with the full chain
-    try:
+    with ExitStack() as made:  # everything closed, the last made first, whatever fails
+        backend = LlamaBackend(default_model_path(), "m", 512, 2, own_ctx=False)
+        made.callback(backend.close)
+        lib, model = backend._lib, backend._llm._model
+        ctx = _internals.LlamaContext(model=model, params=context_params(lib, 256, 8, 2, 256), verbose=False)
+        made.callback(ctx.close)
+        batch = _Batch(lib, 256)
+        made.callback(batch.close)
         ends = []
         for seq, prompt in enumerate(prompts):
             tokens = backend.tokens(Request(prompt=prompt))
@@ -189,7 +193,10 @@ def test_requests_sampled_on_several_threads_draw_what_each_draws_alone():
         rows = [lib.llama_get_logits_ith(ctx.ctx, i) for i in ends]
 
         def samplers() -> list[Sampler]:
-            return [Sampler(lib, ctx.ctx, backend._vocab, backend._candidates, p) for p in params]
+            made_now = [Sampler(lib, ctx.ctx, backend._vocab, backend._candidates, p) for p in params]
+            for sampler in made_now:
+                made.callback(sampler.close)
+            return made_now
 
         alone = [s.sample(row) for s, row in zip(samplers(), rows, strict=True)]
         assert len(set(alone)) > 2  # eight prompts, not one row read eight times
@@ -198,11 +205,132 @@ def test_requests_sampled_on_several_threads_draw_what_each_draws_alone():
             for _ in range(20):
                 at_once = list(pool.map(lambda s, row, c: s.sample(row, c), samplers(), rows, own))
                 assert at_once == alone
-    finally:
-        batch.close()
-        ctx.close()
-        backend.close()
 
+
+
+def test_requests_drawn_on_the_engines_sampling_threads_start_as_each_does_alone(monkeypatch):
+    """The same through the engine: two threads, so two sampling threads (the CPU model's thread
+    budget), and greedy requests at once, one held to a JSON schema, each drawn on the thread that
+    takes it with that thread's own candidate array. Each answer starts as the request's own alone
+    in the engine (later a near-tie can flip, as in any shared batch), and the JSON follows its
+    schema; two threads writing one array draw from a mixture of logits, or crash the grammar.
+    Seeded requests are not among them: a seeded request runs alone, so never on these threads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import msgspec
+    import orjson
+
+    from agents.backends import sampling
+    from agents.backends.batched import BatchedEngine
+    from schemas.messages import Request
+
+    made: list[str] = []
+
+    class Counted(sampling.Candidates):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(threading.current_thread().name)
+
+    monkeypatch.setattr(sampling, "Candidates", Counted)
+    requests = [Request(prompt=p, max_tokens=24, temperature=0)
+                for p in ("The three primary colours are", ENDLESS, "Count from one to ten: one, two,")]
+    requests.append(msgspec.convert({"messages": ASK, "max_tokens": 80, "temperature": 0,
+                                     "response_format": json_schema(VERDICT)}, Request))
+    engine = BatchedEngine(default_model_path(), "m", 512, threads=2, slots=4)
+    try:
+        engine.wait_ready(120)
+
+        def answer(request: Request) -> str:
+            return engine.submit(request, lambda _t: None, lambda: False).text
+
+        alone = [answer(r) for r in requests]
+        assert not made  # one request at a time is drawn on the engine's thread
+        with ThreadPoolExecutor(len(requests)) as pool:
+            for _ in range(3):
+                together = list(pool.map(answer, requests))
+                assert [t.split()[:4] for t in together] == [a.split()[:4] for a in alone], (alone, together)
+                jsonschema.validate(orjson.loads(together[-1]), VERDICT)
+    finally:
+        engine.close()
+    assert made and len(set(made)) == len(made) <= 2, made  # one array a sampling thread, made once
+    assert all(name.startswith("sample-m") for name in made), made
+
+
+def test_a_sampling_thread_that_cannot_make_its_candidates_fails_only_the_request_it_draws(monkeypatch):
+    """Out of memory for a sampling thread's candidate array (3 MB for Gemma): the request that thread
+    was drawing fails with a BackendError, its neighbour and the engine go on."""
+    import threading
+
+    from agents.backends import sampling
+    from agents.backends.batched import BatchedEngine
+    from agents.errors import BackendError
+    from schemas.messages import Request
+
+    real, failed = sampling.Candidates, []
+
+    def out_of_memory_once(*args, **kwargs):
+        if not failed:
+            failed.append(threading.current_thread().name)
+            raise MemoryError
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "Candidates", out_of_memory_once)
+    engine = BatchedEngine(default_model_path(), "m", 512, threads=2, slots=2)
+    outcomes: list[object] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(engine.submit(Request(prompt=ENDLESS, max_tokens=40, temperature=0),
+                                          lambda _t: None, lambda: False))
+        except BackendError as exc:
+            outcomes.append(exc)
+
+    try:
+        engine.wait_ready(120)
+        both = [threading.Thread(target=run) for _ in range(2)]
+        for t in both:
+            t.start()
+        for t in both:
+            t.join(120)
+        errors = [o for o in outcomes if isinstance(o, BackendError)]
+        assert len(outcomes) == 2 and len(errors) == 1, outcomes
+        assert errors[0].code == "generation_failed" and "candidate array" in errors[0].message
+        run()
+        assert not isinstance(outcomes[-1], BackendError), outcomes[-1]  # the engine outlived it
+    finally:
+        engine.close()
+    assert failed and failed[0].startswith("sample-m")
+
+
+def test_an_engine_that_fails_after_making_its_context_closes_it_and_the_model(monkeypatch):
+    """Anything failing after the shared context is made (here no memory for the batch) closes the
+    context, then the model, and reports a BackendError instead of leaking both."""
+    from llama_cpp import _internals
+
+    from agents.backends import batched
+    from agents.backends.llama import LlamaBackend
+    from agents.errors import BackendError
+
+    closed: list[object] = []
+    for cls in (_internals.LlamaContext, LlamaBackend):
+        def close(self, _close=cls.close) -> None:
+            closed.append(self)
+            _close(self)
+        monkeypatch.setattr(cls, "close", close)
+
+    def no_memory(*_args) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(batched._Batch, "__init__", no_memory)
+    engine = batched.BatchedEngine(default_model_path(), "m", 512, threads=1, slots=2)
+    with pytest.raises(BackendError) as failure:
+        engine.wait_ready(120)
+    assert failure.value.code == "model_load_failed" and "MemoryError" in failure.value.message
+    engine._thread.join(10)
+    context, model = engine._ctx, engine._backend
+    assert context in closed and model in closed and closed.index(context) < closed.index(model), closed
+    assert context.ctx is None  # freed
 
 def test_the_status_says_where_each_models_layers_run(agent, broker_url, site_id):
     import llama_cpp

@@ -7,7 +7,7 @@ import pytest
 
 import agents.backends.sampling as sampling
 from agents.backends.llama import LlamaBackend
-from agents.backends.sampling import PENALTY_LAST_N, Sampling, shortlist_size
+from agents.backends.sampling import PENALTY_LAST_N, Candidates, Sampling, sampling_threads, shortlist_size
 from agents.model import default_model_path
 from schemas.messages import Request
 
@@ -42,3 +42,25 @@ def test_the_shortlist_holds_every_token_the_penalty_can_push_out_and_none_when_
     assert shortlist_size(Sampling(temperature=0.0)) == 1 + PENALTY_LAST_N
     assert shortlist_size(Sampling(top_k=0)) == 0  # top-k off: the whole vocabulary takes part
     assert shortlist_size(Sampling(repeat_penalty=0.8)) == 0  # a penalty below 1 raises recent tokens
+
+
+def test_sampling_threads_stay_within_the_cores_the_model_may_use(monkeypatch):
+    monkeypatch.setattr(sampling.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(sampling.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    assert sampling_threads(slots=8, threads=2, offloaded=False) == 2  # decoding's own cores, not the machine's
+    assert sampling_threads(slots=1, threads=4, offloaded=False) == 1
+    assert sampling_threads(slots=8, threads=1, offloaded=True) == 3  # the cores this process may run on
+    monkeypatch.delattr(sampling.os, "sched_getaffinity")  # macOS has none
+    assert sampling_threads(slots=8, threads=1, offloaded=True) == 8
+
+
+def test_a_threads_candidates_share_the_models_pristine_array_read_only():
+    import llama_cpp
+
+    model = Candidates(llama_cpp, 16)
+    own = Candidates(llama_cpp, 16, like=model)
+    assert own._pristine is model._pristine
+    with pytest.raises(ValueError):
+        own._pristine["id"][0] = 3
+    with pytest.raises(ValueError, match="16"):
+        Candidates(llama_cpp, 8, like=model)  # another model's vocabulary

@@ -19,7 +19,6 @@ on a GPU) spends its time.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 from agents.backends.base import Generation
 from agents.backends.decoding import Decoding
 from agents.backends.llama import LlamaBackend
-from agents.backends.sampling import Candidates, Sampling
+from agents.backends.sampling import Candidates, Sampling, ThreadCandidates, sampling_threads
 from agents.errors import BackendError
 from broker.runtime.logs import kv
 from schemas.messages import Request
@@ -187,11 +186,7 @@ class BatchedEngine:
         except Exception:
             log.exception(kv("engine_failed", model=self.info.name if self.info else ""))
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._batch.close()
-            self._ctx.close()
-            self._backend.close()
+            self._unload()
 
     def _load(self) -> None:
         from llama_cpp import _internals
@@ -199,19 +194,28 @@ class BatchedEngine:
         path, name, n_ctx, threads, sampling, chat_format, gpu_layers = self._args
         self._backend = LlamaBackend(path, name, n_ctx, threads, sampling, chat_format, gpu_layers, own_ctx=False)
         lib = self._lib = self._backend._lib
-        self._prefill = PREFILL_TOKENS_GPU if self._backend.info.gpu_layers else PREFILL_TOKENS_CPU
+        info = self._backend.info
+        self._prefill = PREFILL_TOKENS_GPU if info.gpu_layers else PREFILL_TOKENS_CPU
         params = context_params(lib, n_ctx, self.slots, threads, self._prefill + self.slots)
         try:
             self._ctx = _internals.LlamaContext(model=self._backend._llm._model, params=params, verbose=False)
-        except ValueError as exc:
-            self._backend.close()
+            self._batch = _Batch(lib, params.n_batch)
+            workers = sampling_threads(self.slots, threads, offloaded=bool(info.gpu_layers))
+            self._pool = ThreadPoolExecutor(workers, f"sample-{info.name}") if workers > 1 else None
+        except Exception as exc:  # a context too big (ValueError), no memory for the batch or a thread
+            self._unload()
             raise BackendError("model_load_failed", f"cannot make a context of {self.slots} sequences for "
-                                                    f"{path}: {exc}") from exc
-        self._batch = _Batch(lib, params.n_batch)
-        self.info = self._backend.info
-        workers = min(self.slots, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(workers, f"sample-{self.info.name}") if workers > 1 else None
-        self._local = threading.local()  # each sampling thread's own candidate array
+                                                    f"{path}: {exc!r}") from exc
+        self._local = ThreadCandidates(self._backend._candidates)
+        self.info = info
+
+    def _unload(self) -> None:
+        """Close what :meth:`_load` made, the last made first (after a failed load, as far as it got)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+        for part in (getattr(self, name, None) for name in ("_batch", "_ctx", "_backend")):
+            if part is not None:
+                part.close()
 
     def _run(self) -> None:
         running: list[_Job] = []
@@ -330,11 +334,8 @@ class BatchedEngine:
         return list(self._pool.map(self._draw_one, jobs, rows))
 
     def _draw_one(self, job: _Job, row: Any, cands: Candidates | None = None) -> int | Exception:
-        cands = cands or getattr(self._local, "candidates", None)
-        if cands is None:
-            shared = self._backend._candidates
-            cands = self._local.candidates = Candidates(self._lib, shared.n_vocab, like=shared)
-        try:
+        try:  # without ``cands``, this sampling thread's own, whose making can fail
+            cands = self._local.get() if cands is None else cands
             return job.decoding.sampler.sample(row, cands)  # type: ignore[union-attr]
         except Exception as exc:
             return exc

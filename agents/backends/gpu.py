@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 from functools import cache
 from typing import Any
 
@@ -53,7 +54,11 @@ def load_llama_cpp() -> None:
     On an H200 machine (CUDA 13, numpy 2.5 from pip with its bundled OpenBLAS), a process that had
     imported numpy before llama-cpp-python died of SIGSEGV inside ``llama_model_load_from_file`` when
     it offloaded layers, every time; with llama.cpp loaded first it ran (docs/benchmarks.md, 1d).
-    Each command that loads a model calls this before its other imports."""
+    Each command that loads a model calls this before its other imports, and
+    :mod:`agents.backends.sampling`, the one module of fogmesh that imports numpy, before numpy."""
+    if "llama_cpp" not in sys.modules and "numpy" in sys.modules:
+        log.warning("numpy was imported before llama.cpp: a CUDA build offloading layers has crashed so "
+                    "(SIGSEGV in llama_model_load_from_file); import llama_cpp first")
     import llama_cpp  # noqa: F401
 
 

@@ -72,7 +72,7 @@ class LlamaBackend:
         """``gpu_layers``: layers offloaded to the GPU (-1: all; None: all on a GPU build, none on a
         CPU-only one, :mod:`agents.backends.gpu`); ``own_ctx=False``: the model only,
         with a token-sized context, for an engine that makes its own (:mod:`agents.backends.batched`)."""
-        import llama_cpp  # deferred: importing loads the shared library
+        import llama_cpp  # loaded already, before numpy, by agents.backends.sampling
 
         quiet_llama_cpp(llama_cpp)
         check_gguf(path)

@@ -16,13 +16,17 @@ array, about 7% of a token's time at 50 tokens/s.
 from __future__ import annotations
 
 import ctypes
+import os
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from agents.backends.gpu import load_llama_cpp
 from agents.errors import BackendError
+
+load_llama_cpp()  # before numpy, which crashed a CUDA build where it came first (load_llama_cpp says how)
+import numpy as np  # noqa: E402
 
 PENALTY_LAST_N = 64
 SHORTLIST = 1024  # tokens the grammar filters first after a rejection
@@ -58,13 +62,26 @@ def shortlist_size(params: Sampling) -> int:
     return params.top_k + PENALTY_LAST_N if params.top_k > 0 else 0
 
 
+def sampling_threads(slots: int, threads: int, offloaded: bool) -> int:
+    """How many threads draw a batch's tokens at once: one a request, within the cores the model
+    may use. On the CPU that is its ``threads``, which decoding already keeps busy; offloaded, the
+    cores this process may run on."""
+    if not offloaded:
+        return min(slots, threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(slots, cores)
+
+
 class Candidates:
     """The whole vocabulary as llama.cpp's candidate array, allocated once per model context and
     refilled from the last position's logits for each token."""
 
     def __init__(self, lib: Any, n_vocab: int, like: Candidates | None = None) -> None:
-        """``like``: another model's array of the same vocabulary, whose read-only template this shares."""
+        """``like``: another Candidates for the same model (a sampling thread's, beside the context's),
+        whose pristine array this shares; that array is read-only, so no thread can change it."""
         self.lib, self.n_vocab = lib, n_vocab
+        if like is not None and like.n_vocab != n_vocab:
+            raise ValueError(f"a vocabulary of {n_vocab} tokens cannot share the pristine array of {like.n_vocab}")
         dtype = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
         self.cur = np.empty(n_vocab, dtype=dtype)
         self._pristine: np.ndarray[Any, Any]
@@ -73,6 +90,7 @@ class Candidates:
         else:  # ids in order, p 0: copied over cur, then the logits
             self._pristine = np.zeros(n_vocab, dtype=dtype)
             self._pristine["id"] = np.arange(n_vocab, dtype=np.intc)
+            self._pristine.flags.writeable = False
         self.array = lib.llama_token_data_array(data=self.cur.ctypes.data_as(lib.llama_token_data_p),
                                                 size=n_vocab, selected=-1, sorted=False)
         self._one = (lib.llama_token_data * 1)()
@@ -105,6 +123,24 @@ class Candidates:
     @property
     def one_allowed(self) -> bool:
         return bool(np.isfinite(self._one[0].logit))
+
+
+class ThreadCandidates(threading.local):
+    """Each sampling thread's own :class:`Candidates`, like ``shared``, made at its first draw."""
+
+    def __init__(self, shared: Candidates) -> None:  # run again in each thread that reads it
+        self.shared = shared
+        self.own: Candidates | None = None
+
+    def get(self) -> Candidates:
+        if self.own is None:
+            shared = self.shared
+            try:
+                self.own = Candidates(shared.lib, shared.n_vocab, like=shared)
+            except Exception as exc:  # MemoryError: the draw's request fails, not the engine and its others
+                raise BackendError("generation_failed", f"a sampling thread cannot make its candidate array "
+                                                        f"({shared.n_vocab} tokens): {exc!r}") from exc
+        return self.own
 
 
 class Sampler:
@@ -148,7 +184,7 @@ class Sampler:
         can be sampled on several threads at once, each with its own ``candidates`` array."""
         lib = self.lib
         row = self.logits() if row is None else row
-        cands = candidates or self.candidates
+        cands = self.candidates if candidates is None else candidates
         token = self._draw(row, cands, grammar_first=False)
         if self.grammar is not None:
             if not self._allowed(token, cands):
