@@ -279,3 +279,18 @@ def test_the_replay_counts_each_prompt_as_the_edge_model_did_in_any_run():
     # j3 ran at the edge in the second run; j7 (a log too) never did: the logs' count; j5 (a reading,
     # like j1) never did: the readings'
     assert counted == {"j3": 1090, "j7": 1090, "j1": 9, "j5": 9}
+
+
+def test_a_simulated_job_waits_on_a_busy_agent_that_takes_prefetched_jobs_as_the_coordinator_places_it():
+    from broker.planning.simulation import DISPATCH_S, SimAgent, SimJob, simulate
+
+    # the fast agent is busy for 1 s; the slow one is free but takes 10 s for the same answer. With
+    # room to prefetch one job (the coordinator's default), `deadline` queues it on the fast agent
+    jobs = [SimJob(key="a", arrival=0.0, max_tokens=20, tokens=20, prompt_tokens=0, deadline_s=15.0),
+            SimJob(key="b", arrival=0.1, max_tokens=20, tokens=20, prompt_tokens=0, deadline_s=15.0)]
+    for prefetch, b_s in ((1, 2.0 + DISPATCH_S - 0.1), (0, 10.0 + 2 * DISPATCH_S)):
+        agents = [SimAgent(name="fast", slots=1, tps=20.0, ttft_s=0.0, prefetch=prefetch),
+                  SimAgent(name="slow", slots=1, tps=2.0, ttft_s=0.0, prefetch=prefetch)]
+        out = simulate(jobs, agents, CloudTier(enabled=False), cloud_workers=0, policy="deadline")
+        assert out["b"]["node"] == ("fast" if prefetch else "slow")
+        assert out["b"]["latency_s"] == pytest.approx(b_s, abs=0.02), prefetch

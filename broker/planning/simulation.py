@@ -11,7 +11,10 @@ batched agent, so does a long prompt while it is evaluated, a piece beside each 
 coordinator plans on answer lengths it learns (``lengths``) and on the cloud's times it learns
 (``cloudtime``) from the jobs the simulation finishes; the cloud runs ``cloud_workers`` jobs at
 once behind its queue; under ``deadline`` a job no tier can finish in time is refused; a job still
-running on an agent at its deadline is stopped there, as the coordinator expires it.
+running on an agent at its deadline is stopped there, as the coordinator expires it; an agent
+takes up to ``prefetch`` jobs beyond its slots, which wait there for a slot, first come first
+served. An agent may run at other rates than it advertises (``advertised_*``): the scheduler
+plans with what it is told, the agent runs at what it does.
 """
 
 from __future__ import annotations
@@ -78,11 +81,13 @@ class SimAgent:
     window_s: float = 60.0
     energy_j_per_token: float = 0.0
     price_per_kwh: float = 0.30
+    prefetch: int = 0  # jobs the coordinator may place on it beyond its slots: they wait there, first come
     busy_tokens: int = 0
     busy_expected: int = 0  # the answer tokens the scheduler planned for the busy jobs
     served: int = 0
     window: TokenWindow = field(default_factory=lambda: TokenWindow(60.0))
     running: dict[str, _Run] = field(default_factory=dict)
+    queued: list[tuple[SimJob, int, float]] = field(default_factory=list)  # (job, planned tokens, first token s)
     since: float = 0.0  # when the running jobs' progress was last brought up to date
     version: int = 0  # finish events pushed before the last change in ``running`` are stale
 
@@ -95,7 +100,7 @@ class SimAgent:
         still to come of what the scheduler planned, as its running jobs have decoded some, and the
         first-token time still ahead of them."""
         expected, first, ahead = self.busy_expected, 0.0, []
-        if self.busy >= self.slots:
+        if self.busy + len(self.queued) >= self.slots:
             rate = self.pace()
             told = AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.advertised_tps_at or self.tps_at)
             plan = rate_at(told, self.slots)
@@ -107,14 +112,20 @@ class SimAgent:
                 to_come = tokens_left(r.planned, decoded, r.job.max_tokens)  # as fleet.py
                 until = r.job.arrival + r.job.deadline_s - now if r.job.deadline_s else float("inf")
                 ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, until))  # as fleet.py plans
+            for j, planned, first_s in self.queued:  # after the running ones, in the order they came
+                first += first_s
+                until = j.arrival + j.deadline_s - now if j.deadline_s else float("inf")
+                ahead.append((first_s + planned / plan, until))
         beside = sum(max(0.0, min(r.crowds, r.decoding_at - now)) for r in self.running.values())
-        return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots, outstanding=self.busy,
+        return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots,
+                         outstanding=self.busy + len(self.queued),
                          outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
                          ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside,
                          prefill_tps=self.advertised_prefill_tps or self.prefill_tps,
                          decode_tps_at=self.advertised_tps_at or self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
-                         energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh, prefetch=0)
+                         energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh,
+                         prefetch=self.prefetch)
 
     def pace(self) -> float:
         """One running job's decode tokens/s with as many running as now (since the last change):
@@ -144,7 +155,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
     for a in agents:  # every run starts from idle agents, so one fleet can be run under several options
         a.window = TokenWindow(a.window_s)
         a.busy_tokens = a.busy_expected = a.served = a.version = 0
-        a.running, a.since = {}, 0.0
+        a.running, a.queued, a.since = {}, [], 0.0
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     n = 0
     for j in jobs:
@@ -195,13 +206,10 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 del pending[key]
             elif d.target == "agent" and d.agent:
                 a = by_name[d.agent]
-                prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
-                catch_up(a, now)
-                run = a.running[key] = _Run(j, j.tokens, now + DISPATCH_S + a.ttft_s + prefill, spec.tokens,
-                                            prefill if a.batched and prompt_bucket(j.prompt_tokens) else 0.0)
-                if run.crowds:  # the others' pace changes again once it is in
-                    heapq.heappush(events, (run.decoding_at, n, "evaluated", a))
-                    n += 1
+                if a.busy < a.slots:
+                    n = begin(a, j, spec.tokens, now + DISPATCH_S, now, events, n)
+                else:  # it waits on the agent for a slot, as a prefetched job does
+                    a.queued.append((j, spec.tokens, d.parts.first_s if d.parts else a.ttft_s))
                 if deadline is not None:  # the coordinator stops it there, and its slot frees (one that
                     # waited past it here, where the coordinator would have expired it waiting: at once)
                     heapq.heappush(events, (max(deadline, now), n, "expire", (a, j)))
@@ -209,7 +217,6 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 a.busy_tokens += j.max_tokens
                 a.busy_expected += spec.tokens
                 views[index[a.name]] = a.view(now)
-                n = reschedule(a, now, events, n)
                 out[key] = {"predicted_s": predicted}
                 del pending[key]
             else:
@@ -232,12 +239,18 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             lengths.record("m", "", j.tokens, cut_off=j.tokens >= j.max_tokens)
         elif kind == "expire":
             a, j = payload
-            if j.key in a.running:
-                catch_up(a, now)
-                run = a.running.pop(j.key)
-                n = reschedule(a, now, events, n)
+            waiting_there = next((q for q in a.queued if q[0] is j), None)
+            if j.key in a.running or waiting_there:
+                if waiting_there:
+                    a.queued.remove(waiting_there)
+                    planned = waiting_there[1]
+                else:
+                    catch_up(a, now)
+                    planned = a.running.pop(j.key).planned
+                    n = next_queued(a, now, events, n)
+                    n = reschedule(a, now, events, n)
                 a.busy_tokens -= j.max_tokens
-                a.busy_expected -= run.planned
+                a.busy_expected -= planned
                 out[j.key].update({"tier": "none", "status": "expired", "latency_s": now - j.arrival, "cost": 0.0,
                                    "tokens": 0})
         elif kind == "evaluated":
@@ -249,6 +262,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 continue  # a job started or ended on that agent since: its pace changed
             catch_up(a, now)
             run = a.running.pop(j.key)
+            n = next_queued(a, now, events, n)
             n = reschedule(a, now, events, n)
             a.busy_tokens -= j.max_tokens
             a.busy_expected -= run.planned
@@ -262,6 +276,28 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
             heapq.heappush(events, (now + 1.0, n, "tick", None))
             n += 1
     return out
+
+
+def begin(a: SimAgent, j: SimJob, planned: int, at: float, now: float, events: list[tuple[float, int, str, Any]],
+          n: int) -> int:
+    """``j`` starts on ``a`` (its first token after TTFT and its prompt from ``at``): the others' pace
+    changes, and again once a long prompt on a batched agent is evaluated."""
+    prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
+    catch_up(a, now)
+    run = a.running[j.key] = _Run(j, j.tokens, at + a.ttft_s + prefill, planned,
+                                  prefill if a.batched and prompt_bucket(j.prompt_tokens) else 0.0)
+    if run.crowds:
+        heapq.heappush(events, (run.decoding_at, n, "evaluated", a))
+        n += 1
+    return reschedule(a, now, events, n)
+
+
+def next_queued(a: SimAgent, now: float, events: list[tuple[float, int, str, Any]], n: int) -> int:
+    """A slot freed on ``a``: the first job waiting there starts."""
+    if a.queued and a.busy < a.slots:
+        j, planned, _ = a.queued.pop(0)
+        n = begin(a, j, planned, now, now, events, n)
+    return n
 
 
 def catch_up(a: SimAgent, now: float) -> None:
