@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.coordinator.scheduler import CloudTier
+from broker.coordinator.settings import CoordinatorSettings
 from broker.planning.merit import Quality
 from broker.planning.simulation import SimAgent, SimJob, figures, simulate
 from broker.runtime.errors import ConfigError
@@ -49,6 +50,9 @@ class Workload:
         return out
 
 
+PREFETCH = CoordinatorSettings().prefetch  # the jobs a coordinator at its defaults places on a full agent
+
+
 def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, power_w: float = 10.0,
                       price_per_kwh: float = 0.30, model: str | None = None) -> list[SimAgent]:
     """``count`` devices like the one ``fogmesh probe --json`` measured, serving its first (or named) model."""
@@ -67,8 +71,8 @@ def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, po
     return [SimAgent(name=f"{report.get('host', 'device')}-{i + 1}", slots=slots, tps=tps,
                      ttft_s=adv["ttft_ms"] / 1000, prefill_tps=adv.get("prefill_tps", 0.0),
                      tps_at=tuple(tps_at) if slots > 1 else (), batched=slots > 1 and adv.get("batched", False),
-                     energy_j_per_token=power_w / tps if tps else 0.0,
-                     price_per_kwh=price_per_kwh) for i in range(count)]
+                     energy_j_per_token=power_w / tps if tps else 0.0, price_per_kwh=price_per_kwh,
+                     prefetch=PREFETCH) for i in range(count)]
 
 
 def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quality: Quality) -> list[dict[str, Any]]:
