@@ -27,7 +27,7 @@ from bench.cluster import PROMPTS
 from bench.harness import RESULTS, write
 from broker.coordinator.predict import estimate_prompt_tokens, prompt_bucket
 from broker.coordinator.scheduler import CloudTier
-from broker.coordinator.settings import CoordinatorSettings
+from broker.planning.capacity import PREFETCH
 from broker.planning.simulation import SimAgent, SimJob, figures, simulate
 
 LONG_PROMPT = 256  # prompt tokens from which a job's first-token time measures the agent's prefill rate
@@ -61,7 +61,7 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                                    prefill_tps=prefill_as_run(edge, ttft) or st.get("prefill_tps", 0.0),
                                    advertised_prefill_tps=prefill_as_told(run["rows"], name, counted),
                                    tps_at=rates_as_run(edge, advertised), advertised_tps_at=advertised,
-                                   batched=st.get("batched", False), prefetch=CoordinatorSettings().prefetch,
+                                   batched=st.get("batched", False), prefetch=PREFETCH,
                                    budget_tokens=cfg["budget_tokens"],
                                    window_s=cfg["budget_window_s"],
                                    energy_j_per_token=st.get("energy_j_per_token", 0.0)))

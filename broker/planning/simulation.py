@@ -110,12 +110,10 @@ class SimAgent:
                 expected -= min(r.planned, decoded)
                 first += max(0.0, r.decoding_at - now)
                 to_come = tokens_left(r.planned, decoded, r.job.max_tokens)  # as fleet.py
-                until = r.job.arrival + r.job.deadline_s - now if r.job.deadline_s else float("inf")
-                ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, until))  # as fleet.py plans
+                ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, r.job.time_left(now)))  # as fleet.py
             for j, planned, first_s in self.queued:  # after the running ones, in the order they came
                 first += first_s
-                until = j.arrival + j.deadline_s - now if j.deadline_s else float("inf")
-                ahead.append((first_s + planned / plan, until))
+                ahead.append((first_s + planned / plan, j.time_left(now)))
         beside = sum(max(0.0, min(r.crowds, r.decoding_at - now)) for r in self.running.values())
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots,
                          outstanding=self.busy + len(self.queued),
@@ -146,6 +144,10 @@ class SimJob:
     deadline_s: float | None
     priority: int = 5
     privacy: str = "cloud-ok"
+
+    def time_left(self, now: float) -> float:
+        """Seconds from ``now`` to its deadline (infinite without one)."""
+        return self.arrival + self.deadline_s - now if self.deadline_s else float("inf")
 
 
 def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud_workers: int,
@@ -247,8 +249,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 else:
                     catch_up(a, now)
                     planned = a.running.pop(j.key).planned
-                    n = next_queued(a, now, events, n)
-                    n = reschedule(a, now, events, n)
+                    n = slot_freed(a, now, events, n)
                 a.busy_tokens -= j.max_tokens
                 a.busy_expected -= planned
                 out[j.key].update({"tier": "none", "status": "expired", "latency_s": now - j.arrival, "cost": 0.0,
@@ -262,8 +263,7 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 continue  # a job started or ended on that agent since: its pace changed
             catch_up(a, now)
             run = a.running.pop(j.key)
-            n = next_queued(a, now, events, n)
-            n = reschedule(a, now, events, n)
+            n = slot_freed(a, now, events, n)
             a.busy_tokens -= j.max_tokens
             a.busy_expected -= run.planned
             a.served += 1
@@ -292,12 +292,12 @@ def begin(a: SimAgent, j: SimJob, planned: int, at: float, now: float, events: l
     return reschedule(a, now, events, n)
 
 
-def next_queued(a: SimAgent, now: float, events: list[tuple[float, int, str, Any]], n: int) -> int:
-    """A slot freed on ``a``: the first job waiting there starts."""
+def slot_freed(a: SimAgent, now: float, events: list[tuple[float, int, str, Any]], n: int) -> int:
+    """A job left ``a``: the first job waiting there starts, and the running jobs' pace changes."""
     if a.queued and a.busy < a.slots:
         j, planned, _ = a.queued.pop(0)
-        n = begin(a, j, planned, now, now, events, n)
-    return n
+        return begin(a, j, planned, now, now, events, n)
+    return reschedule(a, now, events, n)
 
 
 def catch_up(a: SimAgent, now: float) -> None:
