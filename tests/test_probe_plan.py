@@ -108,3 +108,26 @@ def test_plan_simulates_a_device_with_the_rates_its_probe_measured():
     assert two.tps_at == (30.0, 0.0)  # the probe's level 3 is beyond this device
     (one,) = agents_from_probe(report)
     assert one.tps_at == () and one.tps == 30.0
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--jobs", "0"], "--jobs (0)"),  # was a traceback: max() of no options
+    (["--slots", "0"], "--slots must be 1 or more"),  # was a plan of devices serving 0 jobs/s
+    (["--slots", "-3"], "not -3"),  # was "serve about -0.938 jobs/s"
+    (["--deadline-ms", "-5"], "--deadline-ms (-5)"),
+    (["--tokens", "0"], "--tokens (0)"),
+    (["--prompt-tokens", "-1"], "--prompt-tokens (-1)"),
+    (["--rate", "nan"], "--rate must be positive"),  # was a recommendation from a trace of NaN arrivals
+    (["--rate", "inf"], "--rate must be positive"),
+    (["--power-w", "-5"], "--power-w (-5)"),  # was a traceback: math domain error printing its cost
+    (["--cloud-tps", "0"], "--cloud-tps (0)"),  # was a plan with a cloud at 1 token/s
+    (["--cloud-latency-s", "-1"], "--cloud-latency-s (-1)"),
+    (["--alpha", "7"], "--alpha (7)"),  # was a utility above 1
+    (["--quality-edge", "-0.1"], "--quality-edge (-0.1)"),
+])
+def test_plan_refuses_a_workload_or_device_it_cannot_mean_and_names_the_flag(tmp_path, flags, named):
+    probe = tmp_path / "pi.json"
+    probe.write_bytes(orjson.dumps({"host": "pi", "models": [{"name": "m", "advertises": {
+        "decode_tps": 20.0, "ttft_ms": 80.0, "prefill_tps": 150.0, "decode_tps_at": [20.0, 14.0]}}]}))
+    out = cli("plan", "--device", str(probe), "--jobs", "50", *flags)
+    assert out.returncode == 1 and named in out.stderr and "Traceback" not in out.stderr, out.stderr

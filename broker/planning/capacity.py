@@ -13,6 +13,7 @@ times, and scored as the research defines it:
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,12 @@ class Workload:
     seed: int = 11
 
     def trace(self) -> list[SimJob]:
-        if self.rate_per_s <= 0 or not 0 <= self.edge_only_share <= 1:
+        if not 0 < self.rate_per_s < math.inf or not 0 <= self.edge_only_share <= 1:
             raise ConfigError("plan: --rate must be positive and --edge-only between 0 and 1")
+        if self.jobs < 1 or self.completion_tokens < 1 or self.prompt_tokens < 0 or not self.deadline_ms > 0:
+            raise ConfigError(f"plan: --jobs ({self.jobs}) and --tokens ({self.completion_tokens}) must be 1 or more, "
+                              f"--prompt-tokens ({self.prompt_tokens}) 0 or more and --deadline-ms "
+                              f"({self.deadline_ms:g}) above 0")
         rng = random.Random(self.seed)
         t, out = 0.0, []
         for i in range(self.jobs):
@@ -56,6 +61,11 @@ PREFETCH = CoordinatorSettings().prefetch  # the jobs a coordinator at its defau
 def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, power_w: float = 10.0,
                       price_per_kwh: float = 0.30, model: str | None = None) -> list[SimAgent]:
     """``count`` devices like the one ``fogmesh probe --json`` measured, serving its first (or named) model."""
+    if slots < 1:
+        raise ConfigError(f"plan: --slots must be 1 or more (a device that runs no job at once serves nothing), "
+                          f"not {slots}")
+    if not (0 <= power_w < math.inf and 0 <= price_per_kwh < math.inf):
+        raise ConfigError(f"plan: --power-w ({power_w:g}) and --price-per-kwh ({price_per_kwh:g}) must be 0 or more")
     models = [m for m in report.get("models", []) if not m.get("error") and (model is None or m["name"] == model)]
     if not models:
         raise ConfigError(f"probe of {report.get('host', '?')} has no usable model"
@@ -76,6 +86,11 @@ def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, po
 
 
 def evaluate(workload: Workload, agents: list[SimAgent], cloud: CloudTier, quality: Quality) -> list[dict[str, Any]]:
+    if not (0 < cloud.decode_tps < math.inf and 0 <= cloud.latency_s < math.inf
+            and min(cloud.price_in_per_1k, cloud.price_out_per_1k) >= 0):
+        raise ConfigError(f"plan: --cloud-tps ({cloud.decode_tps:g}) must be above 0, --cloud-latency-s "
+                          f"({cloud.latency_s:g}) and the cloud's prices ({cloud.price_in_per_1k:g}, "
+                          f"{cloud.price_out_per_1k:g}) 0 or more")
     rows = []
     for option in OPTIONS:
         jobs = workload.trace()

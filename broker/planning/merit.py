@@ -16,12 +16,19 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from broker.runtime.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Quality:
     edge: float = 0.6
     cloud: float = 0.85
     alpha: float = 0.5  # a: the weight of quality against responsiveness
+
+    def __post_init__(self) -> None:
+        if not all(0 <= v <= 1 for v in (self.edge, self.cloud, self.alpha)):
+            raise ConfigError(f"plan: --quality-edge ({self.edge:g}), --quality-cloud ({self.cloud:g}) and --alpha "
+                              f"({self.alpha:g}) are shares: each between 0 and 1")
 
 
 def utility(tier: str | None, latency_s: float, deadline_s: float | None, quality: Quality) -> float:
