@@ -98,9 +98,10 @@ class Agent(Daemon):
         )
         self.board.base_prompt_tokens = gen.prompt_tokens
         self.board.record(gen.ttft_s, gen.decode_tps, 0, prior=True)
-        measure_prefill(backend, self.board, CALIBRATION_PROMPT, gen)
+        measure_prefill(backend, self.board, CALIBRATION_PROMPT, gen, self.settings.calibrate_prompt_tokens)
         log.info(kv("calibrated", agent=self.settings.agent_id, ttft_ms=gen.ttft_s * 1000, decode_tps=gen.decode_tps,
-                    tokens=gen.completion_tokens, prefill_tps=self.board.prefill_tps.value))
+                    tokens=gen.completion_tokens, prefill_tps=self.board.prefill_tps.value,
+                    prefill_tps_at=self.board.prefill_at.points()))
         return gen
 
     def start(self, timeout_s: float = 300.0) -> None:

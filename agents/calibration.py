@@ -18,12 +18,18 @@ log = logging.getLogger("fogmesh.agent")
 REPEAT = 12  # the calibration prompt this many times over: ~100 tokens with Gemma 3, a short delay at start
 
 
-def measure_prefill(backend: Backend, board: StatusBoard, prompt: str, short: Generation) -> None:
+def _first_token(backend: Backend, prompt: str, times: int) -> Generation:
+    return backend.generate(Request(prompt=" ".join([prompt + "."] * times), max_tokens=1), lambda _t: None,
+                            lambda: False)
+
+
+def measure_prefill(backend: Backend, board: StatusBoard, prompt: str, short: Generation, longest: int = 0) -> None:
     """The calibration prompt again, ``REPEAT`` times longer: the extra tokens over the extra time to
-    the first token is the prefill rate the agent advertises. Skipped where the context is too small."""
+    the first token is the prefill rate the agent advertises. Then, where ``longest`` (tokens) is
+    longer still, a prompt about that long: the rate at that length too, since a long prompt reads
+    slower per token. Each is skipped where the context is too small."""
     try:
-        long = backend.generate(Request(prompt=" ".join([prompt + "."] * REPEAT), max_tokens=1), lambda _t: None,
-                                lambda: False)
+        long = _first_token(backend, prompt, REPEAT)
         # The short prompt again, now warm: the agent's first generation also pays for first touches
         # of the model (pages, buffers), and a first TTFT over the long one's would leave the prefill
         # rate unmeasured: an agent in a test once came online advertising prefill 0.
@@ -33,6 +39,16 @@ def measure_prefill(backend: Backend, board: StatusBoard, prompt: str, short: Ge
         return
     base_s = min(short.ttft_s, again.ttft_s)
     board.record_prefill(long.prompt_tokens - short.prompt_tokens, long.ttft_s - base_s, prior=True)
+    times = round(REPEAT * longest / max(long.prompt_tokens, 1))
+    if times <= REPEAT * 2:
+        return
+    try:
+        longer = _first_token(backend, prompt, times)
+    except BackendError as exc:
+        log.info(kv("prefill_not_measured", tokens=longest, reason=exc.message))
+        return
+    board.record_prefill(longer.prompt_tokens - short.prompt_tokens, longer.ttft_s - base_s, prior=True,
+                         curve_only=True)
 
 
 def concurrent_rate(backends: list[Backend], prompt: str, tokens: int) -> float | None:

@@ -165,11 +165,13 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
             report.runs.append(ContextRun(prompt_tokens=gen.prompt_tokens, ttft_ms=round(gen.ttft_s * 1000, 2),
                                           prefill_tps=round(gen.prompt_tokens / gen.ttft_s, 1) if gen.ttft_s else 0,
                                           decode_tps=round(gen.decode_tps, 2)))
-        if len(report.runs) > 1:  # as the agent advertises it: the rate past the shortest prompt's
-            a, b = report.runs[0], report.runs[-1]
-            if b.ttft_ms > a.ttft_ms:
-                report.advertises["prefill_tps"] = round((b.prompt_tokens - a.prompt_tokens) / (b.ttft_ms - a.ttft_ms)
-                                                         * 1000, 1)
+        if len(report.runs) > 1:  # as the agent advertises it: the rate past the shortest prompt's, by length
+            a = report.runs[0]
+            at = [(n, round(n / (b.ttft_ms - a.ttft_ms) * 1000, 1)) for b in report.runs[1:]
+                  if b.ttft_ms > a.ttft_ms and (n := b.prompt_tokens - a.prompt_tokens) > 0]
+            if at:
+                report.advertises["prefill_tps"] = at[-1][1]
+                report.advertises["prefill_tps_at"] = at
     finally:
         backend.close()
     if slots > 1:  # as the agent advertises it: decode_tps_at, one job's rate by slots busy

@@ -19,6 +19,7 @@ from schemas.topics import Topics
 
 log = logging.getLogger("fogmesh.agent")
 PREFILL_SAMPLE_TOKENS = 64  # a prompt this much longer than the calibration prompt measures prefill
+PREFILL_LENGTHS = 8  # prompt length classes (powers of two) the prefill rate is kept for, at most
 
 
 class Ewma:
@@ -37,6 +38,29 @@ class Ewma:
     def add(self, sample: float, prior: bool = False) -> None:
         self.value = sample if not self.samples else self.alpha * sample + (1 - self.alpha) * self.value
         self.samples = 0 if prior else self.samples + 1
+
+
+class PrefillCurve:
+    """The prefill rate by prompt length: one moving average of the rate, and of the lengths it was
+    measured at, per length class (the next power of two). A 1,000-token log reads ~15% slower per
+    token than the calibration's ~100 tokens here, and the coordinator planned logs on the short
+    prompt's rate until they expired. At most ``PREFILL_LENGTHS`` classes, the first measured."""
+
+    def __init__(self) -> None:
+        self.classes: dict[int, tuple[Ewma, Ewma]] = {}
+
+    def add(self, tokens: int, tps: float, prior: bool = False) -> None:
+        key = 1 << max(tokens - 1, 1).bit_length()
+        if key not in self.classes and len(self.classes) >= PREFILL_LENGTHS:
+            return
+        rate, length = self.classes.setdefault(key, (Ewma(), Ewma()))
+        rate.add(tps, prior)
+        length.add(tokens, prior)
+
+    def points(self) -> list[tuple[int, float]]:
+        """[(prompt tokens, tokens/s)], the shortest first."""
+        return [(round(length.value), round(rate.value, 1)) for _, (rate, length) in sorted(self.classes.items())
+                if rate.value > 0 and length.value >= 1]
 
 
 def proc_kib(path: str, key: str) -> int:
@@ -85,6 +109,7 @@ class StatusBoard:
         self.decode_tps = Ewma()
         self.ttft_ms = Ewma()  # of the calibration prompt's length: longer prompts add their prefill
         self.prefill_tps = Ewma()  # prompt tokens/s past the calibration prompt's
+        self.prefill_at = PrefillCurve()  # ... by prompt length
         self.decode_at = [Ewma() for _ in range(max(settings.slots, 1))]  # one job's rate, by slots decoding
         self.base_prompt_tokens = 0  # the calibration prompt's tokens
         self.window = TokenWindow(settings.budget_window_s)
@@ -112,7 +137,9 @@ class StatusBoard:
                     # rate. (Taken off a long prompt's TTFT at the calibrated rate, the rest taught the
                     # TTFT: a 1,000-token log read slower than the calibration's ~100 tokens raised a
                     # reading's predicted first token from 0.1 to 0.6 s.)
-                    self.prefill_tps.add(extra / (ttft_s - self.ttft_ms.value / 1000), prior)
+                    rate = extra / (ttft_s - self.ttft_ms.value / 1000)
+                    self.prefill_tps.add(rate, prior)
+                    self.prefill_at.add(extra, rate, prior)
             if decode_tps > 0:
                 self.decode_tps.add(decode_tps, prior)
                 self._decode_level(running).add(decode_tps, prior)
@@ -127,11 +154,15 @@ class StatusBoard:
         """The rate kept for ``running`` jobs generating at once (beyond the slots: the last)."""
         return self.decode_at[max(1, min(running, len(self.decode_at))) - 1]
 
-    def record_prefill(self, extra_tokens: int, extra_s: float, prior: bool = False) -> None:
-        """A prompt ``extra_tokens`` longer than the calibration prompt took ``extra_s`` longer to first token."""
+    def record_prefill(self, extra_tokens: int, extra_s: float, prior: bool = False, *,
+                       curve_only: bool = False) -> None:
+        """A prompt ``extra_tokens`` longer than the calibration prompt took ``extra_s`` longer to first
+        token (``curve_only``: a rate for its length alone, not the one rate every length had before)."""
         if extra_tokens >= PREFILL_SAMPLE_TOKENS and extra_s > 0:
             with self._lock:
-                self.prefill_tps.add(extra_tokens / extra_s, prior)
+                if not curve_only:
+                    self.prefill_tps.add(extra_tokens / extra_s, prior)
+                self.prefill_at.add(extra_tokens, extra_tokens / extra_s, prior)
 
     def energy_j_per_token(self) -> float:
         s = self.settings
@@ -170,6 +201,7 @@ class StatusBoard:
                 decode_tps=round(self.decode_tps.value, 2),
                 ttft_ms=round(self.ttft_ms.value, 2),
                 prefill_tps=round(self.prefill_tps.value, 1),
+                prefill_tps_at=self.prefill_at.points(),
                 decode_tps_at=[round(e.value, 2) for e in self.decode_at],
                 batched=s.batching and s.slots > 1,
                 mem_free_bytes=mem_free_bytes(),

@@ -60,6 +60,7 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
             agents.append(SimAgent(name=name, slots=slots, tps=tps, ttft_s=ttft,
                                    prefill_tps=prefill_as_run(edge, ttft) or st.get("prefill_tps", 0.0),
                                    advertised_prefill_tps=prefill_as_told(run["rows"], name, counted),
+                                   advertised_prefill_tps_at=tuple(map(tuple, st.get("prefill_tps_at") or ())),
                                    tps_at=rates_as_run(edge, advertised), advertised_tps_at=advertised,
                                    batched=st.get("batched", False), prefetch=PREFETCH,
                                    budget_tokens=cfg["budget_tokens"],

@@ -153,6 +153,23 @@ def test_a_long_prompt_teaches_the_prefill_rate_and_a_job_cancelled_before_its_f
     assert st.ttft_ms == 100.0 and round(st.prefill_tps) == 127
 
 
+def test_the_prefill_rate_is_advertised_by_prompt_length_and_each_length_learns_its_own():
+    from agents.status import StatusBoard
+
+    board = StatusBoard(AgentSettings(site=SITE, agent_id="a6", slots=1), [])
+    board.base_prompt_tokens = 10
+    board.record(0.1, 20.0, 0, prior=True)
+    board.record_prefill(90, 0.25, prior=True)  # calibration, ~100 tokens: 360 tokens/s
+    board.record_prefill(500, 1.6, prior=True, curve_only=True)  # ... and ~512: 312.5 tokens/s
+    st = board.snapshot()
+    assert st.prefill_tps == 360.0  # the one rate older coordinators read: the ~100-token prompt's
+    assert st.prefill_tps_at == [(90, 360.0), (500, 312.5)]
+    board.record(0.1 + 1080 / 270, 20.0, 32, prompt_tokens=1090)  # a log, 1,080 tokens at 270/s
+    board.record(0.1 + 480 / 300, 20.0, 32, prompt_tokens=490)  # a 480-token prompt: replaces 512's prior
+    st = board.snapshot()
+    assert st.prefill_tps_at == [(90, 360.0), (480, 300.0), (1080, 270.0)]
+
+
 def test_prompts_a_few_dozen_tokens_long_do_not_inflate_the_ttft_or_the_next_prefill_rate():
     from agents.status import StatusBoard
 

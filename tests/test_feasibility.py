@@ -5,6 +5,7 @@ coordinator, an agent with the real model, bridge and cloud worker on moto's SQS
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from types import SimpleNamespace
@@ -184,6 +185,28 @@ def test_a_short_prompt_adds_no_prefill_to_the_calibrated_ttft_and_a_log_adds_it
     assert agent_parts(v, 32, prompt_tokens=1090).first_s == pytest.approx(0.1 + 1088 / 160)
 
 
+def test_a_long_prompt_is_predicted_at_the_rate_measured_near_its_length():
+    from broker.coordinator.predict import prefill_s
+    from broker.coordinator.scheduler import AgentView
+
+    # measured: 340 tokens/s past 96 tokens, 320 past 512 (a token costs more the longer the prompt)
+    v = AgentView(agent="a1", prefill_tps=340.0, prefill_tps_at=((96, 340.0), (512, 320.0)))
+    assert prefill_s(v, 64) == pytest.approx(64 / 340)  # shorter than any measured: the shortest's rate
+    assert prefill_s(v, 512) == pytest.approx(512 / 320)
+    # a 1,088-token log: past the longest, on the line through the two (~296 tokens/s), not at 340
+    per_token = 1 / 340 + (1 / 320 - 1 / 340) / (512 - 96) * (1088 - 96)
+    assert prefill_s(v, 1088) == pytest.approx(1088 * per_token)
+    assert 1088 / prefill_s(v, 1088) == pytest.approx(296, abs=1)
+    # between the two: on the line; a rate that rose with length is not extrapolated upwards
+    assert 512 / 320 > prefill_s(v, 320) > 320 / 340
+    faster = AgentView(agent="a1", prefill_tps=300.0, prefill_tps_at=((96, 300.0), (512, 320.0)))
+    assert prefill_s(faster, 2048) == pytest.approx(2048 / 320)
+    # one length measured, or an agent older than the table: its one rate at every length
+    assert prefill_s(AgentView(agent="a1", prefill_tps=300.0, prefill_tps_at=((96, 300.0),)), 1024) == \
+        pytest.approx(1024 / 300)
+    assert prefill_s(AgentView(agent="a1", prefill_tps=300.0), 1024) == pytest.approx(1024 / 300)
+
+
 def test_an_agents_rate_at_the_concurrency_a_job_would_run_at_decides(coord):
     # 50 tokens/s alone, 10 each with four decoding at once
     coord._handle(status("a1", slots=4, decode_tps_at=[50.0, 30.0, 0.0, 10.0]))
@@ -239,6 +262,8 @@ def test_a_burst_with_tight_deadlines_ends_done_in_time_or_refused_never_expired
     wait_cloud(broker_url, site_id)
     advertised = snapshot(BrokerAddress.parse(broker_url), site_id)["agents"]["a1"]
     assert advertised["prefill_tps"] > 0 and advertised["decode_tps_at"][0] > 0  # measured at calibration
+    # ... and the prefill rate at two prompt lengths: ~100 tokens and ~512 (calibrate_prompt_tokens)
+    assert [round(n, -2) for n, _ in advertised["prefill_tps_at"]] == [100, 500]
     ids = [f"b{i}" for i in range(12)]
     sent_at = {}
     for job in ids:
@@ -313,6 +338,24 @@ def test_the_wait_on_a_full_agent_is_until_its_first_slot_frees_not_its_backlog_
     coord.dispatcher.run(time.time(), time.monotonic())
     assert coord.jobs["dev/next"].agent == "a1"
     assert 0 <= coord.jobs["dev/next"].decision["parts"]["wait_ms"] < 250
+
+
+def test_a_job_waiting_for_a_slot_decodes_at_the_rate_for_the_jobs_still_running_when_it_starts():
+    from broker.coordinator.predict import agent_parts
+    from broker.coordinator.scheduler import AgentView
+
+    def parts(*ahead: float):
+        view = AgentView(agent="a1", slots=2, outstanding=len(ahead), ahead_s=tuple((t, math.inf) for t in ahead),
+                         decode_tps=50.0, decode_tps_at=(50.0, 20.0), ttft_ms=100.0)
+        return agent_parts(view, 40)
+
+    # two jobs that started together end together: it then decodes alone, 40 tokens at 50/s
+    together = parts(1.0, 1.0)
+    assert (together.wait_s, together.decode_s) == (1.0, pytest.approx(0.8))
+    # the other still runs for 2 s past its first token: it decodes beside it, at 20/s
+    assert parts(1.0, 3.0).decode_s == pytest.approx(2.0)
+    # ... and beside a job that waits there too and takes the other slot first
+    assert parts(1.0, 1.0, 0.5).decode_s == pytest.approx(2.0)
 
 
 def test_a_job_behind_one_the_coordinator_will_stop_at_its_deadline_waits_only_until_then(coord):

@@ -34,6 +34,9 @@ def test_probe_measures_the_bundled_model_on_this_device(probe_file):
     assert large["ttft_ms"] > small["ttft_ms"]  # a longer prompt takes longer to prefill
     assert all(r["decode_tps"] > 1 and r["prefill_tps"] > r["decode_tps"] for r in model["runs"])
     assert model["advertises"]["decode_tps"] > 1 and model["advertises"]["ttft_ms"] > 0
+    # as an agent advertises its prefill: the rate past the shortest prompt's, by length
+    assert [n for n, _ in model["advertises"]["prefill_tps_at"]] == [112]
+    assert model["advertises"]["prefill_tps_at"][0][1] == model["advertises"]["prefill_tps"] > 0
     # as a 3-slot agent advertises it: alone, not measured at 2, all three at once
     at = model["advertises"]["decode_tps_at"]
     assert len(at) == 3 and at[0] == model["advertises"]["decode_tps"] and at[1] == 0 and at[2] > 0

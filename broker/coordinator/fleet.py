@@ -87,7 +87,8 @@ class Fleet:
             outstanding=n, outstanding_tokens=expected - decoded, first_ahead_s=first, ahead_s=ahead,
             decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
-            prefill_tps=st.prefill_tps, decode_tps_at=rates, prefill_ahead_s=crowd,
+            prefill_tps=st.prefill_tps, prefill_tps_at=tuple(sorted(st.prefill_tps_at)), decode_tps_at=rates,
+            prefill_ahead_s=crowd,
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
             energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,

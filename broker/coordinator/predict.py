@@ -8,7 +8,9 @@ where k is the number of slots that would decode at once with the job (its own i
 decode rate at k is what the agent advertises for that concurrency (``decode_tps_at[k - 1]``),
 and the queue wait is until the agent's first slot frees for it: each job placed there takes the
 first slot that frees, for its time still to run (its first token still ahead, then its tokens
-still to come at the rate with every slot busy), never past its deadline (``slot_free``). A
+still to come at the rate with every slot busy), never past its deadline (``slot_free``); such
+a job decodes at the rate for the jobs still running once it has its first token (two that end together
+leave it alone on the agent, where k = slots predicted it 25-55% late under bursts). A
 running job counts the tokens it has not decoded yet, as predicted from when it started
 (``fleet.py``); a view without its jobs one by one shares their tokens out among the slots.
 The expected tokens are a learned high quantile of the answer length (see
@@ -123,29 +125,53 @@ def tokens_left(planned: int, done: float, max_tokens: int) -> int:
     return int(min(planned / 2, max(0.0, max_tokens - min(done, max_tokens))))
 
 
-def slot_free(ahead: Ahead, slots: int) -> float:
+def slot_free(ahead: Ahead, slots: int, first_s: float = 0.0) -> tuple[float, int]:
     """When a slot frees for one more job: the jobs ``ahead`` (each one's time still to run and time
     left before its deadline, when the coordinator stops it; the running first) on ``slots``
-    slots, each taking the first slot that frees."""
+    slots, each taking the first slot that frees; and how many of them still run once it has
+    its first token (``first_s`` later), beside it."""
     free = [*(max(0.0, min(run, until)) for run, until in ahead[:slots]), *[0.0] * (slots - len(ahead[:slots]))]
     heapq.heapify(free)
     for run, until in ahead[slots:]:
         heapq.heapreplace(free, free[0] + max(0.0, min(run, until - free[0])))
-    return free[0]
+    when = heapq.heappop(free)
+    return when, sum(1 for t in free if t > when + first_s)
+
+
+def prefill_s(view: AgentView, prompt_tokens: int) -> float:
+    """The time to read ``prompt_tokens`` past a short prompt's on ``view``. The time a token takes
+    grows with the prompt's length: it is taken on the straight line between the lengths the agent
+    measured (``prefill_tps_at``), at the shortest's below it, and past the longest on the line
+    through the last two, never falling. An agent that measured one length, or none: its one rate."""
+    n = prompt_bucket(prompt_tokens)
+    at = view.prefill_tps_at
+    if not n or not at:
+        return n / view.prefill_tps if view.prefill_tps > 0 else 0.0
+    i = next((i for i in range(1, len(at)) if n <= at[i][0]), len(at) - 1)
+    (n0, r0), (n1, r1) = at[max(i - 1, 0)], at[i]
+    if n <= n0 or n1 <= n0:
+        return n / r0 if n <= n0 else n / r1
+    slope = (1 / r1 - 1 / r0) / (n1 - n0)  # seconds a token, per token of length
+    if n > n1:
+        return n * (1 / r1 + max(slope, 0.0) * (n - n1))
+    return n * (1 / r0 + slope * (n - n0))
 
 
 def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     slots = max(view.slots, 1)
-    wait = 0.0
+    prefill = prefill_s(view, prompt_tokens)
+    first = view.ttft_ms / 1000 + prefill
+    wait, k = 0.0, min(view.outstanding + 1, slots)
     if view.outstanding >= slots:
-        wait = (slot_free(view.ahead_s, slots) if view.ahead_s else
-                (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots)
-    k = min(view.outstanding + 1, slots)
-    prefill = prompt_bucket(prompt_tokens) / view.prefill_tps if view.prefill_tps > 0 else 0.0
+        if view.ahead_s:  # it decodes beside the jobs still running once it has its first token
+            wait, beside = slot_free(view.ahead_s, slots, first)
+            k = beside + 1
+        else:
+            wait = (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots
     crowd = max(0.0, view.prefill_ahead_s - wait)  # decoded beside prompts still being evaluated: each step
     if crowd and view.prefill_tps > 0:  # waits for a piece of them, as long as its own steps last at most
         crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)
-    return Parts(wait, view.ttft_ms / 1000 + prefill, tokens / rate_at(view, k) + crowd, tokens, prefill)
+    return Parts(wait, first, tokens / rate_at(view, k) + crowd, tokens, prefill)
 
 
 def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:

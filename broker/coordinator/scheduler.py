@@ -3,8 +3,7 @@
 Policies:
 
 * ``random`` - any eligible agent with room (the research's Random).
-* ``weighted`` - eligible agents with room, drawn in proportion to capability
-  (decode tokens/s x slots) (the research's Weighted).
+* ``weighted`` - eligible agents with room, drawn in proportion to decode tokens/s x slots (Weighted).
 * ``load-aware`` - the eligible agent with the least load per slot (the research's Load-Aware).
 * ``deadline`` - fogmesh's: predict each agent's completion time (``predict``); among agents
   that meet the job's deadline, the cheapest; if none can, the cloud when the job's privacy
@@ -50,6 +49,7 @@ class AgentView:
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
     prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)
+    prefill_tps_at: tuple[tuple[int, float], ...] = ()  # ... by prompt length: (tokens, tokens/s), the shortest first
     decode_tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (0: not measured)
     prefill_ahead_s: float = 0.0  # slots in one batch: its jobs' prompt evaluation still ahead
     budget_tokens: int = 0  # 0: no budget

@@ -29,7 +29,7 @@ from typing import Any
 
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.lengths import AnswerLengths
-from broker.coordinator.predict import SHARED_PROMPT_TOKENS, prompt_bucket, rate_at, tokens_left
+from broker.coordinator.predict import SHARED_PROMPT_TOKENS, prefill_s, prompt_bucket, rate_at, tokens_left
 from broker.coordinator.scheduler import (
     AgentView,
     CloudTier,
@@ -74,6 +74,8 @@ class SimAgent:
     ttft_s: float
     prefill_tps: float = 0.0  # prompt tokens/s (0: prompts cost nothing beyond TTFT)
     advertised_prefill_tps: float = 0.0  # what the scheduler is told, where it differs (0: prefill_tps)
+    prefill_tps_at: tuple[tuple[int, float], ...] = ()  # ... by prompt length, as an agent advertises it
+    advertised_prefill_tps_at: tuple[tuple[int, float], ...] = ()  # what the scheduler is told (): prefill_tps_at
     tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (): tps at any
     advertised_tps_at: tuple[float, ...] = ()  # what the scheduler is told, where it differs (): tps_at
     batched: bool = False  # its slots share one batch: a long prompt being evaluated slows the others
@@ -120,10 +122,20 @@ class SimAgent:
                          outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
                          ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside,
                          prefill_tps=self.advertised_prefill_tps or self.prefill_tps,
+                         prefill_tps_at=() if self.advertised_prefill_tps else (
+                             self.advertised_prefill_tps_at or self.prefill_tps_at),
                          decode_tps_at=self.advertised_tps_at or self.tps_at,
                          budget_tokens=self.budget_tokens, budget_used=self.window.used(now) + self.busy_tokens,
                          energy_j_per_token=self.energy_j_per_token, price_per_kwh=self.price_per_kwh,
                          prefetch=self.prefetch)
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        """The time it takes to read a prompt: by its length where it has rates by length, as the
+        coordinator predicts it (predict.prefill_s)."""
+        if self.prefill_tps_at:
+            return prefill_s(AgentView(self.name, prefill_tps=self.prefill_tps, prefill_tps_at=self.prefill_tps_at),
+                             prompt_tokens)
+        return prompt_tokens / self.prefill_tps if self.prefill_tps else 0.0
 
     def pace(self) -> float:
         """One running job's decode tokens/s with as many running as now (since the last change):
@@ -282,7 +294,7 @@ def begin(a: SimAgent, j: SimJob, planned: int, at: float, now: float, events: l
           n: int) -> int:
     """``j`` starts on ``a`` (its first token after TTFT and its prompt from ``at``): the others' pace
     changes, and again once a long prompt on a batched agent is evaluated."""
-    prefill = j.prompt_tokens / a.prefill_tps if a.prefill_tps else 0.0
+    prefill = a.prefill_s(j.prompt_tokens)
     catch_up(a, now)
     run = a.running[j.key] = _Run(j, j.tokens, at + a.ttft_s + prefill, planned,
                                   prefill if a.batched and prompt_bucket(j.prompt_tokens) else 0.0)
