@@ -14,6 +14,7 @@ each decision saw).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
@@ -46,7 +47,7 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                        tokens=r["tokens"] or cfg["max_tokens"],
                        prompt_tokens=counted[r["job"]],
                        deadline_s=cfg["deadline_ms"] / 1000) for r in run["rows"]]
-        agents = []
+        specs: list[dict[str, Any]] = []
         for name, slots in (("edge-1slot", 1), ("edge-2slot", 2)):
             edge = [r for r in measured if r["node"] == name]
             tps = statistics.median([r["timings"]["decode_tps"] for r in edge if r["timings"].get("decode_tps")] or
@@ -57,7 +58,7 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                                      [0.05])
             if st.get("prefill_tps"):  # the measured TTFTs hold the long prompts' prefill, modelled apart
                 ttft = st.get("ttft_ms", ttft * 1000) / 1000
-            agents.append(SimAgent(name=name, slots=slots, tps=tps, ttft_s=ttft,
+            specs.append(dict(name=name, slots=slots, tps=tps, ttft_s=ttft,
                                    prefill_tps=prefill_as_run(edge, ttft) or st.get("prefill_tps", 0.0),
                                    advertised_prefill_tps=prefill_as_told(run["rows"], name, counted),
                                    advertised_prefill_tps_at=tuple(map(tuple, st.get("prefill_tps_at") or ())),
@@ -68,17 +69,30 @@ def validate(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                                    energy_j_per_token=st.get("energy_j_per_token", 0.0)))
         cloud = CloudTier(enabled=True, latency_s=overhead_s, decode_tps=80, price_in_per_1k=0.0005,
                           price_out_per_1k=0.0015)
-        if run["policy"] == "cloud-only":
-            agents = []
+        agents = [] if run["policy"] == "cloud-only" else [SimAgent(**k) for k in specs]
         policy = "deadline" if run["policy"] == "cloud-only" else run["policy"]
         sim = figures(jobs, simulate(jobs, agents, cloud, cfg.get("cloud_workers", 4), policy), agents)
         err = (sim["latency_mean_ms"] - run["latency_mean_ms"]) / run["latency_mean_ms"]
+        # the same run with every job placed where the measured run placed it: the simulator's timing
+        # alone, apart from the scheduler choosing otherwise on a prediction within a few % of a deadline
+        placed = [dataclasses.replace(j, placed=where) for j, where in zip(jobs, placements(run["rows"]), strict=True)]
+        again = [SimAgent(**k) for k in specs] if agents else []
+        timed = figures(placed, simulate(placed, again, cloud, cfg.get("cloud_workers", 4), policy), again)
+        err_placed = (timed["latency_mean_ms"] - run["latency_mean_ms"]) / run["latency_mean_ms"]
         rows.append({"pattern": run["pattern"], "policy": run["policy"], "measured_mean_ms": run["latency_mean_ms"],
                      "simulated_mean_ms": sim["latency_mean_ms"], "error": err,
+                     "placed_mean_ms": timed["latency_mean_ms"], "error_placed": err_placed,
                      "measured_hit": run["deadline_hit_rate"], "simulated_hit": sim["deadline_hit_rate"]})
         print(f"validate {run['pattern']:<7} {run['policy']:<10} measured {run['latency_mean_ms']:7.0f} ms"
-              f"  simulated {sim['latency_mean_ms']:7.0f} ms  error {err * 100:+.1f}%", flush=True)
+              f"  simulated {sim['latency_mean_ms']:7.0f} ms  error {err * 100:+.1f}%"
+              f"  (placed as measured: {err_placed * 100:+.1f}%)", flush=True)
     return rows
+
+
+def placements(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the measured run placed each job: "cloud", an agent, or "" (refused: the replay decides)."""
+    return ["cloud" if (d := r.get("decision") or {}).get("target") == "cloud" else
+            d.get("agent") or "" if d.get("target") == "agent" else "" for r in rows]
 
 
 def edge_prompt_tokens(runs: list[dict[str, Any]]) -> dict[str, int]:

@@ -340,22 +340,46 @@ def test_the_wait_on_a_full_agent_is_until_its_first_slot_frees_not_its_backlog_
     assert 0 <= coord.jobs["dev/next"].decision["parts"]["wait_ms"] < 250
 
 
-def test_a_job_waiting_for_a_slot_decodes_at_the_rate_for_the_jobs_still_running_when_it_starts():
+def test_a_job_decodes_at_the_rate_for_the_jobs_beside_it_and_faster_as_each_ends():
     from broker.coordinator.predict import agent_parts
     from broker.coordinator.scheduler import AgentView
 
-    def parts(*ahead: float):
+    def parts(*ahead: float):  # a 2-slot agent: 50 tokens/s alone, 20 each with both slots busy
         view = AgentView(agent="a1", slots=2, outstanding=len(ahead), ahead_s=tuple((t, math.inf) for t in ahead),
                          decode_tps=50.0, decode_tps_at=(50.0, 20.0), ttft_ms=100.0)
         return agent_parts(view, 40)
 
-    # two jobs that started together end together: it then decodes alone, 40 tokens at 50/s
+    # two jobs that started together end together: the next decodes alone, 40 tokens at 50/s
     together = parts(1.0, 1.0)
     assert (together.wait_s, together.decode_s) == (1.0, pytest.approx(0.8))
-    # the other still runs for 2 s past its first token: it decodes beside it, at 20/s
-    assert parts(1.0, 3.0).decode_s == pytest.approx(2.0)
-    # ... and beside a job that waits there too and takes the other slot first
-    assert parts(1.0, 1.0, 0.5).decode_s == pytest.approx(2.0)
+    # the other runs 1.9 s past its first token: 38 tokens beside it at 20/s, the last 2 alone
+    assert parts(1.0, 3.0).decode_s == pytest.approx(1.9 + 2 / 50)
+    # ... and beside a job that waits there too and takes the other slot first, to its end
+    assert parts(1.0, 1.0, 2.0).decode_s == pytest.approx(1.9 + 2 / 50)
+    # a free slot beside a job 0.5 s from its end: 8 tokens beside it, then 32 alone (was 2 s)
+    beside_one = parts(0.5)
+    assert (beside_one.wait_s, beside_one.decode_s) == (0.0, pytest.approx(0.4 + 32 / 50))
+    # a view without its jobs one by one: beside them for all of its decode, as before
+    view = AgentView(agent="a1", slots=2, outstanding=1, decode_tps=50.0, decode_tps_at=(50.0, 20.0))
+    assert agent_parts(view, 40).decode_s == pytest.approx(2.0)
+
+
+def test_a_job_beside_one_nearly_done_is_predicted_alone_after_it(coord):
+    """Two slots, 50 tokens/s alone and 20 each with both busy: a job placed beside one 0.1 s from
+    its end decodes 2 tokens beside it and the rest alone, not all of them at 20/s."""
+    coord._handle(status("a1", slots=2, decode_tps_at=[50.0, 20.0]))
+    coord._handle(prompt("short", max_tokens=25))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    started = encode(AgentEvent(key="dev/short", attempt=1, agent="a1", epoch=1, kind="started"))
+    coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
+    # 0.02 s to its first token, then 25 tokens at 20/s (both slots busy, as its neighbours will be)
+    coord.jobs["dev/short"].started_at -= 0.87
+    time.sleep(0.3)  # 1.17 s into it, 0.1 s left (a busy agent's view is counted anew every 0.25 s)
+    coord._handle(prompt("next", max_tokens=40))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    decode_s = coord.jobs["dev/next"].decision["parts"]["decode_ms"] / 1000
+    assert coord.jobs["dev/next"].agent == "a1"
+    assert 40 / 50 < decode_s < 40 / 50 + 0.1  # was 2 s: 40 tokens at 20/s
 
 
 def test_a_job_behind_one_the_coordinator_will_stop_at_its_deadline_waits_only_until_then(coord):

@@ -267,6 +267,22 @@ def test_the_simulator_plans_with_what_an_agent_advertises_and_runs_at_what_it_d
     assert out["j"]["latency_s"] == pytest.approx(200 / 200 + 40 / 20 + 2 * DISPATCH_S, abs=0.01)
 
 
+def test_a_replay_placed_as_measured_times_each_job_where_the_measured_run_ran_it():
+    from bench.simulate import placements
+    from broker.planning.simulation import SimAgent, SimJob, simulate
+
+    rows = [{"decision": {"target": "cloud"}}, {"decision": {"target": "agent", "agent": "slow"}},
+            {"decision": {"target": "none"}}, {}]
+    assert placements(rows) == ["cloud", "slow", "", ""]
+    jobs = [SimJob(key=f"j{i}", arrival=i * 10.0, max_tokens=20, tokens=20, prompt_tokens=0, deadline_s=None,
+                   placed=where) for i, where in enumerate(["cloud", "slow", ""])]
+    agents = [SimAgent(name="fast", slots=1, tps=50.0, ttft_s=0.0), SimAgent(name="slow", slots=1, tps=5.0, ttft_s=0.0)]
+    cloud = CloudTier(enabled=True, latency_s=0.5, decode_tps=40.0)
+    out = simulate(jobs, agents, cloud, cloud_workers=4, policy="deadline")
+    # the scheduler would send all three to the idle fast agent; the first two go where they were placed
+    assert out["j0"]["tier"] == "cloud" and out["j1"]["latency_s"] > 20 / 5 > out["j2"]["latency_s"]
+
+
 def test_the_replay_counts_each_prompt_as_the_edge_model_did_in_any_run():
     from bench.simulate import edge_prompt_tokens
 

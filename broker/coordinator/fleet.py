@@ -5,10 +5,11 @@ Building every agent's view for every dispatch pass cost O(agents) a pass, and t
 1,000-agent site mostly had not changed. The registry and the jobs note which agents changed;
 :meth:`Fleet.refresh` rebuilds those. Agents with a token budget are rebuilt once a pass as
 well: their use is a sliding window, and it drops as time passes without any event. So are the
-full agents, each at most every ``PROGRESS_S`` and only while jobs wait to be placed: a job's
-wait for such an agent is the answer tokens still to come there, and those drop as its running
-jobs decode; and so are the agents whose slots share one batch while a long prompt is evaluated
-there, which slows a job placed beside it less as it goes. At most ``PROGRESS_BATCH`` of them a
+busy agents, each at most every ``PROGRESS_S`` and only while jobs wait to be placed: a job's
+wait for a full agent, and its time beside the jobs on one with a free slot, is their answer
+tokens still to come, and those drop as they decode; and so are the agents whose slots share
+one batch while a long prompt is evaluated there, which slows a job placed beside it less as it
+goes. At most ``PROGRESS_BATCH`` of them a
 pass, so that a 1,000-agent site, all full, does not stop the loop for a few hundred milliseconds
 every ``PROGRESS_S``.
 """
@@ -75,10 +76,12 @@ class Fleet:
         expected, decoded, first, crowd = c.jobs.expected_on(agent), 0, 0.0, 0.0
         ahead: Ahead = ()
         full = n >= st.slots_total > 0  # only a full agent's backlog makes a wait
-        if full:
-            decoded, first, ahead = self._progress(
+        if n:  # each job's time still to run: a full agent's make a wait, and a job beside them speeds up as they end
+            done, ahead_first, ahead = self._progress(
                 agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total),
                 st.progress)
+            if full:
+                decoded, first = done, ahead_first
         if n and st.batched:
             crowd = self._prompts_ahead(agent)
         view = AgentView(
@@ -100,7 +103,7 @@ class Fleet:
         else:
             self._budgeted.discard(agent)
         self._progressing.pop(agent, None)
-        if full or crowd:
+        if ahead or crowd:
             self._progressing[agent] = time.monotonic()  # counted now: the last to count again
 
     def _prompts_ahead(self, agent: str) -> float:

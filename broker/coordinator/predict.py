@@ -2,17 +2,19 @@
 
 A job's completion on an agent is
 
-    queue wait + TTFT + prompt tokens / prefill rate + expected tokens / decode rate at k
+    queue wait + TTFT + prompt tokens / prefill rate at its length + expected tokens / decode rate at k
 
 where k is the number of slots that would decode at once with the job (its own included), the
 decode rate at k is what the agent advertises for that concurrency (``decode_tps_at[k - 1]``),
 and the queue wait is until the agent's first slot frees for it: each job placed there takes the
 first slot that frees, for its time still to run (its first token still ahead, then its tokens
-still to come at the rate with every slot busy), never past its deadline (``slot_free``); such
-a job decodes at the rate for the jobs still running once it has its first token (two that end together
-leave it alone on the agent, where k = slots predicted it 25-55% late under bursts). A
-running job counts the tokens it has not decoded yet, as predicted from when it started
-(``fleet.py``); a view without its jobs one by one shares their tokens out among the slots.
+still to come at the rate with every slot busy), never past its deadline (``slot_free``). k
+falls as the jobs beside it end (``decode_beside``): a job that waited for two that ended
+together decodes alone (predicted with every slot busy, such jobs were 25-55% late under
+bursts), and one placed beside a job nearly done decodes alone after it (predicted beside it
+throughout, readings on a 2-slot agent were predicted at twice their time). A running job
+counts the tokens it has not decoded yet, as predicted from when it started (``fleet.py``); a
+view without its jobs one by one shares their tokens out among the slots, every slot busy.
 The expected tokens are a learned high quantile of the answer length (see
 ``lengths``), never more than ``max_tokens``. On an agent whose slots share one batch, a job
 placed beside others whose prompts are still being evaluated decodes each token in a step that
@@ -36,6 +38,7 @@ on this machine's agents, a third of such a job's predicted time).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -125,17 +128,29 @@ def tokens_left(planned: int, done: float, max_tokens: int) -> int:
     return int(min(planned / 2, max(0.0, max_tokens - min(done, max_tokens))))
 
 
-def slot_free(ahead: Ahead, slots: int, first_s: float = 0.0) -> tuple[float, int]:
+def slot_free(ahead: Ahead, slots: int) -> tuple[float, tuple[float, ...]]:
     """When a slot frees for one more job: the jobs ``ahead`` (each one's time still to run and time
     left before its deadline, when the coordinator stops it; the running first) on ``slots``
-    slots, each taking the first slot that frees; and how many of them still run once it has
-    its first token (``first_s`` later), beside it."""
+    slots, each taking the first slot that frees; and when each of the others then ends."""
     free = [*(max(0.0, min(run, until)) for run, until in ahead[:slots]), *[0.0] * (slots - len(ahead[:slots]))]
     heapq.heapify(free)
     for run, until in ahead[slots:]:
         heapq.heapreplace(free, free[0] + max(0.0, min(run, until - free[0])))
     when = heapq.heappop(free)
-    return when, sum(1 for t in free if t > when + first_s)
+    return when, tuple(sorted(free))
+
+
+def decode_beside(view: AgentView, tokens: int, start: float, ends: Iterable[float]) -> float:
+    """The time to decode ``tokens`` from ``start`` (its first token, seconds from now) on ``view``
+    beside jobs that end at ``ends``: at the rate for as many slots as are busy, faster as each ends."""
+    beside = sorted(e for e in ends if e > start)
+    t, left, k = start, float(tokens), len(beside) + 1
+    for end in beside:
+        step = (end - t) * rate_at(view, k)
+        if left <= step:
+            break
+        left, t, k = left - step, end, k - 1
+    return t - start + left / rate_at(view, k)
 
 
 def prefill_s(view: AgentView, prompt_tokens: int) -> float:
@@ -161,17 +176,18 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     slots = max(view.slots, 1)
     prefill = prefill_s(view, prompt_tokens)
     first = view.ttft_ms / 1000 + prefill
-    wait, k = 0.0, min(view.outstanding + 1, slots)
+    wait, ends = 0.0, (math.inf,) * min(view.outstanding, slots - 1)  # beside them for all of its decode
     if view.outstanding >= slots:
-        if view.ahead_s:  # it decodes beside the jobs still running once it has its first token
-            wait, beside = slot_free(view.ahead_s, slots, first)
-            k = beside + 1
+        if view.ahead_s:
+            wait, ends = slot_free(view.ahead_s, slots)
         else:
             wait = (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots
+    elif view.ahead_s:  # a free slot: beside the jobs there until each ends
+        ends = tuple(max(0.0, min(run, until)) for run, until in view.ahead_s)
     crowd = max(0.0, view.prefill_ahead_s - wait)  # decoded beside prompts still being evaluated: each step
     if crowd and view.prefill_tps > 0:  # waits for a piece of them, as long as its own steps last at most
         crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)
-    return Parts(wait, first, tokens / rate_at(view, k) + crowd, tokens, prefill)
+    return Parts(wait, first, decode_beside(view, tokens, wait + first, ends) + crowd, tokens, prefill)
 
 
 def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:

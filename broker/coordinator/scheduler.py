@@ -45,7 +45,7 @@ class AgentView:
     outstanding: int = 0  # jobs the coordinator has assigned and not seen finish
     outstanding_tokens: int = 0  # their expected answer tokens, summed (a full agent: less those decoded)
     first_ahead_s: float = 0.0  # a full agent: the TTFT and prefill still ahead of its jobs, summed
-    ahead_s: Ahead = ()  # a full agent: each job's (time still to run, time left before its deadline)
+    ahead_s: Ahead = ()  # a busy agent: each job's (time still to run, time left before its deadline)
     decode_tps: float = 0.0
     ttft_ms: float = 0.0
     prefill_tps: float = 0.0  # prompt tokens/s past the calibration prompt's (0: not advertised)

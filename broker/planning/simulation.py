@@ -102,17 +102,19 @@ class SimAgent:
         still to come of what the scheduler planned, as its running jobs have decoded some, and the
         first-token time still ahead of them."""
         expected, first, ahead = self.busy_expected, 0.0, []
-        if self.busy + len(self.queued) >= self.slots:
+        full = self.busy + len(self.queued) >= self.slots
+        if self.busy + len(self.queued):  # as fleet.py: a busy agent's jobs, one by one
             rate = self.pace()
             told = AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.advertised_tps_at or self.tps_at)
             plan = rate_at(told, self.slots)
             for r in self.running.values():
                 left = r.left - max(0.0, now - max(self.since, r.decoding_at)) * rate
                 decoded = int(max(0.0, r.job.tokens - max(left, 0.0)))
-                expected -= min(r.planned, decoded)
-                first += max(0.0, r.decoding_at - now)
-                to_come = tokens_left(r.planned, decoded, r.job.max_tokens)  # as fleet.py
-                ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, r.job.time_left(now)))  # as fleet.py
+                if full:  # only a full agent's backlog counts what its jobs decoded (fleet.py)
+                    expected -= min(r.planned, decoded)
+                    first += max(0.0, r.decoding_at - now)
+                to_come = tokens_left(r.planned, decoded, r.job.max_tokens)
+                ahead.append((max(0.0, r.decoding_at - now) + to_come / plan, r.job.time_left(now)))
             for j, planned, first_s in self.queued:  # after the running ones, in the order they came
                 first += first_s
                 ahead.append((first_s + planned / plan, j.time_left(now)))
@@ -156,6 +158,7 @@ class SimJob:
     deadline_s: float | None
     priority: int = 5
     privacy: str = "cloud-ok"
+    placed: str = ""  # a replay of a measured run: where it ran there ("cloud" or an agent); "": decided here
 
     def time_left(self, now: float) -> float:
         """Seconds from ``now`` to its deadline (infinite without one)."""
@@ -201,6 +204,9 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 continue
             tier = learned.tier(prior)
             d = decide(spec, views, now, policy, cloud=tier, rng=rng)  # type: ignore[arg-type]
+            if j.placed:  # where the measured run placed it, to time the run apart from the choices
+                d = dataclasses.replace(d, target="cloud" if j.placed == "cloud" else "agent", at_risk=False,
+                                        agent=None if j.placed == "cloud" else j.placed)
             predicted = now - j.arrival + d.predicted_s + DISPATCH_S
             if d.at_risk and policy == "deadline" and deadline is not None:
                 out[key] = {"tier": "none", "status": "rejected", "latency_s": now - j.arrival, "cost": 0.0,
