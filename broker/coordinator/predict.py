@@ -38,7 +38,6 @@ on this machine's agents, a third of such a job's predicted time).
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -176,7 +175,7 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     slots = max(view.slots, 1)
     prefill = prefill_s(view, prompt_tokens)
     first = view.ttft_ms / 1000 + prefill
-    wait, ends = 0.0, (math.inf,) * min(view.outstanding, slots - 1)  # beside them for all of its decode
+    wait, ends = 0.0, ()
     if view.outstanding >= slots:
         if view.ahead_s:
             wait, ends = slot_free(view.ahead_s, slots)
@@ -187,7 +186,10 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     crowd = max(0.0, view.prefill_ahead_s - wait)  # decoded beside prompts still being evaluated: each step
     if crowd and view.prefill_tps > 0:  # waits for a piece of them, as long as its own steps last at most
         crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)
-    return Parts(wait, first, decode_beside(view, tokens, wait + first, ends) + crowd, tokens, prefill)
+    # without its jobs one by one (or none there): beside them for all of its decode
+    decode = (decode_beside(view, tokens, wait + first, ends) if view.ahead_s else
+              tokens / rate_at(view, min(view.outstanding + 1, slots)))
+    return Parts(wait, first, decode + crowd, tokens, prefill)
 
 
 def cloud_parts(cloud: CloudTier, tokens: int) -> Parts:
