@@ -166,9 +166,9 @@ def probe_model(name: str, path: Path, threads: int, prompt_sizes: tuple[int, ..
                                           prefill_tps=round(gen.prompt_tokens / gen.ttft_s, 1) if gen.ttft_s else 0,
                                           decode_tps=round(gen.decode_tps, 2)))
         if len(report.runs) > 1:  # as the agent advertises it: the rate past the shortest prompt's, by length
-            a = report.runs[0]
-            at = [(n, round(n / (b.ttft_ms - a.ttft_ms) * 1000, 1)) for b in report.runs[1:]
-                  if b.ttft_ms > a.ttft_ms and (n := b.prompt_tokens - a.prompt_tokens) > 0]
+            a = min(report.runs, key=lambda r: r.prompt_tokens)
+            at = sorted((n, round(n / (b.ttft_ms - a.ttft_ms) * 1000, 1)) for b in report.runs
+                        if b.ttft_ms > a.ttft_ms and (n := b.prompt_tokens - a.prompt_tokens) > 0)
             if at:
                 report.advertises["prefill_tps"] = at[-1][1]
                 report.advertises["prefill_tps_at"] = at

@@ -60,7 +60,7 @@ class PrefillCurve:
     def points(self) -> list[tuple[int, float]]:
         """[(prompt tokens, tokens/s)], the shortest first."""
         return [(round(length.value), round(rate.value, 1)) for _, (rate, length) in sorted(self.classes.items())
-                if rate.value > 0 and length.value >= 1]
+                if round(rate.value, 1) > 0 and round(length.value) >= 1]
 
 
 def proc_kib(path: str, key: str) -> int:

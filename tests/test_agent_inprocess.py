@@ -162,12 +162,14 @@ def test_the_prefill_rate_is_advertised_by_prompt_length_and_each_length_learns_
     board.record_prefill(90, 0.25, prior=True)  # calibration, ~100 tokens: 360 tokens/s
     board.record_prefill(500, 1.6, prior=True, curve_only=True)  # ... and ~512: 312.5 tokens/s
     st = board.snapshot()
-    assert st.prefill_tps == 360.0  # the one rate older coordinators read: the ~100-token prompt's
+    assert st.prefill_tps == 360.0  # the one rate, as before the table: the ~100-token prompt's at start
     assert st.prefill_tps_at == [(90, 360.0), (500, 312.5)]
     board.record(0.1 + 1080 / 270, 20.0, 32, prompt_tokens=1090)  # a log, 1,080 tokens at 270/s
     board.record(0.1 + 480 / 300, 20.0, 32, prompt_tokens=490)  # a 480-token prompt: replaces 512's prior
     st = board.snapshot()
     assert st.prefill_tps_at == [(90, 360.0), (480, 300.0), (1080, 270.0)]
+    board.prefill_at.add(4000, 0.04)  # a rate that rounds to 0 is not advertised: the status must validate
+    assert board.snapshot().prefill_tps_at == [(90, 360.0), (480, 300.0), (1080, 270.0)]
 
 
 def test_prompts_a_few_dozen_tokens_long_do_not_inflate_the_ttft_or_the_next_prefill_rate():

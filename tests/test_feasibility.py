@@ -175,6 +175,17 @@ def test_long_prompts_are_predicted_with_the_agents_prefill_rate(coord):
     assert coord.jobs["dev/reading"].agent == "a1"
 
 
+def test_an_agent_advertising_a_rate_of_almost_nothing_breaks_no_prediction(coord):
+    # 1 / 1e-320 is inf, and the line from it to a real rate NaN: dropped, the agent planned on the rest
+    coord._handle(status("bad", prefill_tps=300.0, prefill_tps_at=[(64, 1e-320), (1024, 300.0)]))
+    coord._handle(status("good", prefill_tps=200.0))
+    log_text = "sensor 17 reading 21.5C ok; " * 40  # ~280 tokens
+    coord._handle(prompt("log", max_tokens=10, deadline_ms=3000, text=log_text))
+    coord.dispatcher.run(time.time(), time.monotonic())
+    decision = coord.jobs["dev/log"].decision
+    assert decision["agent"] == "bad" and math.isfinite(decision["predicted_ms"])  # 300/s beats 200/s
+
+
 def test_a_short_prompt_adds_no_prefill_to_the_calibrated_ttft_and_a_log_adds_its_own():
     from broker.coordinator.predict import agent_parts
     from broker.coordinator.scheduler import AgentView
@@ -198,9 +209,15 @@ def test_a_long_prompt_is_predicted_at_the_rate_measured_near_its_length():
     assert prefill_s(v, 1088) == pytest.approx(1088 * per_token)
     assert 1088 / prefill_s(v, 1088) == pytest.approx(296, abs=1)
     # between the two: on the line; a rate that rose with length is not extrapolated upwards
-    assert 512 / 320 > prefill_s(v, 320) > 320 / 340
+    assert 320 / 320 > prefill_s(v, 320) > 320 / 340
     faster = AgentView(agent="a1", prefill_tps=300.0, prefill_tps_at=((96, 300.0), (512, 320.0)))
     assert prefill_s(faster, 2048) == pytest.approx(2048 / 320)
+    # past the longest, the slope from the shortest: two lengths 10 tokens apart and 3% apart in rate
+    # would otherwise read a 2,048-token prompt at several times its per-token time
+    close = AgentView(agent="a1", prefill_tps=340.0, prefill_tps_at=((96, 340.0), (1020, 300.0), (1030, 291.0)))
+    per_token = 1 / 291 + (1 / 291 - 1 / 340) / (1030 - 96) * (2048 - 1030)
+    assert prefill_s(close, 2048) == pytest.approx(2048 * per_token)
+    assert 2048 / prefill_s(close, 2048) > 240
     # one length measured, or an agent older than the table: its one rate at every length
     assert prefill_s(AgentView(agent="a1", prefill_tps=300.0, prefill_tps_at=((96, 300.0),)), 1024) == \
         pytest.approx(1024 / 300)
@@ -373,8 +390,8 @@ def test_a_job_beside_one_nearly_done_is_predicted_alone_after_it(coord):
     started = encode(AgentEvent(key="dev/short", attempt=1, agent="a1", epoch=1, kind="started"))
     coord._handle(Message(topic=Topics(SITE).events("a1"), payload=started, qos=1, received_at=time.time()))
     # 0.02 s to its first token, then 25 tokens at 20/s (both slots busy, as its neighbours will be)
-    coord.jobs["dev/short"].started_at -= 0.87
-    time.sleep(0.3)  # 1.17 s into it, 0.1 s left (a busy agent's view is counted anew every 0.25 s)
+    coord.jobs["dev/short"].started_at -= 1.17  # 0.1 s of it left
+    coord.jobs.changed.add("a1")  # its view counted anew now, as it is every 0.25 s while jobs wait
     coord._handle(prompt("next", max_tokens=40))
     coord.dispatcher.run(time.time(), time.monotonic())
     decode_s = coord.jobs["dev/next"].decision["parts"]["decode_ms"] / 1000

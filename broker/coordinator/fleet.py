@@ -24,8 +24,9 @@ from broker.coordinator.index import AgentIndex
 from broker.coordinator.predict import Ahead, rate_at, tokens_left
 from broker.coordinator.scheduler import AgentView
 
-PROGRESS_S = 0.25  # how often a full agent's view counts its running jobs' progress anew, at most
-PROGRESS_BATCH = 64  # full agents brought up to date in one dispatch pass, at most: the longest waiting first
+PROGRESS_S = 0.25  # how often a busy agent's view counts its running jobs' progress anew, at most
+PROGRESS_BATCH = 64  # busy agents brought up to date in one dispatch pass, at most: the longest waiting first
+MIN_PREFILL_TPS = 0.01  # a prefill rate below it is no measurement (1 / 1e-320 is inf, and inf - inf NaN)
 
 
 class Fleet:
@@ -33,7 +34,7 @@ class Fleet:
         self.core = core
         self.index = AgentIndex()
         self._budgeted: set[str] = set()  # agents whose budget use decays with time
-        # full agents (their backlog drops as their jobs generate) and batched ones evaluating a long
+        # busy agents (their jobs' time still to run drops as they generate) and batched ones evaluating a long
         # prompt (its weight on a job placed beside it drops) -> when it was last counted
         # (monotonic), the least recent first
         self._progressing: dict[str, float] = {}
@@ -77,9 +78,10 @@ class Fleet:
         ahead: Ahead = ()
         full = n >= st.slots_total > 0  # only a full agent's backlog makes a wait
         if n:  # each job's time still to run: a full agent's make a wait, and a job beside them speeds up as they end
+            # (on one with a free slot, they run beside the job placed there: n + 1 at once)
             done, ahead_first, ahead = self._progress(
-                agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates), st.slots_total),
-                st.progress)
+                agent, rate_at(AgentView(agent, decode_tps=st.decode_tps, decode_tps_at=rates),
+                               min(n + 1, st.slots_total)), st.progress)
             if full:
                 decoded, first = done, ahead_first
         if n and st.batched:
@@ -90,7 +92,8 @@ class Fleet:
             outstanding=n, outstanding_tokens=expected - decoded, first_ahead_s=first, ahead_s=ahead,
             decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
-            prefill_tps=st.prefill_tps, prefill_tps_at=tuple(sorted(st.prefill_tps_at)), decode_tps_at=rates,
+            prefill_tps=st.prefill_tps, decode_tps_at=rates,
+            prefill_tps_at=tuple(sorted((t, r) for t, r in st.prefill_tps_at if r >= MIN_PREFILL_TPS)),
             prefill_ahead_s=crowd,
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from broker.coordinator.scheduler import AgentView, CloudTier
 
-Ahead = tuple[tuple[float, float], ...]  # a full agent's jobs: (time still to run, time left before its deadline)
+Ahead = tuple[tuple[float, float], ...]  # a busy agent's jobs: (time still to run, time left before its deadline)
 PROMPT_BUCKET = 64
 SHARED_PROMPT_TOKENS = 64  # a batched agent's prompt tokens a step beside running jobs (its PREFILL_SHARED)
 # An edge prediction meets a deadline only if, this share more, it still fits: the median error of
@@ -155,8 +155,9 @@ def decode_beside(view: AgentView, tokens: int, start: float, ends: Iterable[flo
 def prefill_s(view: AgentView, prompt_tokens: int) -> float:
     """The time to read ``prompt_tokens`` past a short prompt's on ``view``. The time a token takes
     grows with the prompt's length: it is taken on the straight line between the lengths the agent
-    measured (``prefill_tps_at``), at the shortest's below it, and past the longest on the line
-    through the last two, never falling. An agent that measured one length, or none: its one rate."""
+    measured (``prefill_tps_at``), at the shortest's below it, and past the longest on the slope
+    from the shortest to the longest, never falling (two neighbouring lengths a few tokens apart
+    would turn a few % of noise into a slope). One length measured, or none: its one rate."""
     n = prompt_bucket(prompt_tokens)
     at = view.prefill_tps_at
     if not n or not at:
@@ -165,17 +166,20 @@ def prefill_s(view: AgentView, prompt_tokens: int) -> float:
     (n0, r0), (n1, r1) = at[max(i - 1, 0)], at[i]
     if n <= n0 or n1 <= n0:
         return n / r0 if n <= n0 else n / r1
-    slope = (1 / r1 - 1 / r0) / (n1 - n0)  # seconds a token, per token of length
     if n > n1:
-        return n * (1 / r1 + max(slope, 0.0) * (n - n1))
-    return n * (1 / r0 + slope * (n - n0))
+        (first, r_first), slope = at[0], 0.0
+        if n1 > first:
+            slope = max((1 / r1 - 1 / r_first) / (n1 - first), 0.0)
+        return n * (1 / r1 + slope * (n - n1))
+    return n * (1 / r0 + (1 / r1 - 1 / r0) / (n1 - n0) * (n - n0))  # on the line between the two
 
 
 def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
     slots = max(view.slots, 1)
     prefill = prefill_s(view, prompt_tokens)
     first = view.ttft_ms / 1000 + prefill
-    wait, ends = 0.0, ()
+    wait = 0.0
+    ends: tuple[float, ...] = ()
     if view.outstanding >= slots:
         if view.ahead_s:
             wait, ends = slot_free(view.ahead_s, slots)

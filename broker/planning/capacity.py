@@ -80,8 +80,8 @@ def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, po
             tps_at[level - 1] = rate
     return [SimAgent(name=f"{report.get('host', 'device')}-{i + 1}", slots=slots, tps=tps,
                      ttft_s=adv["ttft_ms"] / 1000, prefill_tps=adv.get("prefill_tps", 0.0),
-                     prefill_tps_at=tuple((int(n), float(r)) for n, r in adv.get("prefill_tps_at") or ()
-                                          if n > 0 and r > 0),
+                     prefill_tps_at=tuple(sorted((int(n), float(r)) for n, r in adv.get("prefill_tps_at") or ()
+                                                 if n > 0 and r > 0)),
                      tps_at=tuple(tps_at) if slots > 1 else (), batched=slots > 1 and adv.get("batched", False),
                      energy_j_per_token=power_w / tps if tps else 0.0, price_per_kwh=price_per_kwh,
                      prefetch=PREFETCH) for i in range(count)]

@@ -29,7 +29,7 @@ from typing import Any
 
 from broker.coordinator.cloudtime import CloudTime
 from broker.coordinator.lengths import AnswerLengths
-from broker.coordinator.predict import SHARED_PROMPT_TOKENS, prefill_s, prompt_bucket, rate_at, tokens_left
+from broker.coordinator.predict import SHARED_PROMPT_TOKENS, agent_parts, prefill_s, prompt_bucket, rate_at, tokens_left
 from broker.coordinator.scheduler import (
     AgentView,
     CloudTier,
@@ -106,7 +106,7 @@ class SimAgent:
         if self.busy + len(self.queued):  # as fleet.py: a busy agent's jobs, one by one
             rate = self.pace()
             told = AgentView(self.name, decode_tps=self.tps, decode_tps_at=self.advertised_tps_at or self.tps_at)
-            plan = rate_at(told, self.slots)
+            plan = rate_at(told, min(self.busy + len(self.queued) + 1, self.slots))  # as fleet.py
             for r in self.running.values():
                 left = r.left - max(0.0, now - max(self.since, r.decoding_at)) * rate
                 decoded = int(max(0.0, r.job.tokens - max(left, 0.0)))
@@ -204,9 +204,11 @@ def simulate(jobs: list[SimJob], agents: list[SimAgent], cloud: CloudTier, cloud
                 continue
             tier = learned.tier(prior)
             d = decide(spec, views, now, policy, cloud=tier, rng=rng)  # type: ignore[arg-type]
-            if j.placed:  # where the measured run placed it, to time the run apart from the choices
-                d = dataclasses.replace(d, target="cloud" if j.placed == "cloud" else "agent", at_risk=False,
-                                        agent=None if j.placed == "cloud" else j.placed)
+            if j.placed == "cloud":  # where the measured run placed it, to time the run apart from the choices
+                d = dataclasses.replace(d, target="cloud", agent=None, at_risk=False, parts=d.cloud)
+            elif j.placed in by_name:
+                d = dataclasses.replace(d, target="agent", agent=j.placed, at_risk=False,
+                                        parts=agent_parts(views[index[j.placed]], spec.tokens, spec.prompt_tokens))
             predicted = now - j.arrival + d.predicted_s + DISPATCH_S
             if d.at_risk and policy == "deadline" and deadline is not None:
                 out[key] = {"tier": "none", "status": "rejected", "latency_s": now - j.arrival, "cost": 0.0,
