@@ -378,6 +378,12 @@ def test_a_job_decodes_at_the_rate_for_the_jobs_beside_it_and_faster_as_each_end
     # a free slot beside a job 0.5 s from its end: 8 tokens beside it, then 32 alone (was 2 s)
     beside_one = parts(0.5)
     assert (beside_one.wait_s, beside_one.decode_s) == (0.0, pytest.approx(0.4 + 32 / 50))
+    # slots in one batch: each step of the job beside a long prompt also reads a piece of it, so it
+    # ends that prefill (1024 / 400 s) later, 3.06 s: the log decodes 8 tokens beside it, 32 alone
+    batched = AgentView(agent="a1", slots=2, outstanding=1, ahead_s=((0.5, math.inf),), batched=True,
+                        decode_tps=50.0, decode_tps_at=(50.0, 20.0), ttft_ms=100.0, prefill_tps=400.0)
+    assert agent_parts(batched, 40, prompt_tokens=1024).decode_s == pytest.approx(0.4 + 32 / 50)
+    assert agent_parts(batched, 40).decode_s == pytest.approx(0.4 + 32 / 50)  # a reading: as above
     # a view without its jobs one by one: beside them for all of its decode, as before
     view = AgentView(agent="a1", slots=2, outstanding=1, decode_tps=50.0, decode_tps_at=(50.0, 20.0))
     assert agent_parts(view, 40).decode_s == pytest.approx(2.0)

@@ -94,7 +94,7 @@ class Fleet:
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
             prefill_tps=st.prefill_tps, decode_tps_at=rates,
             prefill_tps_at=tuple(sorted((t, r) for t, r in st.prefill_tps_at if r >= MIN_PREFILL_TPS)),
-            prefill_ahead_s=crowd,
+            prefill_ahead_s=crowd, batched=st.batched,
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,
             energy_j_per_token=st.energy_j_per_token, price_per_kwh=st.price_per_kwh,

@@ -193,6 +193,9 @@ def agent_parts(view: AgentView, tokens: int, prompt_tokens: int = 0) -> Parts:
             wait = (view.outstanding_tokens / rate_at(view, slots) + view.first_ahead_s) / slots
     elif view.ahead_s:  # a free slot: beside the jobs there until each ends
         ends = tuple(max(0.0, min(run, until)) for run, until in view.ahead_s)
+    if view.batched and prefill:  # each of their steps also reads a piece of its prompt: each ends that much
+        ends = tuple(end + prefill for end in ends)  # later (a reading beside a log on the 2-slot agent,
+        # planned to end in 0.7 s, took 5 s, and the log, planned alone after it, expired with it)
     crowd = max(0.0, view.prefill_ahead_s - wait)  # decoded beside prompts still being evaluated: each step
     if crowd and view.prefill_tps > 0:  # waits for a piece of them, as long as its own steps last at most
         crowd = min(crowd, (tokens + 1) * SHARED_PROMPT_TOKENS / view.prefill_tps)

@@ -10,8 +10,7 @@ Policies:
   allows it and its prediction meets the deadline; else the fastest agent, flagged at risk (the
   coordinator refuses such a job as ``deadline_infeasible``).
 
-Eligible means online, fresh, holding the model (with a chat template, for chat messages), and
-inside its token budget.
+Eligible: online, fresh, holding the model (with a chat template, for chat messages), in budget.
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ class AgentView:
     prefill_tps_at: tuple[tuple[int, float], ...] = ()  # ... by prompt length: (tokens, tokens/s), the shortest first
     decode_tps_at: tuple[float, ...] = ()  # one job's decode tokens/s with i + 1 slots busy (0: not measured)
     prefill_ahead_s: float = 0.0  # slots in one batch: its jobs' prompt evaluation still ahead
+    batched: bool = False  # its slots share one batch: a long prompt's pieces slow every job beside it
     budget_tokens: int = 0  # 0: no budget
     budget_used: int = 0
     energy_j_per_token: float = 0.0

@@ -122,7 +122,7 @@ class SimAgent:
         return AgentView(agent=self.name, models=frozenset({"m"}), slots=self.slots,
                          outstanding=self.busy + len(self.queued),
                          outstanding_tokens=expected, first_ahead_s=first, ahead_s=tuple(ahead), decode_tps=self.tps,
-                         ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside,
+                         ttft_ms=self.ttft_s * 1000, prefill_ahead_s=beside, batched=self.batched,
                          prefill_tps=self.advertised_prefill_tps or self.prefill_tps,
                          prefill_tps_at=() if self.advertised_prefill_tps else (
                              self.advertised_prefill_tps_at or self.prefill_tps_at),
