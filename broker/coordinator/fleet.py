@@ -21,12 +21,11 @@ import time
 
 from broker.coordinator.context import Core
 from broker.coordinator.index import AgentIndex
-from broker.coordinator.predict import Ahead, rate_at, tokens_left
+from broker.coordinator.predict import Ahead, prefill_table, rate_at, tokens_left
 from broker.coordinator.scheduler import AgentView
 
 PROGRESS_S = 0.25  # how often a busy agent's view counts its running jobs' progress anew, at most
 PROGRESS_BATCH = 64  # busy agents brought up to date in one dispatch pass, at most: the longest waiting first
-MIN_PREFILL_TPS = 0.01  # a prefill rate below it is no measurement (1 / 1e-320 is inf, and inf - inf NaN)
 
 
 class Fleet:
@@ -93,7 +92,7 @@ class Fleet:
             decode_tps=st.decode_tps, ttft_ms=st.ttft_ms,
             # a level per slot: a longer list (a broken or hostile agent) would slow every prediction for it
             prefill_tps=st.prefill_tps, decode_tps_at=rates,
-            prefill_tps_at=tuple(sorted((t, r) for t, r in st.prefill_tps_at if r >= MIN_PREFILL_TPS)),
+            prefill_tps_at=prefill_table(st.prefill_tps_at),
             prefill_ahead_s=crowd, batched=st.batched,
             budget_tokens=st.budget.tokens if st.budget else 0,
             budget_used=max(st.budget.used if st.budget else 0, k.window.used()) + toks,

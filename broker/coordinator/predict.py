@@ -38,7 +38,7 @@ on this machine's agents, a third of such a job's predicted time).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ SHARED_PROMPT_TOKENS = 64  # a batched agent's prompt tokens a step beside runni
 # edge predictions on the cluster benchmark is 7-16%, and a job predicted at 4.5 s of a 5 s
 # deadline, placed beside another on a batched agent, expired with it (docs/scheduling.md).
 EDGE_MARGIN = 0.15
+MIN_PREFILL_TPS = 0.01  # a prefill rate below it is no measurement (1 / 1e-320 is inf, and inf - inf NaN)
 UNKNOWN_WAIT_S = 3600.0  # finite, so that it can be logged and compared; no deadline is this long
 
 
@@ -150,6 +151,12 @@ def decode_beside(view: AgentView, tokens: int, start: float, ends: Iterable[flo
             break
         left, t, k = left - step, end, k - 1
     return t - start + left / rate_at(view, k)
+
+
+def prefill_table(points: Iterable[Sequence[float]]) -> tuple[tuple[int, float], ...]:
+    """An agent's or a probe's prefill rates by length as ``prefill_s`` reads them: the shortest
+    first, without a length under 1 or a rate under ``MIN_PREFILL_TPS``."""
+    return tuple(sorted((int(n), float(r)) for n, r in points if n >= 1 and r >= MIN_PREFILL_TPS))
 
 
 def prefill_s(view: AgentView, prompt_tokens: int) -> float:

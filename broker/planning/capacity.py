@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from broker.coordinator.predict import prefill_table
 from broker.coordinator.scheduler import CloudTier
 from broker.coordinator.settings import CoordinatorSettings
 from broker.planning.merit import Quality
@@ -80,8 +81,7 @@ def agents_from_probe(report: dict[str, Any], count: int = 1, slots: int = 1, po
             tps_at[level - 1] = rate
     return [SimAgent(name=f"{report.get('host', 'device')}-{i + 1}", slots=slots, tps=tps,
                      ttft_s=adv["ttft_ms"] / 1000, prefill_tps=adv.get("prefill_tps", 0.0),
-                     prefill_tps_at=tuple(sorted((int(n), float(r)) for n, r in adv.get("prefill_tps_at") or ()
-                                                 if n > 0 and r > 0)),
+                     prefill_tps_at=prefill_table(adv.get("prefill_tps_at") or ()),
                      tps_at=tuple(tps_at) if slots > 1 else (), batched=slots > 1 and adv.get("batched", False),
                      energy_j_per_token=power_w / tps if tps else 0.0, price_per_kwh=price_per_kwh,
                      prefetch=PREFETCH) for i in range(count)]
